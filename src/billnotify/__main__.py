@@ -1,0 +1,5 @@
+"""Allow ``python -m billnotify``."""
+
+from billnotify.cli import main
+
+raise SystemExit(main())

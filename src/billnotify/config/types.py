@@ -1,0 +1,64 @@
+"""Shared field types of the configuration models."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import BeforeValidator, PlainSerializer
+
+from billnotify.durations import format_duration, parse_duration
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""A duration written as ``"30s"``, ``"5m"``, ``"2h"`` (or a number of seconds)."""
+
+ENTITIES = ("billing_task", "billing_run", "invoice", "billing_header")
+"""Event entities, in the order of SPEC §2."""
+
+RESOURCES = {
+    "billing_tasks": "billing_task",
+    "billing_runs": "billing_run",
+    "invoices": "invoice",
+    "billing_headers": "billing_header",
+}
+"""Polled resource name -> the entity its events are about."""
+
+EVENT_TYPES = (
+    "billing_task.created",
+    "billing_task.status_changed",
+    "billing_task.retried",
+    "billing_task.stalled",
+    "billing_task.updated",
+    "billing_run.created",
+    "billing_run.status_changed",
+    "billing_run.commenced",
+    "billing_run.completed",
+    "billing_run.updated",
+    "invoice.created",
+    "invoice.status_changed",
+    "invoice.paid",
+    "invoice.overdue",
+    "invoice.updated",
+    "billing_header.published",
+    "billing_header.updated",
+)
+"""Every event type billnotify emits (SPEC §2)."""
+
+INVOICE_ACTIONS = (
+    "email",
+    "emailCdrs",
+    "recreate",
+    "updateCallTransactions",
+    "reapplyDiscountPlans",
+    "generateDownloadLink",
+    "linkToXero",
+    "unlinkFromXero",
+)
+"""The eight invoice actions of seed 002."""
+
+CUSTOMER_FACING_INVOICE_ACTIONS = frozenset({"email", "emailCdrs"})
+"""Invoice actions a customer sees: never performed twice (SPEC §4.1)."""

@@ -1,0 +1,102 @@
+"""Tolerant readers for the platforms' display-typed values (pure functions).
+
+The APIs document display types ("Text", "Currency", "Date"), so numbers arrive as
+strings and strings as numbers, and dates in several spellings. These helpers read
+them without ever raising.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+_EMPTY_DATES = {"", "0000-00-00", "0000-00-00 00:00:00", "0000-00-00T00:00:00Z", "null", "None"}
+
+
+def as_decimal(value: Any) -> Decimal | None:
+    """``"12.50"``, ``12.5``, ``"1,234.00"`` -> Decimal; anything else -> None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | Decimal):
+        return Decimal(str(value))
+    if isinstance(value, str):
+        text = value.strip().replace(",", "")
+        for symbol in ("£", "$", "€"):
+            text = text.replace(symbol, "")
+        try:
+            return Decimal(text) if text else None
+        except InvalidOperation:
+            return None
+    return None
+
+
+def as_int(value: Any) -> int | None:
+    """``"3"``, ``3``, ``3.0`` -> 3; anything else -> None."""
+    number = as_decimal(value)
+    if number is None or number != number.to_integral_value():
+        return None
+    return int(number)
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """Read a platform date or datetime as an aware UTC datetime (naive means UTC)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if not isinstance(value, str) or value.strip() in _EMPTY_DATES:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def as_date(value: Any) -> date | None:
+    """Read a date (or the date part of a datetime)."""
+    parsed = as_datetime(value)
+    return parsed.date() if parsed else None
+
+
+def is_set(value: Any) -> bool:
+    """Whether a field holds a value (not None, empty or a zero date)."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return value.strip() not in _EMPTY_DATES
+    return not (isinstance(value, list | dict) and not value)
+
+
+def flags(value: Any) -> frozenset[str]:
+    """An invoice's status flags from a list, or a comma/semicolon-separated string."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        parts = value.replace(";", ",").split(",")
+        return frozenset(p.strip() for p in parts if p.strip())
+    if isinstance(value, list | tuple | set | frozenset):
+        return frozenset(str(v).strip() for v in value if str(v).strip())
+    return frozenset({str(value)})
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that ignores number-vs-string spelling (``"12.50" == 12.5``)."""
+    if a == b:
+        return True
+    if isinstance(a, list | dict) or isinstance(b, list | dict):
+        return False
+    da, db = as_decimal(a), as_decimal(b)
+    return da is not None and da == db
+
+
+def record_id(record: dict[str, Any]) -> str:
+    """A record's id as a string (ids arrive as strings or integers)."""
+    value = record.get("id")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value) if value is not None else ""
