@@ -1,0 +1,291 @@
+"""The store interface and the values it trades in.
+
+Everything durable lives behind :class:`Store`: the last-seen snapshot of every record,
+poll cursors, the append-only event log, each consumer's position in it, and the
+delivery ledger. SQLite implements it (``store/sqlite.py``); a PostgreSQL store can
+follow behind the same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from billnotify.events import CloudEvent, digest
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The last-seen state of one record."""
+
+    source: str
+    entity: str
+    id: str
+    record: dict[str, Any]
+    marks: frozenset[str] = frozenset()
+    due_at: datetime | None = None
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class SnapshotWrite:
+    """A snapshot to store (the version is the store's business)."""
+
+    entity: str
+    id: str
+    record: dict[str, Any]
+    marks: frozenset[str] = frozenset()
+    due_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event and its position (``seq``, increasing) in the log."""
+
+    seq: int
+    event: CloudEvent
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery stands. ``sending`` is written before the request goes out."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    RETRY_SCHEDULED = "retry_scheduled"
+    DEAD = "dead"
+    UNCERTAIN = "uncertain"
+    DRY_RUN = "dry_run"
+
+
+class Outcome(StrEnum):
+    """How one attempt ended, classified in one place (``actions/base.py::classify``)."""
+
+    SUCCESS = "success"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+    UNCERTAIN = "uncertain"
+
+
+def delivery_id(rule: str, action_index: int, event_id: str) -> str:
+    """The stable id of (rule, action, event): also the webhook's ``webhook-id``."""
+    return "dlv_" + digest(rule, str(action_index), event_id)[:32]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery to record before it is attempted."""
+
+    rule: str
+    action_index: int
+    action_type: str
+    event_id: str
+    event_seq: int
+    exactly_once: bool
+    """Customer-facing: never sent twice (a crash mid-send makes it ``uncertain``)."""
+    target: str = ""
+    """A human hint of where it goes (webhook name, invoice id and action, recipients)."""
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    next_attempt_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        """The delivery's stable id."""
+        return delivery_id(self.rule, self.action_index, self.event_id)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a delivery."""
+
+    delivery_id: str
+    number: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: Outcome | None = None
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A row of the delivery ledger."""
+
+    id: str
+    rule: str
+    action_index: int
+    action_type: str
+    event_id: str
+    event_seq: int
+    exactly_once: bool
+    target: str
+    status: DeliveryStatus
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    last_status_code: int | None = None
+    history: list[Attempt] = field(default_factory=list)
+
+
+class Store(Protocol):
+    """Durable state. Every method is a coroutine; every write commits before returning."""
+
+    appended: asyncio.Condition
+    """Notified after events are appended (publisher and rule handlers wait on it)."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Release the database."""
+
+    async def ping(self) -> None:
+        """Prove the store is writable; raise ``StoreError`` if not."""
+
+    # -- detection -------------------------------------------------------------------
+    async def get_snapshots(
+        self, source: str, entity: str, ids: Sequence[str]
+    ) -> dict[str, Snapshot]:
+        """The stored snapshots of ``ids`` (missing ones are absent)."""
+
+    async def due_snapshots(
+        self, source: str, entity: str, now: datetime, limit: int = 500
+    ) -> list[Snapshot]:
+        """Snapshots whose ``due_at`` has come (time-based checks)."""
+
+    async def count_snapshots(self, source: str, entity: str | None = None) -> int:
+        """How many records are tracked."""
+
+    async def iter_snapshots(
+        self, source: str, entity: str, after_id: str = "", limit: int = 500
+    ) -> list[Snapshot]:
+        """A page of snapshots ordered by id (for re-publishing retained state)."""
+
+    async def dirty_snapshots(self, limit: int = 500) -> list[Snapshot]:
+        """Snapshots written since their retained MQTT state was last published.
+
+        Every snapshot write marks the row dirty (baseline records included), so the
+        publisher can keep ``{prefix}/state/...`` current across broker outages.
+        """
+
+    async def clear_dirty(self, snapshots: Sequence[Snapshot]) -> None:
+        """Unmark snapshots whose state was published (only if not rewritten since)."""
+
+    async def get_cursor(self, source: str, resource: str) -> str | None:
+        """The poll cursor of a source's resource, None before the first sync."""
+
+    async def commit(
+        self,
+        source: str,
+        writes: Sequence[SnapshotWrite],
+        events: Sequence[CloudEvent],
+        cursor: tuple[str, str] | None = None,
+    ) -> list[StoredEvent]:
+        """Write snapshots, append events and advance a cursor in ONE transaction.
+
+        Events whose id is already in the log are skipped (the log never holds a
+        duplicate); the appended ones are returned with their ``seq``.
+        """
+
+    # -- the event log ---------------------------------------------------------------
+    async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
+        """Events with ``seq > after_seq``, in order."""
+
+    async def list_events(
+        self,
+        *,
+        since: datetime | None = None,
+        type_glob: str | None = None,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Events for ``billnotify events`` (oldest first)."""
+
+    async def get_events(self, ids: Sequence[str]) -> list[StoredEvent]:
+        """Events by id, in log order."""
+
+    async def last_seq(self) -> int:
+        """The newest event's seq (0 for an empty log)."""
+
+    async def get_position(self, consumer: str) -> int:
+        """How far a consumer (``mqtt``, ``rules``) has processed the log."""
+
+    async def set_position(self, consumer: str, seq: int) -> None:
+        """Advance a consumer's position."""
+
+    # -- the delivery ledger ---------------------------------------------------------
+    async def record_deliveries(
+        self, deliveries: Sequence[NewDelivery], consumer: str, position: int, now: datetime
+    ) -> int:
+        """Insert deliveries (ignoring ones already recorded) and move ``consumer`` to
+        ``position``, in one transaction. Returns how many were new."""
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        """Pending / retry_scheduled deliveries whose time has come, oldest first."""
+
+    async def next_due_at(self) -> datetime | None:
+        """When the next pending or scheduled delivery is due."""
+
+    async def start_attempt(self, delivery_id: str, now: datetime) -> int:
+        """Mark a delivery ``sending`` and open an attempt; returns its number.
+
+        Committed before the request goes out: a crash after this leaves the
+        delivery ``sending``, which :meth:`recover_in_flight` resolves.
+        """
+
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        number: int,
+        *,
+        now: datetime,
+        outcome: Outcome,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how an attempt ended and the delivery's new status."""
+
+    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
+        """At start-up: ``sending`` rows become ``uncertain`` (exactly-once) or due
+        again (at-least-once). Returns (uncertain, rescheduled)."""
+
+    async def list_deliveries(
+        self, statuses: Sequence[DeliveryStatus] | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        """Ledger rows, newest first, optionally filtered by status."""
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """One delivery with its attempt history."""
+
+    async def set_delivery_status(
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: datetime,
+        next_attempt_at: datetime | None = None,
+        note: str | None = None,
+    ) -> bool:
+        """Operator changes (retry, resolve). Returns False if the id is unknown."""
+
+    async def count_deliveries(self) -> dict[tuple[str, str], int]:
+        """(action_type, status) -> count, for metrics."""
+
+    async def oldest_pending_at(self) -> datetime | None:
+        """Creation time of the oldest pending / scheduled / sending delivery."""
+
+    async def disable_endpoint(self, name: str, reason: str, now: datetime) -> None:
+        """Mark a webhook endpoint disabled (it answered 410 Gone)."""
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        """Disabled endpoint name -> reason."""
+
+    async def enable_endpoint(self, name: str) -> None:
+        """Re-enable an endpoint."""
