@@ -1,0 +1,83 @@
+"""The SQLite schema, applied idempotently at start-up."""
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    source TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    marks TEXT NOT NULL DEFAULT '[]',
+    due_at REAL,
+    version INTEGER NOT NULL DEFAULT 1,
+    dirty INTEGER NOT NULL DEFAULT 1,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, entity, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS snapshots_due ON snapshots (source, entity, due_at)
+    WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS snapshots_dirty ON snapshots (dirty) WHERE dirty = 1;
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, resource)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    time TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_recorded ON events (recorded_at);
+CREATE TABLE IF NOT EXISTS positions (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    action_index INTEGER NOT NULL,
+    action_type TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_seq INTEGER NOT NULL,
+    exactly_once INTEGER NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    last_status_code INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    rendered TEXT,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT,
+    status_code INTEGER,
+    error TEXT,
+    PRIMARY KEY (delivery_id, number)
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+"""

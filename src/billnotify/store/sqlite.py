@@ -1,0 +1,632 @@
+"""The default state store: one SQLite file in WAL mode, via aiosqlite.
+
+Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction on a single connection,
+serialised by a lock, so "snapshot update + event append + cursor advance" either all
+happen or none do, whatever kills the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from billnotify.errors import StoreError
+from billnotify.events import CloudEvent
+from billnotify.store.base import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    NewDelivery,
+    Outcome,
+    Snapshot,
+    SnapshotWrite,
+    StoredEvent,
+)
+from billnotify.store.schema import SCHEMA, SCHEMA_VERSION
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.SENDING)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+class SqliteStore:
+    """:class:`~billnotify.store.base.Store` on a SQLite file.
+
+    Args:
+        path: the database file (created with its folder if missing), or ``":memory:"``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.appended = asyncio.Condition()
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the file, switch on WAL and create the schema."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = await aiosqlite.connect(str(self.path), isolation_level=None)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA busy_timeout=10000")
+            await self._db.executescript(SCHEMA)
+            await self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the state store is not open")
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self.db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store write failed: {exc}") from exc
+
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self.db.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store read failed: {exc}") from exc
+
+    async def ping(self) -> None:
+        """Write to the store to prove it is writable."""
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('ping', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(_now()),),
+            )
+
+    # -- snapshots and cursors -------------------------------------------------------
+    @staticmethod
+    def _snapshot(row: sqlite3.Row | tuple[Any, ...]) -> Snapshot:
+        source, entity, id_, record, marks, due_at, version = row
+        return Snapshot(
+            source=source,
+            entity=entity,
+            id=id_,
+            record=json.loads(record),
+            marks=frozenset(json.loads(marks)),
+            due_at=_dt(due_at),
+            version=version,
+        )
+
+    _SNAP_COLS = "source, entity, id, record, marks, due_at, version"
+
+    async def get_snapshots(
+        self, source: str, entity: str, ids: Sequence[str]
+    ) -> dict[str, Snapshot]:
+        """The stored snapshots of ``ids``."""
+        found: dict[str, Snapshot] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetch(
+                f"SELECT {self._SNAP_COLS} FROM snapshots "
+                f"WHERE source = ? AND entity = ? AND id IN ({marks})",
+                [source, entity, *chunk],
+            )
+            for row in rows:
+                snap = self._snapshot(row)
+                found[snap.id] = snap
+        return found
+
+    async def due_snapshots(
+        self, source: str, entity: str, now: datetime, limit: int = 500
+    ) -> list[Snapshot]:
+        """Snapshots whose time-based check is due."""
+        rows = await self._fetch(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE source = ? AND entity = ? "
+            "AND due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+            (source, entity, now.timestamp(), limit),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    async def count_snapshots(self, source: str, entity: str | None = None) -> int:
+        """How many records of a source (and entity) are tracked."""
+        if entity is None:
+            rows = await self._fetch("SELECT count(*) FROM snapshots WHERE source = ?", (source,))
+        else:
+            rows = await self._fetch(
+                "SELECT count(*) FROM snapshots WHERE source = ? AND entity = ?", (source, entity)
+            )
+        return int(rows[0][0])
+
+    async def iter_snapshots(
+        self, source: str, entity: str, after_id: str = "", limit: int = 500
+    ) -> list[Snapshot]:
+        """A page of snapshots ordered by id."""
+        rows = await self._fetch(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE source = ? AND entity = ? "
+            "AND id > ? ORDER BY id LIMIT ?",
+            (source, entity, after_id, limit),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    async def dirty_snapshots(self, limit: int = 500) -> list[Snapshot]:
+        """Snapshots whose retained state has not been published since they changed."""
+        rows = await self._fetch(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE dirty = 1 LIMIT ?", (limit,)
+        )
+        return [self._snapshot(r) for r in rows]
+
+    async def clear_dirty(self, snapshots: Sequence[Snapshot]) -> None:
+        """Unmark published snapshots unless they were rewritten meanwhile."""
+        if not snapshots:
+            return
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE snapshots SET dirty = 0 "
+                "WHERE source = ? AND entity = ? AND id = ? AND version = ?",
+                [(s.source, s.entity, s.id, s.version) for s in snapshots],
+            )
+
+    async def get_cursor(self, source: str, resource: str) -> str | None:
+        """A resource's poll cursor."""
+        rows = await self._fetch(
+            "SELECT value FROM cursors WHERE source = ? AND resource = ?", (source, resource)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def commit(
+        self,
+        source: str,
+        writes: Sequence[SnapshotWrite],
+        events: Sequence[CloudEvent],
+        cursor: tuple[str, str] | None = None,
+    ) -> list[StoredEvent]:
+        """Snapshots, events and cursor in one transaction; see the protocol."""
+        now = _now()
+        appended: list[StoredEvent] = []
+        async with self._tx() as db:
+            versions: dict[str, int] = {}
+            for write in writes:
+                async with db.execute(
+                    "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
+                    "dirty, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, 1, ?) "
+                    "ON CONFLICT (source, entity, id) DO UPDATE SET record = excluded.record, "
+                    "marks = excluded.marks, due_at = excluded.due_at, "
+                    "version = snapshots.version + 1, dirty = 1, updated_at = excluded.updated_at "
+                    "RETURNING version",
+                    (
+                        source,
+                        write.entity,
+                        write.id,
+                        json.dumps(write.record, separators=(",", ":")),
+                        json.dumps(sorted(write.marks)),
+                        _ts(write.due_at),
+                        now,
+                    ),
+                ) as cur:
+                    row = await cur.fetchone()
+                versions[f"{write.entity}/{write.id}"] = int(row[0]) if row else 1
+            for event in events:
+                stored = await self._append(db, event, now, versions)
+                if stored is not None:
+                    appended.append(stored)
+            if cursor is not None:
+                await db.execute(
+                    "INSERT INTO cursors (source, resource, value, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (source, resource) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    (source, cursor[0], cursor[1], now),
+                )
+        if appended:
+            async with self.appended:
+                self.appended.notify_all()
+        return appended
+
+    async def _append(
+        self,
+        db: aiosqlite.Connection,
+        event: CloudEvent,
+        now: float,
+        versions: dict[str, int],
+    ) -> StoredEvent | None:
+        async with db.execute("SELECT subject FROM events WHERE id = ?", (event.id,)) as cur:
+            clash = await cur.fetchone()
+        if clash is not None:
+            # The same transition happened again (A->B->A->B): a new occurrence, so salt
+            # the id with the snapshot version committed in this same transaction, which a
+            # crash-and-retry reproduces exactly.
+            version = versions.get(f"{event.entity}/{event.object_id}")
+            if version is None:
+                return None
+            event = event.model_copy(update={"id": f"{event.id}_{version}"})
+            async with db.execute("SELECT 1 FROM events WHERE id = ?", (event.id,)) as cur:
+                if await cur.fetchone() is not None:
+                    return None
+        async with db.execute(
+            "INSERT INTO events (id, type, source, subject, time, recorded_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (
+                event.id,
+                event.type,
+                event.source_name,
+                event.subject,
+                event.time,
+                now,
+                event.to_json(),
+            ),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return StoredEvent(seq=int(row[0]), event=event)
+
+    # -- the event log ---------------------------------------------------------------
+    @staticmethod
+    def _stored(rows: Iterable[sqlite3.Row]) -> list[StoredEvent]:
+        return [StoredEvent(seq=int(r[0]), event=CloudEvent.from_json(r[1])) for r in rows]
+
+    async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
+        """Events after ``after_seq``, in order."""
+        rows = await self._fetch(
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        )
+        return self._stored(rows)
+
+    async def list_events(
+        self,
+        *,
+        since: datetime | None = None,
+        type_glob: str | None = None,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Events recorded since ``since`` whose type matches ``type_glob``."""
+        sql = "SELECT seq, body, type FROM events WHERE recorded_at >= ? ORDER BY seq"
+        rows = await self._fetch(sql, (_ts(since) or 0.0,))
+        if type_glob:
+            rows = [r for r in rows if fnmatch.fnmatchcase(r[2], type_glob)]
+        return self._stored(rows[-limit:] if limit else rows)
+
+    async def get_events(self, ids: Sequence[str]) -> list[StoredEvent]:
+        """Events by id, in log order."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self._fetch(
+            f"SELECT seq, body FROM events WHERE id IN ({marks}) ORDER BY seq", list(ids)
+        )
+        return self._stored(rows)
+
+    async def last_seq(self) -> int:
+        """The newest seq, 0 when empty."""
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    async def get_position(self, consumer: str) -> int:
+        """A consumer's position in the log."""
+        rows = await self._fetch("SELECT seq FROM positions WHERE consumer = ?", (consumer,))
+        return int(rows[0][0]) if rows else 0
+
+    async def set_position(self, consumer: str, seq: int) -> None:
+        """Move a consumer's position."""
+        async with self._tx() as db:
+            await self._set_position(db, consumer, seq)
+
+    @staticmethod
+    async def _set_position(db: aiosqlite.Connection, consumer: str, seq: int) -> None:
+        await db.execute(
+            "INSERT INTO positions (consumer, seq) VALUES (?, ?) "
+            "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq",
+            (consumer, seq),
+        )
+
+    # -- the delivery ledger ---------------------------------------------------------
+    _DELIVERY_COLS = (
+        "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
+        "status, attempts, created_at, updated_at, next_attempt_at, last_error, "
+        "last_status_code"
+    )
+
+    @staticmethod
+    def _delivery(
+        row: sqlite3.Row | tuple[Any, ...], history: list[Attempt] | None = None
+    ) -> Delivery:
+        return Delivery(
+            id=row[0],
+            rule=row[1],
+            action_index=int(row[2]),
+            action_type=row[3],
+            event_id=row[4],
+            event_seq=int(row[5]),
+            exactly_once=bool(row[6]),
+            target=row[7],
+            status=DeliveryStatus(row[8]),
+            attempts=int(row[9]),
+            created_at=_dt(row[10]) or datetime.now(UTC),
+            updated_at=_dt(row[11]) or datetime.now(UTC),
+            next_attempt_at=_dt(row[12]),
+            last_error=row[13],
+            last_status_code=row[14],
+            history=history or [],
+        )
+
+    async def record_deliveries(
+        self,
+        deliveries: Sequence[NewDelivery],
+        consumer: str,
+        position: int,
+        now: datetime,
+        rendered: dict[str, str] | None = None,
+    ) -> int:
+        """Insert new deliveries and advance ``consumer`` in one transaction.
+
+        Args:
+            rendered: optional delivery id -> JSON of what would be sent (dry runs).
+        """
+        ts = now.timestamp()
+        async with self._tx() as db:
+            before = db.total_changes
+            await db.executemany(
+                "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, event_id, "
+                "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
+                "updated_at, rendered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        d.id,
+                        d.rule,
+                        d.action_index,
+                        d.action_type,
+                        d.event_id,
+                        d.event_seq,
+                        int(d.exactly_once),
+                        d.target,
+                        d.status.value,
+                        _ts(d.next_attempt_at) if d.next_attempt_at else ts,
+                        ts,
+                        ts,
+                        (rendered or {}).get(d.id),
+                    )
+                    for d in deliveries
+                ],
+            )
+            inserted = db.total_changes - before
+            await self._set_position(db, consumer, position)
+        return inserted
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        """Deliveries whose next attempt is due."""
+        rows = await self._fetch(
+            f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status IN (?, ?) "
+            "AND next_attempt_at <= ? ORDER BY next_attempt_at, event_seq LIMIT ?",
+            (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, now.timestamp(), limit),
+        )
+        return [self._delivery(r) for r in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        """When the next delivery is due."""
+        rows = await self._fetch(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN (?, ?)",
+            (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED),
+        )
+        return _dt(rows[0][0])
+
+    async def start_attempt(self, delivery_id: str, now: datetime) -> int:
+        """Mark ``sending`` and open attempt N (committed before the request)."""
+        ts = now.timestamp()
+        async with self._tx() as db:
+            async with db.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ? RETURNING attempts",
+                (DeliveryStatus.SENDING, ts, delivery_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"unknown delivery {delivery_id}")
+            number = int(row[0])
+            await db.execute(
+                "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
+                (delivery_id, number, ts),
+            )
+        return number
+
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        number: int,
+        *,
+        now: datetime,
+        outcome: Outcome,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Close an attempt and set the delivery's status."""
+        ts = now.timestamp()
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE attempts SET finished_at = ?, outcome = ?, status_code = ?, error = ? "
+                "WHERE delivery_id = ? AND number = ?",
+                (ts, outcome.value, status_code, error, delivery_id, number),
+            )
+            await db.execute(
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
+                "last_status_code = ?, updated_at = ? WHERE id = ?",
+                (status.value, _ts(next_attempt_at), error, status_code, ts, delivery_id),
+            )
+
+    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
+        """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due."""
+        ts = now.timestamp()
+        note = "interrupted: the process stopped while this attempt was in flight"
+        async with self._tx() as db:
+            before = db.total_changes
+            await db.execute(
+                "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? "
+                "WHERE status = ? AND exactly_once = 1",
+                (DeliveryStatus.UNCERTAIN, note, ts, DeliveryStatus.SENDING),
+            )
+            uncertain = db.total_changes - before
+            await db.execute(
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
+                "updated_at = ? WHERE status = ? AND exactly_once = 0",
+                (DeliveryStatus.RETRY_SCHEDULED, ts, note, ts, DeliveryStatus.SENDING),
+            )
+            rescheduled = db.total_changes - before - uncertain
+            await db.execute(
+                "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? "
+                "WHERE finished_at IS NULL",
+                (ts, Outcome.UNCERTAIN.value, note),
+            )
+        return uncertain, rescheduled
+
+    async def list_deliveries(
+        self, statuses: Sequence[DeliveryStatus] | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        """Ledger rows, newest first."""
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            rows = await self._fetch(
+                f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status IN ({marks}) "
+                "ORDER BY created_at DESC, event_seq DESC LIMIT ?",
+                [*(s.value for s in statuses), limit],
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {self._DELIVERY_COLS} FROM deliveries "
+                "ORDER BY created_at DESC, event_seq DESC LIMIT ?",
+                (limit,),
+            )
+        return [self._delivery(r) for r in rows]
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """One delivery with its attempts."""
+        rows = await self._fetch(
+            f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE id = ?", (delivery_id,)
+        )
+        if not rows:
+            return None
+        attempts = await self._fetch(
+            "SELECT number, started_at, finished_at, outcome, status_code, error FROM attempts "
+            "WHERE delivery_id = ? ORDER BY number",
+            (delivery_id,),
+        )
+        history = [
+            Attempt(
+                delivery_id=delivery_id,
+                number=int(a[0]),
+                started_at=_dt(a[1]) or datetime.now(UTC),
+                finished_at=_dt(a[2]),
+                outcome=Outcome(a[3]) if a[3] else None,
+                status_code=a[4],
+                error=a[5],
+            )
+            for a in attempts
+        ]
+        return self._delivery(rows[0], history)
+
+    async def get_rendered(self, delivery_id: str) -> str | None:
+        """What a dry-run delivery would have sent (JSON), if recorded."""
+        rows = await self._fetch("SELECT rendered FROM deliveries WHERE id = ?", (delivery_id,))
+        return rows[0][0] if rows else None
+
+    async def set_delivery_status(
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: datetime,
+        next_attempt_at: datetime | None = None,
+        note: str | None = None,
+    ) -> bool:
+        """Operator change of a delivery's status."""
+        ts = now.timestamp()
+        async with self._tx() as db:
+            before = db.total_changes
+            await db.execute(
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, note = ?, updated_at = ? "
+                "WHERE id = ?",
+                (status.value, _ts(next_attempt_at), note, ts, delivery_id),
+            )
+            return db.total_changes > before
+
+    async def count_deliveries(self) -> dict[tuple[str, str], int]:
+        """(action_type, status) -> count."""
+        rows = await self._fetch(
+            "SELECT action_type, status, count(*) FROM deliveries GROUP BY action_type, status"
+        )
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def oldest_pending_at(self) -> datetime | None:
+        """Creation time of the oldest delivery not yet settled."""
+        marks = ",".join("?" * len(_ACTIVE))
+        rows = await self._fetch(
+            f"SELECT min(created_at) FROM deliveries WHERE status IN ({marks})",
+            [s.value for s in _ACTIVE],
+        )
+        return _dt(rows[0][0])
+
+    async def disable_endpoint(self, name: str, reason: str, now: datetime) -> None:
+        """Mark a webhook endpoint disabled."""
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO endpoints (name, disabled_at, reason) VALUES (?, ?, ?)",
+                (name, now.timestamp(), reason),
+            )
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        """Disabled endpoints and why."""
+        rows = await self._fetch("SELECT name, reason FROM endpoints")
+        return {r[0]: r[1] for r in rows}
+
+    async def enable_endpoint(self, name: str) -> None:
+        """Re-enable a disabled endpoint."""
+        async with self._tx() as db:
+            await db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
