@@ -159,6 +159,8 @@ class JsonTransport:
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
         self.max_response_bytes = max_response_bytes
+        self.last_date: str | None = None
+        """The `Date` header of the last response: the server's clock."""
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=sock_read or timeout)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -245,6 +247,8 @@ class JsonTransport:
                     await self._pause(method, url, str(exc), attempt, self.backoff(attempt))
                     continue
                 raise
+            # The platform's own clock: pollers take their cursors from it.
+            self.last_date = resp.headers.get("Date") or self.last_date
             if resp.status < 400:
                 logger.debug("%s %s -> %d (%d bytes)", method, url, resp.status, len(resp.body))
                 return resp
