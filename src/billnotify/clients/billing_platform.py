@@ -114,22 +114,31 @@ def _page_records(data: Any, url: str) -> list[dict[str, Any]]:
             f"expected a JSON array of records, got {type(data).__name__}", url=url
         )
     for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise MalformedResponseError(
-                f"record {index} is {type(item).__name__}, not a JSON object", url=url
-            )
-        if item.get("id") in (None, ""):
-            raise MalformedResponseError(f"record {index} has no id", url=url)
+        if not isinstance(item, dict) or item.get("id") in (None, ""):
+            raise _bad_record(index, item, url)
     return data
 
 
-def _numeric_id(record: Mapping[str, Any], url: str) -> int:
+def _page_ids(page: list[Any], url: str) -> list[int]:
+    """The numeric ids of a page's records (validating each record on the way)."""
+    ids: list[int] = []
+    append = ids.append
     try:
-        return int(str(record["id"]).strip())
-    except ValueError:
-        raise MalformedResponseError(
-            f"id {record['id']!r} is not numeric, cannot page with idAfter", url=url
-        ) from None
+        for item in page:
+            append(int(item["id"]))
+    except (TypeError, KeyError, ValueError, IndexError):
+        raise _bad_record(len(ids), page[len(ids)], url) from None
+    return ids
+
+
+def _bad_record(index: int, item: Any, url: str) -> MalformedResponseError:
+    if not isinstance(item, dict):
+        problem = f"is {type(item).__name__}, not a JSON object"
+    elif item.get("id") in (None, ""):
+        problem = "has no id"
+    else:
+        problem = f"has id {item['id']!r}, not numeric: cannot page with idAfter"
+    return MalformedResponseError(f"record {index} {problem}", url=url)
 
 
 class BillingPlatformClient(InvoiceActions):
@@ -227,22 +236,25 @@ class BillingPlatformClient(InvoiceActions):
             limit = size if remaining is None else min(size, remaining)
             sent = query({**base, "limit": limit, "idAfter": last, "offset": offset})
             resp = await self.transport.request("GET", path, params=sent)
-            page = _page_records(resp.json(), resp.url)
-            if not page:
+            data = resp.json()
+            if not isinstance(data, list):
+                _page_records(data, resp.url)  # raises, naming what came instead
+            if not data:
                 return
-            if last is not None:
-                fresh = [r for r in page if _numeric_id(r, resp.url) > last]
-                if not fresh:
+            page: list[dict[str, Any]] = data
+            ids = _page_ids(page, resp.url)
+            if last is not None and min(ids) <= last:
+                kept = [(r, i) for r, i in zip(page, ids, strict=True) if i > last]
+                if not kept:
                     raise MalformedResponseError(
                         f"server ignored idAfter={last}: page holds no higher id", url=resp.url
                     )
-                if len(fresh) < len(page):
-                    logger.warning("dropped %d records at or below idAfter", len(page) - len(fresh))
-                page = fresh
+                logger.warning("dropped %d records at or below idAfter", len(page) - len(kept))
+                page, ids = [r for r, _ in kept], [i for _, i in kept]
             if remaining is not None:
-                page = page[:remaining]
+                page, ids = page[:remaining], ids[:remaining]
                 remaining -= len(page)
-            last = max(_numeric_id(r, resp.url) for r in page)
+            last = max(ids)
             offset = None
             yield page
 
