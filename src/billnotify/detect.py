@@ -18,6 +18,9 @@ from billnotify.values import as_date, as_datetime, as_decimal, as_int, flags, i
 
 TERMINAL_TASK_STATUSES = frozenset({"Completed", "Error", "Failed", "Skipped"})
 
+_STATUS_TIMESTAMPS = {"billing_task": ("startedTime", "endedTime")}
+"""Lifecycle timestamps that move with a status change and are covered by it."""
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -109,7 +112,7 @@ def _changes(entity: str, previous: dict[str, Any], current: dict[str, Any]) -> 
                 extra = {"added": sorted(new - old), "removed": sorted(old - new)}
                 specific.append(("status_changed", {"status"}, extra))
         else:
-            specific.append(("status_changed", {"status"}, {}))
+            specific.append(("status_changed", {"status", *_STATUS_TIMESTAMPS.get(entity, ())}, {}))
     if entity == "billing_task":
         before, after = as_int(previous.get("retryCount")), as_int(current.get("retryCount"))
         if after is not None and after > (before or 0):

@@ -1,0 +1,228 @@
+"""The polling loop and the shared step that turns a page of records into events.
+
+A :class:`ResourceSync` knows how to fetch one resource of one source
+(``poll_once``); a :class:`Poller` runs it on the source's interval as its own task, so
+a slow or failing source never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from billnotify.detect import Detection, Policy, detect
+from billnotify.errors import BillnotifyError
+from billnotify.events import CloudEvent, build_event
+from billnotify.store.base import Snapshot, SnapshotWrite, Store
+from billnotify.values import record_id
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class PollStats:
+    """What one poll cycle did."""
+
+    records: int = 0
+    events: int = 0
+    requests: int = 0
+    baseline: bool = False
+
+
+class ResourceSync(Protocol):
+    """One resource (or one property's headers) of one source."""
+
+    source: str
+    resource: str
+
+    async def poll_once(self) -> PollStats:
+        """Fetch what changed, commit snapshots, events and cursor; raise on failure."""
+
+
+@dataclass
+class PageResult:
+    """Snapshots to write and events to append for one page."""
+
+    writes: list[SnapshotWrite] = field(default_factory=list)
+    events: list[CloudEvent] = field(default_factory=list)
+
+
+def _write(entity: str, rid: str, record: dict[str, Any], found: Detection) -> SnapshotWrite:
+    return SnapshotWrite(entity, rid, record, marks=found.marks, due_at=found.due_at)
+
+
+def diff_page(
+    source: str,
+    entity: str,
+    records: Sequence[dict[str, Any]],
+    known: dict[str, Snapshot],
+    *,
+    now: datetime,
+    policy: Policy,
+    baseline: bool,
+    enrich: Callable[[CloudEvent], CloudEvent] | None = None,
+) -> PageResult:
+    """Compare a page with the stored snapshots (pure): what to write, what to emit.
+
+    A record equal to its snapshot (the overlap window re-reads such records) writes
+    nothing and emits nothing, unless a time-based event became due.
+    """
+    result = PageResult()
+    seen: set[str] = set()
+    for record in records:
+        rid = record_id(record)
+        if not rid or rid in seen:
+            continue
+        seen.add(rid)
+        snap = known.get(rid)
+        previous = snap.record if snap else None
+        found = detect(
+            entity,
+            previous,
+            record,
+            now=now,
+            marks=snap.marks if snap else frozenset(),
+            policy=policy,
+            baseline=baseline and snap is None,
+        )
+        unchanged = (
+            snap is not None
+            and snap.record == record
+            and snap.marks == found.marks
+            and snap.due_at == found.due_at
+        )
+        if not unchanged:
+            result.writes.append(_write(entity, rid, record, found))
+        for draft in found.drafts:
+            result.events.append(
+                build_event(
+                    source=source,
+                    entity=entity,
+                    object_id=rid,
+                    type_=draft.type,
+                    key=draft.key,
+                    time=now,
+                    data=draft.data,
+                )
+            )
+    if enrich is not None:
+        result.events = [enrich(e) for e in result.events]
+    return result
+
+
+async def sweep_due(
+    store: Store, source: str, entity: str, *, now: datetime, policy: Policy
+) -> int:
+    """Emit time-based events (stalled, overdue) for unchanged records that became due."""
+    emitted = 0
+    while True:
+        due = await store.due_snapshots(source, entity, now)
+        if not due:
+            return emitted
+        result = diff_page(
+            source,
+            entity,
+            [s.record for s in due],
+            {s.id: s for s in due},
+            now=now,
+            policy=policy,
+            baseline=False,
+        )
+        stored = await store.commit(source, result.writes, result.events)
+        emitted += len(stored)
+        if len(due) < 500:
+            return emitted
+
+
+class Poller:
+    """Runs one :class:`ResourceSync` every ``interval`` until cancelled.
+
+    Attributes:
+        last_success: monotonic time of the last successful poll (None before).
+        last_error: the last failure's message, cleared by a success.
+    """
+
+    def __init__(
+        self,
+        sync: ResourceSync,
+        interval: timedelta,
+        *,
+        on_result: Callable[[ResourceSync, PollStats | None, float, BaseException | None], None]
+        | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.sync = sync
+        self.interval = interval.total_seconds()
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.polls = 0
+        self._on_result = on_result
+        self._wake = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        """``source/resource``."""
+        return f"{self.sync.source}/{self.sync.resource}"
+
+    def poll_now(self) -> None:
+        """Start the next poll at once (e.g. an inbound platform webhook)."""
+        self._wake.set()
+
+    def healthy(self, now: float | None = None, intervals: float = 3.0) -> bool:
+        """Polled successfully within ``intervals`` poll intervals (plus a minute)."""
+        if self.last_success is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self.last_success <= self.interval * intervals + 60
+
+    async def run_once(self) -> PollStats | None:
+        """One poll with its error handling; failures are logged, never raised."""
+        started = time.monotonic()
+        stats: PollStats | None = None
+        error: BaseException | None = None
+        try:
+            stats = await self.sync.poll_once()
+        except BillnotifyError as exc:
+            error = exc
+            self.last_error = str(exc)
+            logger.warning("poll %s failed: %s (will retry next interval)", self.name, exc)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            error = exc
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("poll %s failed unexpectedly", self.name)
+        else:
+            self.last_success = time.monotonic()
+            self.last_error = None
+            if stats.events or stats.baseline:
+                logger.info(
+                    "poll %s: %d records, %d events%s",
+                    self.name,
+                    stats.records,
+                    stats.events,
+                    " (baseline)" if stats.baseline else "",
+                )
+        self.polls += 1
+        if self._on_result is not None:
+            self._on_result(self.sync, stats, time.monotonic() - started, error)
+        return stats
+
+    async def run(self) -> None:
+        """Poll forever on the interval."""
+        while True:
+            await self.run_once()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
