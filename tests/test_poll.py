@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -174,7 +175,7 @@ async def test_no_update_missed_at_the_cursor_boundary_while_paging(
     broken = [
         rid
         for rid, chain in chains.items()
-        if any(a[1] != b[0] for a, b in zip(chain, chain[1:], strict=False))
+        if any(a[1] != b[0] for a, b in itertools.pairwise(chain))
     ]
     print(
         f"records={len(ids)} events={sum(map(len, chains.values()))} "
