@@ -8,7 +8,9 @@ Kinds:
   fractional values are sent as e.g. ``0.2`` so tests can stay fast);
 - ``"malformed"``: the request is handled, then answered ``200`` with the body cut in half;
 - ``"slow"``: wait ``delay`` seconds, then handle the request normally;
-- ``"reset"``: abort the connection (TCP RST) without handling the request;
+- ``"reset"``: abort the connection (TCP RST) without handling the request (note that
+  aiohttp clients retry an idempotent request once after a reset, so arm ``count=2`` to
+  make a GET fail);
 - ``"reset_after"``: handle the request (so an action *is* performed), then abort the
   connection before the response is sent.
 """
