@@ -1,0 +1,386 @@
+"""The MQTT publisher: the event log, retained state and availability (SPEC §3).
+
+:class:`MqttPublisher` is the only code that talks to the broker. It reads the store's
+event log from the consumer position ``mqtt`` and publishes every event, keeping a
+window of up to ``max_inflight`` unacknowledged publishes, and stores as its position
+only a ``seq`` up to which *everything* was acknowledged. When the broker goes away
+it reconnects with capped exponential backoff and resumes from that position: no
+event is lost, and only the publishes that were in flight can arrive twice
+(subscribers de-duplicate on the CloudEvent ``id``). Events leave in log order on
+one connection, so each object's events stay in order.
+
+Retained state follows the store's *dirty* snapshots; availability is ``online``
+(retained) after connecting and ``offline`` both on a clean shutdown and, as the
+Last Will, when the process dies.
+
+No aiomqtt exception leaves this module: they become :class:`~billnotify.errors.BusError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from billnotify.config.models import MqttConfig
+from billnotify.errors import BusError
+from billnotify.publish.connection import (
+    OFFLINE,
+    ONLINE,
+    make_client,
+    properties,
+    watch_disconnect,
+)
+from billnotify.publish.topics import event_topic, state_topic, status_topic
+from billnotify.publish.window import InflightWindow
+
+if TYPE_CHECKING:
+    from billnotify.store.base import Store, StoredEvent
+
+logger = logging.getLogger(__name__)
+
+POSITION = "mqtt"
+"""The consumer name of the publisher's position in the event log."""
+CONTENT_TYPE = "application/cloudevents+json"
+_BACKOFF_START = 0.5
+_SHUTDOWN_TIMEOUT = 5.0
+
+
+class MqttPublisher:
+    """Publishes the event log, retained state and availability to one broker.
+
+    Args:
+        config: the ``[mqtt]`` table.
+        store: the state store (event log, positions, dirty snapshots).
+        clock: a monotonic clock in seconds (for outage durations).
+        sleep: awaited between reconnection attempts.
+        idle_interval: how often an idle publisher looks for dirty snapshots when
+            no event is appended.
+        publish_timeout: how long one publish may wait for its acknowledgement
+            before the connection is considered broken.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        idle_interval: float = 1.0,
+        publish_timeout: float | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._sleep = sleep
+        self._idle_interval = idle_interval
+        keepalive = config.keepalive.total_seconds()
+        self._publish_timeout = publish_timeout or max(30.0, 2 * keepalive)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._retain = frozenset(config.retain_state)
+        self._event_props: Properties | None = None
+        self._state_props: Properties | None = None
+        if config.protocol == 5:
+            expiry = config.message_expiry
+            self._event_props = properties(
+                PacketTypes.PUBLISH,
+                ContentType=CONTENT_TYPE,
+                MessageExpiryInterval=max(1, int(expiry.total_seconds())) if expiry else None,
+            )
+            self._state_props = properties(PacketTypes.PUBLISH, ContentType="application/json")
+        self.last_published_seq = 0
+        """Highest seq published and acknowledged together with every earlier one."""
+        self.published_total = 0
+        """Messages (events and state) acknowledged by the broker since start."""
+        self.reconnects = 0
+        """Connections that were lost and re-established."""
+        self._client_was_connected = False
+
+    # -- public API --------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the publisher holds a live connection to the broker."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the publisher is connected.
+
+        Raises:
+            BusError: not connected within ``timeout`` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            raise BusError(f"not connected to {self._where} within {timeout}s") from None
+
+    async def run(self) -> None:
+        """Publish forever; reconnect when the broker goes away.
+
+        Returns only by cancellation, after publishing ``offline`` (retained) and
+        disconnecting cleanly.
+
+        Raises:
+            BusError: the TLS files cannot be loaded (a configuration problem).
+        """
+        failures = 0
+        lost_at: float | None = None
+        while True:
+            try:
+                await self._session(lost_at)
+            except aiomqtt.MqttError as exc:
+                if self._client_was_connected:
+                    failures = 0
+                    self.reconnects += 1
+                    lost_at = self._clock()
+                    logger.warning("lost the MQTT broker %s: %s", self._where, exc)
+                delay = min(
+                    self._config.reconnect_max.total_seconds(), _BACKOFF_START * 2**failures
+                )
+                failures += 1
+                logger.info(
+                    "MQTT broker %s unavailable (%s); retrying in %.1fs", self._where, exc, delay
+                )
+                await self._sleep(delay)
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish one message on the live connection (the rules' ``mqtt`` action).
+
+        Raises:
+            BusError: not connected, an invalid topic, or the broker did not
+                acknowledge the message.
+        """
+        client = self._client
+        if client is None or not self.connected:
+            raise BusError(f"not connected to the MQTT broker {self._where}")
+        await self._send(client, topic, payload, qos, retain)
+
+    async def republish(self, events: Sequence[StoredEvent]) -> int:
+        """Publish ``events`` again (``billnotify replay --to mqtt``).
+
+        Uses the live connection when :meth:`run` holds one, otherwise a short-lived
+        connection of its own (a distinct client id, no Last Will). The stored
+        position does not move.
+
+        Returns:
+            How many events were published.
+
+        Raises:
+            BusError: the broker cannot be reached or did not acknowledge.
+        """
+        client = self._client
+        if client is not None and self.connected:
+            return await self._republish_on(client, events)
+        temporary = make_client(
+            self._config, f"{self._config.client_id}-replay-{uuid.uuid4().hex[:8]}", session=False
+        )
+        try:
+            async with temporary:
+                return await self._republish_on(temporary, events)
+        except aiomqtt.MqttError as exc:
+            raise BusError(f"replay to {self._where} failed: {exc}") from exc
+
+    # -- one connection ----------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"{self._config.host}:{self._config.port}"
+
+    async def _session(self, lost_at: float | None) -> None:
+        self._client_was_connected = False
+        client = make_client(self._config, self._config.client_id, session=True)
+        async with client:
+            self._client_was_connected = True
+            try:
+                await self._serve(client, lost_at)
+            except aiomqtt.MqttError:
+                raise
+            except BaseException:
+                # Cancelled (clean shutdown) or failing: a clean DISCONNECT suppresses
+                # the Last Will, so say it ourselves.
+                await self._say_offline(client)
+                raise
+            finally:
+                self._client = None
+                self._connected.clear()
+
+    async def _serve(self, client: aiomqtt.Client, lost_at: float | None) -> None:
+        await client.publish(
+            status_topic(self._config.prefix),
+            ONLINE,
+            qos=1,
+            retain=True,
+            timeout=self._publish_timeout,
+        )
+        self._client = client
+        self._connected.set()
+        if lost_at is None:
+            logger.info("connected to the MQTT broker %s", self._where)
+        else:
+            logger.info(
+                "reconnected to the MQTT broker %s after %.1fs",
+                self._where,
+                self._clock() - lost_at,
+            )
+        pump = asyncio.create_task(self._pump(client), name="mqtt-pump")
+        watch = asyncio.create_task(watch_disconnect(client), name="mqtt-watch")
+        try:
+            done, _pending = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        try:
+            await client.publish(
+                status_topic(self._config.prefix),
+                OFFLINE,
+                qos=1,
+                retain=True,
+                timeout=_SHUTDOWN_TIMEOUT,
+            )
+        except aiomqtt.MqttError as exc:
+            logger.warning("could not publish 'offline' before disconnecting: %s", exc)
+        else:
+            logger.info("published 'offline'; disconnecting from %s", self._where)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        store = self._store
+        position = await store.get_position(POSITION)
+        self.last_published_seq = position
+        window = InflightWindow(self._config.max_inflight, acked=position)
+        sent = position
+        try:
+            while True:
+                batch = await store.read_events(sent, limit=self._config.batch_size)
+                for stored in batch:
+                    await window.submit(stored.seq, self._event_publisher(client, stored))
+                    sent = stored.seq
+                if not batch:
+                    await window.drain()
+                position = await self._save_position(window.advance(), position)
+                state_pages = await self._publish_state(client, window)
+                if not batch and not state_pages:
+                    await self._wait_for_events(sent)
+        finally:
+            await window.close()
+
+    async def _save_position(self, acked: int, position: int) -> int:
+        if acked > position:
+            await self._store.set_position(POSITION, acked)
+            self.last_published_seq = acked
+        return max(acked, position)
+
+    def _event_publisher(
+        self, client: aiomqtt.Client, stored: StoredEvent
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        event = stored.event
+        topic = event_topic(self._config.prefix, event)
+        payload = event.to_json().encode()
+
+        async def publish() -> None:
+            try:
+                await self._send_raw(
+                    client, topic, payload, self._config.qos, False, self._event_props
+                )
+            except ValueError as exc:  # paho refused the message itself: never retry it
+                logger.error(
+                    "event %s (seq %d) cannot be published: %s; skipped", event.id, stored.seq, exc
+                )
+
+        return publish
+
+    async def _publish_state(self, client: aiomqtt.Client, window: InflightWindow) -> int:
+        """Publish one page of dirty snapshots; return 1 if there was one, else 0."""
+        snapshots = await self._store.dirty_snapshots(limit=self._config.batch_size)
+        if not snapshots:
+            return 0
+        qos = max(1, self._config.qos)
+        tasks = []
+        for snap in snapshots:
+            if snap.entity not in self._retain:
+                continue
+            topic = state_topic(self._config.prefix, snap.source, snap.entity, snap.id)
+            payload = json.dumps(snap.record, separators=(",", ":"), default=str).encode()
+            tasks.append(
+                await window.submit(None, self._state_publisher(client, topic, payload, qos))
+            )
+        await window.wait(tasks)
+        await self._store.clear_dirty(snapshots)
+        return 1
+
+    def _state_publisher(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def publish() -> None:
+            await self._send_raw(client, topic, payload, qos, True, self._state_props)
+
+        return publish
+
+    async def _wait_for_events(self, sent: int) -> None:
+        appended = self._store.appended
+        async with appended:
+            # Checked under the condition's lock: an append that lands after this
+            # check notifies only once we wait, so it cannot be missed.
+            if await self._store.last_seq() > sent:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._idle_interval):
+                    await appended.wait()
+
+    async def _republish_on(self, client: aiomqtt.Client, events: Sequence[StoredEvent]) -> int:
+        window = InflightWindow(self._config.max_inflight)
+        try:
+            for stored in events:
+                await window.submit(stored.seq, self._event_publisher(client, stored))
+            await window.drain()
+        except aiomqtt.MqttError as exc:
+            raise BusError(f"replay to {self._where} failed: {exc}") from exc
+        finally:
+            await window.close()
+        return len(events)
+
+    # -- sending -----------------------------------------------------------------------
+    async def _send(
+        self, client: aiomqtt.Client, topic: str, payload: bytes | str, qos: int, retain: bool
+    ) -> None:
+        try:
+            await self._send_raw(client, topic, payload, qos, retain, None)
+        except aiomqtt.MqttError as exc:
+            raise BusError(f"publish to {topic!r} failed: {exc}") from exc
+        except ValueError as exc:  # paho: wildcard in topic, bad qos
+            raise BusError(f"cannot publish to {topic!r}: {exc}") from exc
+
+    async def _send_raw(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: bytes | str,
+        qos: int,
+        retain: bool,
+        properties: Properties | None,
+    ) -> None:
+        await client.publish(
+            topic,
+            payload,
+            qos=qos,
+            retain=retain,
+            properties=properties,
+            timeout=self._publish_timeout,
+        )
+        self.published_total += 1

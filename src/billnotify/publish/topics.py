@@ -1,0 +1,63 @@
+"""MQTT topic names (SPEC §3): pure functions, no I/O.
+
+Layout under ``prefix``::
+
+    {prefix}/status                                   retained online / offline
+    {prefix}/events/{source}/{entity}/{id}/{action}   one message per event
+    {prefix}/state/{source}/{entity}/{id}             retained latest record
+
+A topic level must not contain ``/``, ``+``, ``#`` or NUL; record ids come from the
+platforms, so such characters (and ``%`` itself, to stay reversible) are
+percent-encoded: id ``A/7`` becomes the level ``A%2F7``.
+"""
+
+from __future__ import annotations
+
+from billnotify.events import CloudEvent
+
+_ESCAPES = {"%": "%25", "/": "%2F", "+": "%2B", "#": "%23", "\0": "%00"}
+_TABLE = str.maketrans(_ESCAPES)
+
+
+def topic_level(value: str) -> str:
+    """One topic level: ``value`` with ``/ + # %`` and NUL percent-encoded.
+
+    An empty value becomes ``_`` so the topic keeps its shape.
+    """
+    return value.translate(_TABLE) if value else "_"
+
+
+def status_topic(prefix: str) -> str:
+    """The availability topic, ``{prefix}/status``."""
+    return f"{prefix}/status"
+
+
+def event_topic(prefix: str, event: CloudEvent) -> str:
+    """``{prefix}/events/{source}/{entity}/{id}/{action}`` for one event."""
+    return "/".join(
+        (
+            prefix,
+            "events",
+            topic_level(event.source_name),
+            topic_level(event.entity),
+            topic_level(event.object_id),
+            topic_level(event.action),
+        )
+    )
+
+
+def state_topic(prefix: str, source: str, entity: str, object_id: str) -> str:
+    """``{prefix}/state/{source}/{entity}/{id}``: the retained state of one record."""
+    return "/".join(
+        (prefix, "state", topic_level(source), topic_level(entity), topic_level(object_id))
+    )
+
+
+def events_filter(prefix: str) -> str:
+    """A subscription filter matching every event topic."""
+    return f"{prefix}/events/#"
+
+
+def state_filter(prefix: str) -> str:
+    """A subscription filter matching every retained state topic."""
+    return f"{prefix}/state/#"

@@ -1,0 +1,102 @@
+"""A window of publishes awaiting the broker's acknowledgement, kept in log order.
+
+Publishing one message at a time costs a network round trip per event; the window
+keeps up to ``size`` publishes in flight and reports how far the log is *safely*
+published: the highest ``seq`` such that it and every earlier one were acknowledged.
+That is the only position the publisher may store, so a crash or an outage re-sends
+at most the window, never skips an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+Publish = Callable[[], Coroutine[Any, Any, None]]
+
+
+class InflightWindow:
+    """Up to ``size`` concurrent publishes; acknowledgements tracked in submit order.
+
+    The first failure is remembered and re-raised by the next :meth:`submit`,
+    :meth:`advance` or :meth:`drain`: one lost connection fails every later publish
+    too, and the caller reconnects and resumes from :attr:`acked`.
+    """
+
+    def __init__(self, size: int, acked: int = 0) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._pending: deque[tuple[int | None, asyncio.Task[None]]] = deque()
+        self._failure: BaseException | None = None
+        self.acked = acked
+        """Highest seq acknowledged together with everything submitted before it."""
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, seq: int | None, publish: Publish) -> asyncio.Task[None]:
+        """Start ``publish()`` once a slot is free.
+
+        Args:
+            seq: the event's log position, or None for a publish that does not move
+                the position (retained state).
+            publish: a factory of the publish coroutine, called only once a slot
+                is free, so that publishes leave in submit order.
+
+        Returns:
+            The task of the publish.
+        """
+        await self._slots.acquire()
+        try:
+            self._raise_failure()
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.create_task(publish())
+        task.add_done_callback(self._finished)
+        self._pending.append((seq, task))
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._slots.release()
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved for every task, so none is reported unhandled
+        if exc is not None and self._failure is None:
+            self._failure = exc
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def advance(self) -> int:
+        """Drop acknowledged publishes from the head and return :attr:`acked`."""
+        self._raise_failure()
+        pending = self._pending
+        while pending and pending[0][1].done():
+            seq, _task = pending.popleft()
+            if seq is not None:
+                self.acked = seq
+        return self.acked
+
+    async def wait(self, tasks: Iterable[asyncio.Task[None]]) -> None:
+        """Wait until ``tasks`` are done; raise the window's first failure."""
+        todo = [task for task in tasks if not task.done()]
+        if todo:
+            await asyncio.wait(todo)
+        self._raise_failure()
+
+    async def drain(self) -> int:
+        """Wait for every publish in flight; return :attr:`acked`."""
+        await self.wait([task for _seq, task in self._pending])
+        return self.advance()
+
+    async def close(self) -> None:
+        """Abandon every publish in flight (the connection is gone)."""
+        tasks = [task for _seq, task in self._pending]
+        self._pending.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
