@@ -8,6 +8,7 @@ a slow or failing source never delays another.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from billnotify.detect import Detection, Policy, detect
 from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent, build_event
-from billnotify.store.base import Snapshot, SnapshotWrite, Store
+from billnotify.store.base import Snapshot, SnapshotWrite, Store, StoredEvent
 from billnotify.values import record_id
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class PollStats:
     events: int = 0
     requests: int = 0
     baseline: bool = False
+    types: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Appended events by type."""
 
 
 class ResourceSync(Protocol):
@@ -125,9 +128,9 @@ def diff_page(
 
 async def sweep_due(
     store: Store, source: str, entity: str, *, now: datetime, policy: Policy
-) -> int:
+) -> list[StoredEvent]:
     """Emit time-based events (stalled, overdue) for unchanged records that became due."""
-    emitted = 0
+    emitted: list[StoredEvent] = []
     while True:
         due = await store.due_snapshots(source, entity, now)
         if not due:
@@ -141,8 +144,7 @@ async def sweep_due(
             policy=policy,
             baseline=False,
         )
-        stored = await store.commit(source, result.writes, result.events)
-        emitted += len(stored)
+        emitted += await store.commit(source, result.writes, result.events)
         if len(due) < 500:
             return emitted
 

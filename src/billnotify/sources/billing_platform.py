@@ -104,9 +104,11 @@ class BillingPlatformSync:
             stats.requests += 1
             if started is None:
                 started = server_time(self.client, self.clock())
-        stats.events += await sweep_due(
+        swept = await sweep_due(
             self.store, self.source, self.entity, now=self.clock(), policy=self.policy
         )
+        stats.events += len(swept)
+        stats.types.update(s.event.type for s in swept)
         assert started is not None
         new_cursor = started.strftime(CURSOR_FORMAT)
         if new_cursor != cursor:
@@ -129,6 +131,7 @@ class BillingPlatformSync:
         if result.writes or result.events:
             stored = await self.store.commit(self.source, result.writes, result.events)
             stats.events += len(stored)
+            stats.types.update(s.event.type for s in stored)
 
 
 def build_billing_syncs(

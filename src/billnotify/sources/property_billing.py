@@ -78,6 +78,7 @@ class PropertyBillingSync:
             self.source, result.writes, result.events, (self.resource, cursor_value)
         )
         stats.events = len(stored)
+        stats.types.update(s.event.type for s in stored)
         return stats
 
     async def _enrich(self, event: CloudEvent, stats: PollStats) -> CloudEvent:

@@ -1,0 +1,81 @@
+"""Prometheus metrics (prometheus-client), one registry per service instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Every metric family billnotify exports, on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.polls = Counter(
+            "billnotify_polls", "Poll cycles run.", ["source", "resource"], registry=r
+        )
+        self.poll_errors = Counter(
+            "billnotify_poll_errors", "Poll cycles that failed.", ["source", "resource"], registry=r
+        )
+        self.poll_seconds = Histogram(
+            "billnotify_poll_duration_seconds",
+            "Duration of a poll cycle.",
+            ["source", "resource"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.source_up = Gauge(
+            "billnotify_source_up",
+            "1 if the last poll of the resource succeeded.",
+            ["source", "resource"],
+            registry=r,
+        )
+        self.events = Counter(
+            "billnotify_events", "Events appended to the log.", ["type"], registry=r
+        )
+        self.log_backlog = Gauge(
+            "billnotify_log_backlog_events",
+            "Events in the log a consumer has not processed yet.",
+            ["consumer"],
+            registry=r,
+        )
+        self.publish_lag = Gauge(
+            "billnotify_mqtt_publish_lag_seconds",
+            "Age of the oldest event not yet published to MQTT (0 when caught up).",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "billnotify_mqtt_connected", "1 while connected to the broker.", registry=r
+        )
+        self.mqtt_published = Gauge(
+            "billnotify_mqtt_published_events",
+            "Events published to MQTT by this process.",
+            registry=r,
+        )
+        self.deliveries = Gauge(
+            "billnotify_deliveries",
+            "Deliveries in the ledger by action type and status.",
+            ["action", "status"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "billnotify_delivery_attempts",
+            "Delivery attempts by action type and outcome.",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.retry_queue = Gauge(
+            "billnotify_retry_queue_depth",
+            "Deliveries waiting for a scheduled retry.",
+            registry=r,
+        )
+        self.oldest_pending = Gauge(
+            "billnotify_oldest_pending_delivery_age_seconds",
+            "Age of the oldest delivery not yet settled (0 when none).",
+            registry=r,
+        )
+        self.ready = Gauge("billnotify_ready", "1 when /readyz answers 200.", registry=r)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
