@@ -162,7 +162,7 @@ class Scenario:
 
     def _tick_tasks(self) -> None:
         state, rng = self.state, self.rng
-        for _ in range(rng.choice((0, 1, 1, 2))):
+        for _ in range(rng.choice((0, 0, 1, 1, 2))):
             kind = rng.choice(_TASK_TYPES)
             customer_id = rng.choice(self._customer_ids)
             state.add_billing_task(
@@ -176,10 +176,14 @@ class Scenario:
         movable = [
             t
             for t in state.billing_tasks.values()
-            if t["status"] in ("Pending", "Running")
-            or (t["status"] in ("Failed", "Error") and int(t["retryCount"]) < _MAX_RETRIES)
+            # Billing Run tasks end with their run (see _complete_run).
+            if t["billingTaskType"] != "Billing Run"
+            and (
+                t["status"] in ("Pending", "Running")
+                or (t["status"] in ("Failed", "Error") and int(t["retryCount"]) < _MAX_RETRIES)
+            )
         ]
-        for task in sorted(movable, key=lambda t: int(t["id"]))[:3]:
+        for task in sorted(movable, key=lambda t: int(t["id"]))[:4]:
             self._advance_task(task)
 
     def _advance_task(self, task: dict[str, Any]) -> None:
@@ -187,7 +191,7 @@ class Scenario:
         log = str(task.get("activityLog") or "")
         status = task["status"]
         if status == "Pending":
-            if rng.random() < 0.1:
+            if rng.random() < 0.07:
                 state.update_billing_task(
                     task["id"],
                     status="Skipped",

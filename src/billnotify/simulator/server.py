@@ -155,7 +155,8 @@ def _describe(sim: Simulator) -> str:
         "",
         "try:",
         f"  curl -H 'Authorization: Bearer {key}' {sim.billing_base_url}/billingTasks/",
-        f"  curl -H 'Authorization: Bearer {key}' '{sim.billing_base_url}/invoices/?includeUnsent=1'",
+        f"  curl -H 'Authorization: Bearer {key}' "
+        f"'{sim.billing_base_url}/invoices/?includeUnsent=1'",
         f"  TOKEN=$(curl -s -X POST -H 'Content-Type: application/json' "
         f'-d \'{{"username": "{sim.username}", "password": "{sim.password}"}}\' {sim.auth_url})',
         f"  curl -H \"Authorization: Bearer $TOKEN\" -H 'istaAdministratorIds: {admin}' "

@@ -78,7 +78,7 @@ class SimState:
     # -- generic -----------------------------------------------------------------
 
     def table(self, resource: str) -> dict[str, dict[str, Any]]:
-        """Return the record table of ``resource`` (``billing_tasks``, ``billing_runs``, ``invoices``)."""
+        """Return the record table of ``billing_tasks``, ``billing_runs`` or ``invoices``."""
         tables = {
             "billing_tasks": self.billing_tasks,
             "billing_runs": self.billing_runs,
