@@ -1,0 +1,265 @@
+"""What ``billnotify deliveries``, ``render`` and ``replay --to rules`` do (SPEC §6).
+
+``cli.py`` parses the arguments and prints; these functions do the work against the
+store, so they are testable without a subprocess.
+
+Statuses for ``deliveries --status``:
+
+- any :class:`~billnotify.store.base.DeliveryStatus` value (``pending``, ``sending``,
+  ``succeeded``, ``retry_scheduled``, ``dead``, ``uncertain``, ``dry_run``);
+- ``failed``: every delivery whose last attempt failed and that is not settled
+  successfully, i.e. ``retry_scheduled`` **and** ``dead`` (``dead`` alone lists only
+  the given-up ones).
+
+Replaying events to the rules records the deliveries the *current* rules call for.
+Delivery ids are deterministic (rule, action, event), so by default a replay only
+creates deliveries that do not exist yet (a rule added after the event, an event that
+was skipped): an event already delivered is never sent again. ``force=True`` also sets
+existing settled deliveries (succeeded, dead, uncertain, dry_run) back to pending with
+the **same id** (so webhook consumers can de-duplicate on ``webhook-id``); that re-sends
+customer-facing actions too, which is what forcing means.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from billnotify.actions.base import ActionExecutor, Rendered
+from billnotify.config.models import Config
+from billnotify.events import CloudEvent, format_time
+from billnotify.rules.engine import Evaluator, Planned, RuleHandler, rule_named
+from billnotify.rules.matching import evaluate_when, selects
+from billnotify.store.base import Delivery, DeliveryStatus, Store, StoredEvent
+
+logger = logging.getLogger(__name__)
+
+FAILED = (DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.DEAD)
+"""What ``--status failed`` lists."""
+RETRYABLE = frozenset(
+    {DeliveryStatus.DEAD, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.UNCERTAIN}
+)
+"""Statuses ``deliveries retry`` accepts."""
+REPLAY_CONSUMER = "replay"
+"""The log position replays record under (the rule handler's own stays untouched)."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of an operator command for one delivery."""
+
+    id: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a replay to the rules did.
+
+    Attributes:
+        created: deliveries recorded for the first time.
+        reset: existing deliveries set back to pending (``force`` only).
+        unchanged: deliveries that already existed and were left alone.
+    """
+
+    created: int
+    reset: int
+    unchanged: int
+
+
+def statuses_for(name: str | None) -> list[DeliveryStatus] | None:
+    """The statuses a ``--status`` value stands for (None: all).
+
+    Raises:
+        ValueError: an unknown status name.
+    """
+    if name is None or name in ("", "all"):
+        return None
+    if name == "failed":
+        return list(FAILED)
+    try:
+        return [DeliveryStatus(name)]
+    except ValueError:
+        valid = ", ".join(["failed", *(s.value for s in DeliveryStatus)])
+        raise ValueError(f"unknown delivery status {name!r} (one of: {valid})") from None
+
+
+async def list_deliveries(store: Store, status: str | None, limit: int = 1000) -> list[Delivery]:
+    """Ledger rows for ``billnotify deliveries [--status S]``, newest first."""
+    return await store.list_deliveries(statuses_for(status), limit=limit)
+
+
+async def retry_deliveries(store: Store, ids: Iterable[str], now: datetime) -> list[CommandResult]:
+    """``deliveries retry ID...``: dead, failed or uncertain deliveries -> pending now.
+
+    Retrying an ``uncertain`` delivery is the operator's word that it was not sent (as
+    ``resolve --not-sent``). A retried delivery keeps its attempt count: if it fails
+    again after its retry schedule is used up, it is dead again after one attempt.
+    """
+    results: list[CommandResult] = []
+    for delivery_id in ids:
+        delivery = await store.get_delivery(delivery_id)
+        if delivery is None:
+            results.append(CommandResult(delivery_id, False, "no such delivery"))
+            continue
+        if delivery.status not in RETRYABLE:
+            message = f"is {delivery.status.value}; only dead, failed or uncertain can be retried"
+            results.append(CommandResult(delivery_id, False, message))
+            continue
+        await store.set_delivery_status(
+            delivery_id,
+            DeliveryStatus.PENDING,
+            now=now,
+            next_attempt_at=now,
+            note=f"operator retry (was {delivery.status.value})",
+        )
+        results.append(CommandResult(delivery_id, True, f"{delivery.status.value} -> pending"))
+    return results
+
+
+async def resolve_delivery(
+    store: Store, delivery_id: str, sent: bool, now: datetime
+) -> CommandResult:
+    """``deliveries resolve ID --sent|--not-sent`` for an ``uncertain`` delivery.
+
+    ``sent=True`` settles it as succeeded; ``sent=False`` makes it pending (sent again).
+    """
+    delivery = await store.get_delivery(delivery_id)
+    if delivery is None:
+        return CommandResult(delivery_id, False, "no such delivery")
+    if delivery.status is not DeliveryStatus.UNCERTAIN:
+        return CommandResult(
+            delivery_id, False, f"is {delivery.status.value}; only uncertain can be resolved"
+        )
+    if sent:
+        await store.set_delivery_status(
+            delivery_id, DeliveryStatus.SUCCEEDED, now=now, note="operator: sent"
+        )
+        return CommandResult(delivery_id, True, "uncertain -> succeeded")
+    await store.set_delivery_status(
+        delivery_id, DeliveryStatus.PENDING, now=now, next_attempt_at=now, note="operator: not sent"
+    )
+    return CommandResult(delivery_id, True, "uncertain -> pending")
+
+
+def rule_fires(
+    config: Config, renderer: Evaluator, rule_name: str, event: CloudEvent
+) -> str | None:
+    """Why a rule would not fire for an event (None: it would).
+
+    Raises:
+        KeyError: no rule has that name.
+    """
+    rule = rule_named(config, rule_name)
+    if not selects(rule, event):
+        if not rule.enabled:
+            return "the rule is disabled"
+        if not rule.matches(event.type):
+            return f"{event.type!r} matches none of {rule.on}"
+        return f"source {event.source_name!r} is not in {rule.sources}"
+    applies, error = evaluate_when(rule, event, renderer.evaluate)
+    if error is not None:
+        return error
+    return None if applies else f"when {rule.when!r} is false"
+
+
+async def render_rule(
+    config: Config,
+    renderer: Evaluator,
+    executors: Mapping[str, ActionExecutor],
+    rule_name: str,
+    event: CloudEvent,
+) -> list[Rendered]:
+    """What each action of a rule would send for an event (``billnotify render``).
+
+    Renders whether or not the rule's ``when`` holds (see :func:`rule_fires`). An
+    action that cannot render gives a :class:`Rendered` whose summary is ``{"error": ...}``.
+
+    Raises:
+        KeyError: no rule has that name.
+    """
+    del renderer  # the executors hold the template renderer; kept for the CLI's symmetry
+    rule = rule_named(config, rule_name)
+    rendered: list[Rendered] = []
+    for action in rule.actions:
+        executor = executors.get(action.type)
+        if executor is None:
+            error = {"error": f"no executor for {action.type!r} actions (is it configured?)"}
+            rendered.append(Rendered(action.type, "", error))
+            continue
+        try:
+            rendered.append(await executor.render(action, event, rule))
+        except Exception as exc:  # shown to the operator, never a crash
+            target = executor.target(action, event)
+            rendered.append(Rendered(action.type, target, {"error": f"{exc}"}))
+    return rendered
+
+
+async def replay_to_rules(
+    handler: RuleHandler, events: Sequence[StoredEvent], *, force: bool = False
+) -> ReplayResult:
+    """``replay ... --to rules``: record the deliveries the current rules call for.
+
+    See the module docstring for why this never double-sends unless ``force``.
+    """
+    if not events:
+        return ReplayResult(0, 0, 0)
+    store, now = handler.store, handler.clock()
+    planned: list[Planned] = []
+    for stored in events:
+        planned.extend(await handler.plan(stored))
+    existing: dict[str, Delivery] = {}
+    for item in planned:
+        found = await store.get_delivery(item.delivery.id)
+        if found is not None:
+            existing[found.id] = found
+    position = max(stored.seq for stored in events)
+    created = await handler.record(planned, position, consumer=REPLAY_CONSUMER)
+    reset = 0
+    if force:
+        settled = RETRYABLE | {DeliveryStatus.SUCCEEDED, DeliveryStatus.DRY_RUN}
+        for item in planned:
+            old = existing.get(item.delivery.id)
+            if old is None or old.status not in settled:
+                continue
+            if item.delivery.status is not DeliveryStatus.PENDING:
+                continue  # still dry-run, or its `when` fails: nothing to send
+            await store.set_delivery_status(
+                old.id, DeliveryStatus.PENDING, now=now, next_attempt_at=now, note="forced replay"
+            )
+            reset += 1
+    logger.info("replay of %d events: %d new deliveries, %d reset", len(events), created, reset)
+    return ReplayResult(created, reset, len(existing) - reset)
+
+
+def format_deliveries(deliveries: Sequence[Delivery], *, error_width: int = 60) -> str:
+    """A plain-text table of deliveries for the terminal."""
+    header = ("ID", "STATUS", "TRIES", "RULE", "ACTION", "TARGET", "NEXT/UPDATED", "LAST ERROR")
+    rows = [header]
+    for d in deliveries:
+        when = d.next_attempt_at if d.status is DeliveryStatus.RETRY_SCHEDULED else d.updated_at
+        error = " ".join((d.last_error or "").split())
+        if len(error) > error_width:
+            error = error[: error_width - 3] + "..."
+        rows.append(
+            (
+                d.id,
+                d.status.value,
+                str(d.attempts),
+                d.rule,
+                f"{d.action_index}:{d.action_type}",
+                d.target,
+                format_time(when) if when else "",
+                error,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.append(f"({len(deliveries)} deliveries)")
+    return "\n".join(lines)

@@ -1,0 +1,272 @@
+"""The rule handler: turns the event log into recorded deliveries (SPEC §4, §4.1).
+
+It reads the log in order from its position (``rules``), batch by batch. For each event
+it computes the deliveries the rules call for and records them **and** its new position
+in one store transaction, so a crash either loses the whole batch (it is read again) or
+keeps all of it; delivery ids are deterministic, so a batch recorded twice inserts
+nothing new. It never sends anything: the :class:`~billnotify.rules.worker.DeliveryWorker`
+does, from the ledger.
+
+Dry-run deliveries (global, rule or action ``dry_run``) are rendered here and recorded
+with status ``dry_run`` and what would have been sent; the worker never picks them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from billnotify.actions.base import ActionExecutor
+from billnotify.config.models import Action, Config, Rule
+from billnotify.errors import StoreError
+from billnotify.events import CloudEvent
+from billnotify.rules.ledger import (
+    RULES_CONSUMER,
+    LedgerStore,
+    rendered_json,
+    settle_without_sending,
+)
+from billnotify.rules.matching import Match, effective_dry_run, match_event
+from billnotify.store.base import DeliveryStatus, NewDelivery, StoredEvent
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class Evaluator(Protocol):
+    """What the handler needs of ``TemplateRenderer``: evaluating ``when``."""
+
+    def evaluate(self, expression: str, context: Mapping[str, Any]) -> bool:
+        """Evaluate a Jinja expression to a bool (raises on errors)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A delivery to record, with what must be noted beside it.
+
+    Attributes:
+        delivery: the ledger row.
+        error: why it is recorded ``dead`` (a failed ``when``) or why a dry run could
+            not render.
+        rendered: JSON of what a dry run would have sent.
+    """
+
+    delivery: NewDelivery
+    error: str | None = None
+    rendered: str | None = None
+
+
+class RuleHandler:
+    """Consumes the event log and records deliveries.
+
+    Args:
+        config: the configuration (rules, dry-run switch).
+        store: the state store.
+        renderer: evaluates ``when`` expressions.
+        executors: action type -> executor (exactly-once flag, target, dry-run render).
+        clock: returns the current UTC time.
+        batch_size: events read and recorded per transaction.
+        idle_timeout: seconds to wait for ``store.appended`` before looking anyway
+            (events appended by another process do not notify this one).
+        on_recorded: called after new deliveries were recorded (wakes the worker).
+        consumer: the position name in the log.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: LedgerStore,
+        renderer: Evaluator,
+        executors: Mapping[str, ActionExecutor],
+        clock: Clock,
+        *,
+        batch_size: int = 200,
+        idle_timeout: float = 5.0,
+        on_recorded: Callable[[], None] | None = None,
+        consumer: str = RULES_CONSUMER,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.renderer = renderer
+        self.executors = executors
+        self.clock = clock
+        self.batch_size = batch_size
+        self.idle_timeout = idle_timeout
+        self.on_recorded = on_recorded
+        self.consumer = consumer
+        self.events_processed = 0
+        """Events consumed since start (for metrics)."""
+        self.deliveries_recorded = 0
+        """New deliveries recorded since start (for metrics)."""
+
+    # -- the loop --------------------------------------------------------------------
+    async def run(self) -> None:
+        """Process the log forever: catch up, then wait for new events."""
+        failures = 0
+        while True:
+            try:
+                await self.catch_up()
+                failures = 0
+                await self.wait_for_events()
+            except StoreError as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                logger.error("rule handler: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def wait_for_events(self) -> None:
+        """Return when the log has grown past our position, or after ``idle_timeout``.
+
+        The check happens under the condition's lock, and the store notifies under it
+        after committing, so an append between the check and the wait cannot be missed.
+        """
+        position = await self.store.get_position(self.consumer)
+        async with self.store.appended:
+            if await self.store.last_seq() > position:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.appended.wait(), self.idle_timeout)
+
+    async def catch_up(self) -> int:
+        """Process batches until the log is exhausted; returns how many events."""
+        total = 0
+        while True:
+            count = await self.process_batch()
+            if count == 0:
+                return total
+            total += count
+
+    async def process_batch(self) -> int:
+        """Read, plan and record one batch; returns how many events it held."""
+        position = await self.store.get_position(self.consumer)
+        batch = await self.store.read_events(position, limit=self.batch_size)
+        if not batch:
+            return 0
+        planned: list[Planned] = []
+        for stored in batch:
+            planned.extend(await self.plan(stored))
+        new = await self.record(planned, batch[-1].seq)
+        self.events_processed += len(batch)
+        logger.debug(
+            "rules: events %d..%d -> %d deliveries (%d new)",
+            batch[0].seq,
+            batch[-1].seq,
+            len(planned),
+            new,
+        )
+        return len(batch)
+
+    # -- planning --------------------------------------------------------------------
+    async def plan(self, stored: StoredEvent) -> list[Planned]:
+        """The deliveries one event calls for (nothing is written)."""
+        event = stored.event
+        matches = match_event(self.config.rules, event, self.renderer.evaluate)
+        return [await self._plan_match(stored, match) for match in matches]
+
+    async def _plan_match(self, stored: StoredEvent, match: Match) -> Planned:
+        rule, action, event = match.rule, match.action, stored.event
+        executor = self.executors.get(action.type)
+
+        def row(status: DeliveryStatus, exactly_once: bool = True, target: str = "") -> NewDelivery:
+            return NewDelivery(
+                rule=rule.name,
+                action_index=match.action_index,
+                action_type=action.type,
+                event_id=event.id,
+                event_seq=stored.seq,
+                exactly_once=exactly_once,
+                target=target,
+                status=status,
+            )
+
+        if executor is None:
+            error = f"no executor for {action.type!r} actions (is it configured?)"
+            return Planned(row(DeliveryStatus.DEAD), error=error)
+        exactly_once, target = _describe(executor, action, event)
+        if match.error is not None:
+            return Planned(row(DeliveryStatus.DEAD, exactly_once, target), error=match.error)
+        if not effective_dry_run(self.config.service.dry_run, rule, action):
+            return Planned(row(DeliveryStatus.PENDING, exactly_once, target))
+        delivery = row(DeliveryStatus.DRY_RUN, exactly_once, target)
+        try:
+            rendered = await executor.render(action, event, rule)
+        except Exception as exc:  # a template error is recorded, never a crash
+            error = f"dry run: cannot render: {type(exc).__name__}: {exc}"
+            return Planned(delivery, error=error)
+        return Planned(delivery, rendered=rendered_json(rendered))
+
+    # -- recording -------------------------------------------------------------------
+    async def record(
+        self, planned: Sequence[Planned], position: int, *, consumer: str | None = None
+    ) -> int:
+        """Record planned deliveries and move the position in one transaction.
+
+        Args:
+            planned: the deliveries.
+            position: the log position they take the consumer to.
+            consumer: whose position (default: the handler's own).
+
+        Returns:
+            How many deliveries were new.
+        """
+        now = self.clock()
+        rendered = {p.delivery.id: p.rendered for p in planned if p.rendered is not None}
+        new = await self.store.record_deliveries(
+            [p.delivery for p in planned],
+            consumer or self.consumer,
+            position,
+            now,
+            rendered=rendered,
+        )
+        for item in planned:
+            if item.error is not None:
+                await self._note_error(item, now)
+        self.deliveries_recorded += new
+        if new and self.on_recorded is not None:
+            self.on_recorded()
+        return new
+
+    async def _note_error(self, item: Planned, now: datetime) -> None:
+        # Only a row this very planning created: an existing delivery (a replay, or a
+        # batch read again after a crash) may have moved on and must keep its history.
+        current = await self.store.get_delivery(item.delivery.id)
+        if current is None or current.attempts or current.last_error:
+            return
+        if current.status is not item.delivery.status:
+            return
+        assert item.error is not None
+        await settle_without_sending(self.store, current.id, current.status, item.error, now)
+
+
+def _describe(executor: ActionExecutor, action: Action, event: CloudEvent) -> tuple[bool, str]:
+    """The executor's exactly-once flag and target hint, defensively."""
+    try:
+        exactly_once = bool(executor.exactly_once(action))
+    except Exception:
+        logger.exception("executor %s: exactly_once failed; assuming exactly-once", action.type)
+        exactly_once = True  # the safe side: never sent twice
+    try:
+        target = executor.target(action, event)
+    except Exception as exc:
+        logger.warning("executor %s: target failed: %s", action.type, exc)
+        target = ""
+    return exactly_once, target
+
+
+def rule_named(config: Config, name: str) -> Rule:
+    """The configured rule called ``name``.
+
+    Raises:
+        KeyError: there is none.
+    """
+    for rule in config.rules:
+        if rule.name == name:
+            return rule
+    raise KeyError(name)

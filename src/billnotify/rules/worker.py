@@ -1,0 +1,360 @@
+"""The delivery worker: attempts recorded deliveries from the ledger (SPEC §4.1).
+
+Each attempt follows one path::
+
+    pending / retry_scheduled --start_attempt (committed)--> sending --execute-->
+        succeeded | retry_scheduled | dead | uncertain
+
+``sending`` is committed **before** the request goes out, so a process killed mid-send
+leaves evidence: at the next start :meth:`DeliveryWorker.recover` turns exactly-once
+rows into ``uncertain`` (never sent twice) and others into due-now (retried). How an
+attempt's result becomes the next status is :func:`billnotify.rules.policy.decide`.
+
+Nothing is sent for a delivery whose rule or event disappeared, whose webhook endpoint
+was disabled (410 Gone), or that is dry-run under the current config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from billnotify.actions.base import ActionExecutor
+from billnotify.clients.billing_platform import BillingPlatformClient
+from billnotify.config.models import Action, Config, Rule, WebhookAction
+from billnotify.events import CloudEvent
+from billnotify.rules.ledger import settle_without_sending
+from billnotify.rules.matching import effective_dry_run
+from billnotify.rules.policy import AttemptReport, Decision, decide, schedule_for
+from billnotify.rules.reconcile import InvoiceEmailReconciler
+from billnotify.store.base import Delivery, DeliveryStatus, Outcome, Store
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A delivery ready to attempt (its ``sending`` already committed)."""
+
+    delivery: Delivery
+    rule: Rule
+    action: Action
+    event: CloudEvent
+    executor: ActionExecutor
+    number: int
+
+
+@dataclass(frozen=True)
+class _Crash:
+    """Stands in for an AttemptResult when an executor broke its never-raise promise."""
+
+    outcome: Outcome
+    error: str
+    status_code: int | None = None
+    retry_after: float | None = None
+    disable_endpoint: bool = False
+
+
+class DeliveryWorker:
+    """Attempts due deliveries, at most ``service.delivery_concurrency`` at once.
+
+    Args:
+        config: the configuration (rules, webhooks, concurrency, dry run).
+        store: the state store.
+        executors: action type -> executor.
+        clock: returns the current UTC time.
+        sleep: waits a number of seconds (tests pass one that moves a fake clock).
+        billing_clients: source name -> billing platform client, for reconciling
+            uncertain invoice emails (none: uncertain rows wait for an operator).
+        poll_interval: the longest idle wait (picks up work recorded by other processes,
+            e.g. ``billnotify deliveries retry``).
+        reconcile_interval: seconds between reconciliation passes.
+        settle_after: see :class:`~billnotify.rules.reconcile.InvoiceEmailReconciler`.
+
+    Attributes:
+        attempts: attempts by outcome (``success``, ``retryable``, ...) since start.
+        settled: deliveries by the status an attempt (or a check) left them in.
+        recovered: (uncertain, rescheduled) found at start-up.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        executors: Mapping[str, ActionExecutor],
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        *,
+        billing_clients: Mapping[str, BillingPlatformClient] | None = None,
+        poll_interval: float = 5.0,
+        reconcile_interval: float = 15.0,
+        settle_after: timedelta | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.executors = executors
+        self.clock = clock
+        self.sleep = sleep
+        self.poll_interval = poll_interval
+        self.reconcile_interval = timedelta(seconds=reconcile_interval)
+        self.concurrency = config.service.delivery_concurrency
+        self.reconciler = InvoiceEmailReconciler(
+            config, store, billing_clients or {}, clock, settle_after
+        )
+        self.attempts: dict[str, int] = {o.value: 0 for o in Outcome}
+        self.settled: dict[str, int] = {s.value: 0 for s in DeliveryStatus}
+        self.recovered: tuple[int, int] = (0, 0)
+        self._rules = {rule.name: rule for rule in config.rules}
+        self._disabled: dict[str, str] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._drained = asyncio.Event()
+        self._last_reconcile: datetime | None = None
+
+    # -- public control ----------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Attempts running now."""
+        return len(self._inflight)
+
+    def wake(self) -> None:
+        """New deliveries were recorded: look at the ledger now."""
+        self._wake.set()
+
+    async def recover(self) -> tuple[int, int]:
+        """Resolve ``sending`` rows a previous process left behind (start-up only)."""
+        self.recovered = await self.store.recover_in_flight(self.clock())
+        if any(self.recovered):
+            logger.warning(
+                "recovered interrupted deliveries: %d uncertain, %d due again", *self.recovered
+            )
+        return self.recovered
+
+    async def run(self) -> None:
+        """Recover, then attempt deliveries as they come due until :meth:`drain`."""
+        await self.recover()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                await self._maybe_reconcile()
+                started = await self._fill()
+                if self._stopping:
+                    break
+                await self._idle(0.0 if started else await self._idle_delay())
+        finally:
+            if self._stopping:
+                await self._drained.wait()
+            for task in self._inflight.values():
+                task.cancel()
+
+    async def drain(self, grace: float | timedelta) -> int:
+        """Stop taking work; wait up to ``grace`` for in-flight attempts.
+
+        Attempts still running after ``grace`` are cancelled: their rows stay
+        ``sending`` and the next start recovers them.
+
+        Returns:
+            How many attempts were cut off.
+        """
+        self._stopping = True
+        self._wake.set()
+        seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
+        tasks = list(self._inflight.values())
+        cut = 0
+        if tasks:
+            logger.info("draining %d in-flight deliveries (up to %.1fs)", len(tasks), seconds)
+            _done, pending = await asyncio.wait(tasks, timeout=max(seconds, 0.0))
+            cut = len(pending)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if cut:
+                logger.warning("%d deliveries left 'sending' for recovery at next start", cut)
+        self._drained.set()
+        return cut
+
+    async def run_once(self) -> int:
+        """Start every due delivery (up to the concurrency) and wait for them (tests)."""
+        await self._maybe_reconcile()
+        started = await self._fill()
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return started
+
+    async def reconcile(self) -> int:
+        """Reconcile uncertain invoice emails now; returns how many were settled."""
+        self._last_reconcile = self.clock()
+        settled = await self.reconciler.reconcile()
+        if settled:
+            self._wake.set()
+        return settled
+
+    # -- the loop ----------------------------------------------------------------------
+    async def _maybe_reconcile(self) -> None:
+        now = self.clock()
+        if self._last_reconcile is None or now - self._last_reconcile >= self.reconcile_interval:
+            try:
+                await self.reconcile()
+            except Exception:
+                logger.exception("reconciling uncertain deliveries failed")
+
+    async def _idle_delay(self) -> float:
+        if len(self._inflight) >= self.concurrency:
+            return self.poll_interval  # a finishing attempt wakes us
+        due = await self.store.next_due_at()
+        if due is None:
+            return self.poll_interval
+        return min(max((due - self.clock()).total_seconds(), 0.05), self.poll_interval)
+
+    async def _idle(self, delay: float) -> None:
+        if self._wake.is_set():
+            return
+        waker = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self.sleep(delay))
+        try:
+            await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waker, sleeper):
+                task.cancel()
+            await asyncio.gather(waker, sleeper, return_exceptions=True)
+
+    async def _fill(self) -> int:
+        """Start due deliveries into free slots; returns how many were taken."""
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        now = self.clock()
+        due = [
+            d
+            for d in await self.store.due_deliveries(now, limit=free + len(self._inflight))
+            if d.id not in self._inflight
+        ][:free]
+        if not due:
+            return 0
+        self._disabled = await self.store.disabled_endpoints()
+        events = {
+            s.event.id: s.event
+            for s in await self.store.get_events(sorted({d.event_id for d in due}))
+        }
+        for delivery in due:
+            if self._stopping:
+                break
+            job = await self._prepare(delivery, events.get(delivery.event_id))
+            if job is None:
+                continue
+            task = asyncio.create_task(self._attempt(job), name=f"delivery-{delivery.id}")
+            self._inflight[delivery.id] = task
+            task.add_done_callback(functools.partial(self._done, delivery.id))
+        return len(due)
+
+    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(key, None)
+        self._wake.set()
+
+    async def _prepare(self, delivery: Delivery, event: CloudEvent | None) -> _Job | None:
+        """Check a due delivery and commit ``sending``; None when it is not to be sent."""
+        now = self.clock()
+        rule = self._rules.get(delivery.rule)
+        action = _action_at(rule, delivery)
+        executor = self.executors.get(delivery.action_type)
+        reason: str | None = None
+        if rule is None or action is None:
+            reason = f"rule {delivery.rule!r} action {delivery.action_index} no longer exists"
+        elif event is None:
+            reason = f"event {delivery.event_id} is not in the log"
+        elif executor is None:
+            reason = f"no executor for {delivery.action_type!r} actions"
+        elif isinstance(action, WebhookAction) and action.endpoint in self._disabled:
+            reason = f"endpoint {action.endpoint!r} disabled: {self._disabled[action.endpoint]}"
+        if reason is not None:
+            logger.warning("delivery %s: dead without sending: %s", delivery.id, reason)
+            await settle_without_sending(self.store, delivery.id, DeliveryStatus.DEAD, reason, now)
+            self.settled[DeliveryStatus.DEAD.value] += 1
+            return None
+        assert rule is not None and action is not None and event is not None
+        assert executor is not None
+        if effective_dry_run(self.config.service.dry_run, rule, action):
+            await self.store.set_delivery_status(
+                delivery.id, DeliveryStatus.DRY_RUN, now=now, note="dry run: not sent"
+            )
+            self.settled[DeliveryStatus.DRY_RUN.value] += 1
+            return None
+        number = await self.store.start_attempt(delivery.id, now)
+        return _Job(delivery, rule, action, event, executor, number)
+
+    async def _attempt(self, job: _Job) -> None:
+        delivery = job.delivery
+        try:
+            result: AttemptReport = await job.executor.execute(
+                job.action, job.event, job.rule, delivery_id=delivery.id, attempt=job.number
+            )
+        except asyncio.CancelledError:
+            raise  # drained or shut down: the row stays 'sending' for recovery
+        except Exception as exc:
+            logger.exception(
+                "executor %s raised for delivery %s", delivery.action_type, delivery.id
+            )
+            result = _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
+        try:
+            await self._finish(job, result)
+        except Exception:
+            logger.exception("cannot record the outcome of delivery %s", delivery.id)
+
+    async def _finish(self, job: _Job, result: AttemptReport) -> None:
+        delivery, now = job.delivery, self.clock()
+        decision: Decision = decide(
+            result,
+            attempt=job.number,
+            exactly_once=delivery.exactly_once,
+            schedule=schedule_for(self.config, job.action),
+            now=now,
+        )
+        outcome = Outcome(result.outcome)
+        await self.store.finish_attempt(
+            delivery.id,
+            job.number,
+            now=now,
+            outcome=outcome,
+            status=decision.status,
+            next_attempt_at=decision.next_attempt_at,
+            status_code=result.status_code,
+            error=decision.error,
+        )
+        self.attempts[outcome.value] += 1
+        self.settled[decision.status.value] += 1
+        log = logger.info if decision.status is DeliveryStatus.SUCCEEDED else logger.warning
+        log(
+            "delivery %s (%s %s) attempt %d: %s -> %s%s",
+            delivery.id,
+            delivery.rule,
+            delivery.target or delivery.action_type,
+            job.number,
+            outcome.value,
+            decision.status.value,
+            f": {decision.error}" if decision.error else "",
+        )
+        gone = decision.disable_endpoint or (
+            outcome is Outcome.PERMANENT and result.status_code == 410
+        )
+        if gone and isinstance(job.action, WebhookAction):
+            reason = f"410 Gone on delivery {delivery.id}"
+            await self.store.disable_endpoint(job.action.endpoint, reason, now)
+            self._disabled[job.action.endpoint] = reason
+            logger.error("webhook endpoint %s disabled: %s", job.action.endpoint, reason)
+
+
+def _action_at(rule: Rule | None, delivery: Delivery) -> Action | None:
+    """The action a delivery was recorded for, if the config still has it unchanged."""
+    if rule is None or not 0 <= delivery.action_index < len(rule.actions):
+        return None
+    action = rule.actions[delivery.action_index]
+    return action if action.type == delivery.action_type else None
