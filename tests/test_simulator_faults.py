@@ -200,3 +200,25 @@ async def test_clock_control_needs_a_manual_clock() -> None:
         raw.post(f"{sim.base_url}/_sim/clock", json={"advance": 1}) as r,
     ):
         assert r.status == 409
+
+
+async def test_late_error_and_runtime_config(sim: Simulator, http: Any) -> None:
+    sim.faults.add(TASKS, "500", delay=0.2)
+    started = time.monotonic()
+    assert await status_of(http, f"{sim.billing_base_url}/billingTasks/") == 500
+    assert time.monotonic() - started >= 0.2
+    invoice = sim.state.add_invoice(status=["Raised", "Approved"])
+    ctl = f"{sim.base_url}/_sim"
+    async with aiohttp.ClientSession() as raw:
+        async with raw.post(f"{ctl}/config", json={"page_max": 1, "expert_level": 2}) as r:
+            assert (await r.json())["page_max"] == 1
+        async with raw.post(f"{ctl}/config", json={"page_max": "many"}) as r:
+            assert r.status == 400
+        async with http.post(f"{sim.billing_base_url}/invoices/{invoice['id']}?action=email") as r:
+            assert r.status == 200
+        async with raw.get(f"{ctl}/email_calls/{invoice['id']}") as r:
+            assert await r.json() == {"invoice_id": invoice["id"], "email_calls": 1}
+    sim.state.add_invoice()
+    async with http.get(f"{sim.billing_base_url}/invoices/") as r:
+        assert len(await r.json()) == 1
+    assert sim.state.expert_level == 2

@@ -9,6 +9,9 @@
 - ``POST /_sim/{billing_tasks|billing_runs|invoices|customers|billing_headers}``: create
   (JSON body of fields; ``propertyUUId`` for headers); ``PUT|PATCH|POST .../{id}``: update;
   ``DELETE /_sim/invoices/{id}``;
+- ``GET /_sim/email_calls/{invoice_id}``: how many ``email`` actions succeeded;
+- ``POST /_sim/config`` (any of ``page_max``, ``token_ttl``, ``expert_level``,
+  ``xero_module_active``, ``api_key``);
 - ``POST /_sim/clock`` (``{"advance": seconds}`` or ``{"set": iso}``) with a manual clock.
 """
 
@@ -76,6 +79,8 @@ class ControlApi:
         r.add_delete("/_sim/actions", self.clear_actions)
         r.add_post("/_sim/action_failures", self.action_failure)
         r.add_post("/_sim/clock", self.clock)
+        r.add_post("/_sim/config", self.config)
+        r.add_get("/_sim/email_calls/{id}", self.email_calls)
         r.add_post("/_sim/{kind}", self.create)
         for method in ("PUT", "PATCH", "POST"):
             r.add_route(method, "/_sim/{kind}/{id}", self.update)
@@ -180,6 +185,38 @@ class ControlApi:
         if "set" in body:
             clock.set(datetime.fromisoformat(str(body["set"]).replace("Z", "+00:00")))
         return web.json_response({"now": clock.now().isoformat()})
+
+    async def email_calls(self, request: web.Request) -> web.StreamResponse:
+        """How many times an invoice was really emailed."""
+        invoice_id = request.match_info["id"]
+        calls = self.sim.state.email_calls(invoice_id)
+        return web.json_response({"invoice_id": invoice_id, "email_calls": calls})
+
+    async def config(self, request: web.Request) -> web.StreamResponse:
+        """Change settings of the running simulator."""
+        body = await read_json_object(request, required=True)
+        sim = self.sim
+        try:
+            if "page_max" in body:
+                sim.billing_api.page_max = int(body["page_max"])
+            if "api_key" in body:
+                sim.billing_api.api_key = sim.api_key = str(body["api_key"])
+            if "token_ttl" in body:
+                sim.property_api.token_ttl = float(body["token_ttl"])
+            if "expert_level" in body:
+                sim.state.expert_level = int(body["expert_level"])
+            if "xero_module_active" in body:
+                sim.state.xero_module_active = bool(body["xero_module_active"])
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "Bad Request", hint=str(exc)) from exc
+        return web.json_response(
+            {
+                "page_max": sim.billing_api.page_max,
+                "token_ttl": sim.property_api.token_ttl,
+                "expert_level": sim.state.expert_level,
+                "xero_module_active": sim.state.xero_module_active,
+            }
+        )
 
     def _apply(self, kind: str, record_id: str | None, body: dict[str, Any]) -> Any:
         state = self.sim.state

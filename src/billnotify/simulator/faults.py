@@ -75,7 +75,7 @@ class Faults:
             kind: What goes wrong (see the module docstring).
             count: How many matching requests it applies to; negative means forever.
             retry_after: Seconds for the ``Retry-After`` header (429, 503).
-            delay: Seconds to wait for ``slow``.
+            delay: Seconds to wait before answering (for ``slow``, and before any other kind).
             method: Only match this HTTP method (any when ``None``).
 
         Raises:
@@ -145,6 +145,8 @@ def _reset(request: web.Request) -> None:
 
 
 async def _apply(fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
+    if fault.delay > 0 and fault.kind != "slow":
+        await asyncio.sleep(fault.delay)  # any fault can also come late
     if fault.kind == "500":
         return _error(500, "Internal Server Error", fault.retry_after)
     if fault.kind == "503":

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,7 +77,7 @@ class PropertyApi:
         payload = {
             "sub": subject,
             "iat": int(now),
-            "exp": int(now + self.token_ttl),
+            "exp": math.ceil(now + self.token_ttl),
             "jti": str(self.tokens_issued),
         }
         signing_input = ".".join(
