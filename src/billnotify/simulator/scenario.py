@@ -172,6 +172,12 @@ class Scenario:
                 parameters=json.dumps({"customerID": customer_id}),
                 priority=rng.choice(("1", "5", "10")),
                 activityLog="Queued",
+                # Payment collection is queued for later, as the platform does overnight.
+                delayTime=(
+                    rec.fmt_datetime(state.clock.now() + timedelta(hours=1))
+                    if kind == "Collect Payments"
+                    else None
+                ),
             )
         movable = [
             t
