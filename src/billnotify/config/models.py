@@ -23,7 +23,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 def _check_name(value: str) -> str:
@@ -45,6 +47,7 @@ class ServiceConfig(_Model):
     """``[service]``: the process itself."""
 
     name: str = "billnotify"
+    """Instance name, used in logs."""
     state: str = "state.db"
     """SQLite file (relative to the config file's folder) or ``sqlite:///path`` URL."""
     templates: str = "templates"
@@ -52,11 +55,15 @@ class ServiceConfig(_Model):
     http: str | None = "127.0.0.1:9464"
     """``host:port`` for /healthz, /readyz and /metrics; empty to disable."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log verbosity."""
     log_format: Literal["text", "json"] = "text"
+    """``text`` for people, ``json`` (one object per line) for log collectors."""
     dry_run: bool = False
+    """Render and record every delivery, send nothing."""
     shutdown_grace: Duration = timedelta(seconds=10)
     """How long SIGTERM waits for in-flight deliveries before parking them."""
     delivery_concurrency: int = Field(default=16, ge=1, le=1000)
+    """Delivery attempts in flight at once."""
 
     _name_ok = field_validator("name")(_check_name)
 
@@ -102,22 +109,34 @@ class MqttConfig(_Model):
     """``[mqtt]``: the broker events and state are published to."""
 
     enabled: bool = True
+    """Publish to MQTT at all."""
     url: str = "mqtt://127.0.0.1:1883"
     """``mqtt://host:port``, ``mqtts://host:port`` (TLS) or ``embedded://host:port``."""
     client_id: str = "billnotify"
+    """MQTT client identifier (the persistent session is keyed by it)."""
     username: str | None = None
+    """Broker user name."""
     password: Secret | None = None
+    """Broker password (``env:NAME`` / ``file:/path``)."""
     prefix: str = "billnotify"
+    """First topic level of everything published."""
     qos: Literal[0, 1, 2] = 1
+    """QoS of event messages."""
     protocol: Literal[4, 5] = 5
+    """MQTT protocol version: 5, or 4 for 3.1.1."""
     retain_state: list[Literal["billing_task", "billing_run", "invoice", "billing_header"]] = [
         "billing_task",
         "billing_run",
     ]
+    """Entities whose latest record is kept as retained ``{prefix}/state/...``."""
     keepalive: Duration = timedelta(seconds=60)
+    """MQTT keepalive interval."""
     ca_file: str | None = None
+    """CA bundle to verify the broker (TLS)."""
     cert_file: str | None = None
+    """Client certificate (TLS client authentication)."""
     key_file: str | None = None
+    """Client certificate's private key."""
     tls_insecure: bool = False
     """Skip hostname verification (testing only)."""
     message_expiry: Duration | None = None
@@ -125,7 +144,9 @@ class MqttConfig(_Model):
     max_inflight: int = Field(default=100, ge=1, le=65535)
     """Publishes awaiting the broker's acknowledgement at once."""
     batch_size: int = Field(default=500, ge=1, le=100_000)
+    """Events read from the log per batch."""
     reconnect_max: Duration = timedelta(seconds=30)
+    """Longest wait between reconnection attempts."""
 
     @field_validator("url")
     @classmethod
@@ -167,11 +188,15 @@ class MqttConfig(_Model):
 
 class _SourceBase(_Model):
     name: str
+    """Source name: in events' ``source`` (``billnotify://<name>``) and topics."""
     poll_interval: Duration = timedelta(seconds=30)
+    """Time between two polls of each resource."""
     emit_on_first_sync: bool = False
+    """Emit ``created`` events for the records found on the very first poll."""
     timeout: Duration = timedelta(seconds=30)
     """Per-request timeout towards the platform."""
     max_attempts: int = Field(default=5, ge=1, le=20)
+    """Tries per request on 5xx, 429 and connection errors (with backoff)."""
 
     _name_ok = field_validator("name")(_check_name)
 
@@ -181,16 +206,21 @@ class BillingPlatformSource(_SourceBase):
 
     kind: Literal["billing_platform"]
     base_url: str
+    """``https://HOST/backend/api/v1``."""
     api_key: Secret
+    """Sent as ``Authorization: Bearer``."""
     watch: list[Literal["billing_tasks", "billing_runs", "invoices"]] = [
         "billing_tasks",
         "billing_runs",
         "invoices",
     ]
+    """Resources to poll."""
     stall_after: Duration = timedelta(hours=2)
+    """A task running longer than this is ``billing_task.stalled``."""
     overlap: Duration = timedelta(seconds=5)
     """How far back each incremental poll reaches behind the cursor."""
     page_size: int = Field(default=100, ge=1, le=10_000)
+    """``limit`` asked per page (the server may return fewer)."""
     include_unsent: bool = False
     """Also watch the unsent invoice that collects each customer's new charges."""
 
@@ -202,13 +232,21 @@ class PropertyBillingSource(_SourceBase):
 
     kind: Literal["property_billing"]
     base_url: str
+    """``https://HOST/api/v1``."""
     auth_url: str
+    """Where ``{"username", "password"}`` is posted for a JWT."""
     username: Secret
+    """API user."""
     password: Secret
+    """API password."""
     administrator_ids: list[str] = Field(min_length=1)
+    """Sent as ``istaAdministratorIds: id1;id2``."""
     properties: list[str] = Field(min_length=1)
+    """Property UUIDs whose billing headers are polled."""
     poll_interval: Duration = timedelta(hours=1)
+    """Time between two polls of each property."""
     document_path: str = "BillingDoculment"
+    """Path of the document download (the documentation's spelling by default)."""
     enrich: bool = True
     """Fetch ``Billing/<id>`` for every new or updated header."""
 
@@ -222,26 +260,40 @@ class SmtpConfig(_Model):
     """``[smtp]``: the mail server emails are sent through."""
 
     host: str
+    """Mail server host."""
     port: int = Field(default=587, ge=1, le=65535)
+    """Mail server port."""
     tls: bool = False
     """Implicit TLS (usually port 465)."""
     starttls: bool = False
+    """Upgrade the connection with STARTTLS (usually port 587)."""
     username: str | None = None
+    """SMTP AUTH user."""
     password: Secret | None = None
+    """SMTP AUTH password."""
     from_: str = Field(alias="from")
+    """The From header, e.g. ``Billing <billing@example.com>``."""
     timeout: Duration = timedelta(seconds=30)
+    """Per-command timeout."""
     ca_file: str | None = None
+    """CA bundle to verify the server."""
     validate_certs: bool = True
+    """Verify the server's certificate."""
 
 
 class WebhookEndpoint(_Model):
     """``[[webhooks]]``: an HTTP endpoint that receives signed deliveries."""
 
     name: str
+    """Endpoint name, referred to by webhook actions."""
     url: str
+    """``https://`` URL (``http://`` only with ``allow_private``)."""
     secret: Secret
+    """``whsec_<base64>`` signing secret (Standard Webhooks)."""
     headers: dict[str, str] = {}
+    """Extra headers sent with every delivery."""
     timeout: Duration = timedelta(seconds=15)
+    """Overall deadline of one attempt (connect, send, read)."""
     retry_schedule: list[Duration] = [
         timedelta(0),
         timedelta(seconds=5),
@@ -252,6 +304,7 @@ class WebhookEndpoint(_Model):
         timedelta(hours=10),
         timedelta(hours=10),
     ]
+    """Delay before each attempt; exhausted means dead letter."""
     allow_private: bool = False
     """Permit private/loopback addresses and plain http:// (for internal receivers)."""
 
@@ -288,6 +341,7 @@ class WebhookEndpoint(_Model):
 
 class _ActionBase(_Model):
     dry_run: bool | None = None
+    """Override the rule's / service's dry run for this action."""
 
 
 class InvoiceActionAction(_ActionBase):
@@ -304,6 +358,7 @@ class InvoiceActionAction(_ActionBase):
         "linkToXero",
         "unlinkFromXero",
     ]
+    """One of the eight actions of seed 002."""
     params: dict[str, Any] = {}
     """Action parameters; string values are Jinja templates."""
     source: str | None = None
@@ -315,12 +370,17 @@ class EmailAction(_ActionBase):
 
     type: Literal["email"]
     to: list[str] = Field(min_length=1)
+    """Recipients (Jinja strings allowed)."""
     cc: list[str] = []
+    """Cc recipients."""
     bcc: list[str] = []
+    """Bcc recipients."""
     reply_to: str | None = None
+    """Reply-To address."""
     template: str
     """Base name: ``templates/<template>.{subject,txt,html}.j2``."""
     attach: list[Literal["invoice_pdf", "billing_documents"]] = []
+    """PDFs to fetch and attach."""
     at_least_once: bool = False
     """An operator alert: retry after a crash rather than wait for an operator."""
 
@@ -330,9 +390,11 @@ class WebhookAction(_ActionBase):
 
     type: Literal["webhook"]
     endpoint: str
+    """Name of a ``[[webhooks]]`` entry."""
     body: str | None = None
     """Template name (``templates/<body>.j2``) for the body; the CloudEvent when unset."""
     content_type: str = "application/json"
+    """Content-Type of a rendered body."""
 
 
 class MqttAction(_ActionBase):
@@ -340,9 +402,13 @@ class MqttAction(_ActionBase):
 
     type: Literal["mqtt"]
     topic: str
+    """Topic (a Jinja string)."""
     payload: str = "{{ event | tojson }}"
+    """Payload (a Jinja string)."""
     qos: Literal[0, 1, 2] = 1
+    """QoS of the message."""
     retain: bool = False
+    """Publish retained."""
 
 
 Action = Annotated[
@@ -354,11 +420,17 @@ class Rule(_Model):
     """``[[rules]]``: which events trigger which actions."""
 
     name: str
+    """Rule name (part of every delivery's identity: renaming re-delivers)."""
     on: list[str] = Field(min_length=1)
+    """Event type globs: ``"invoice.*"``, ``"billing_task.status_changed"``, ``"*"``."""
     when: str | None = None
+    """Jinja expression that must be true, e.g. ``event.data.object.status == 'Failed'``."""
     actions: list[Action] = Field(min_length=1)
+    """What to do (tables below)."""
     dry_run: bool = False
+    """Render and record, send nothing, for this rule."""
     enabled: bool = True
+    """Switch the rule off without deleting it."""
     sources: list[str] = []
     """Only events of these sources (all when empty)."""
 
