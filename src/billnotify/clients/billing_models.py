@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,36 +122,86 @@ def _str_list(value: Any) -> list[str]:
     return [str(_text(value))]
 
 
-Text = Annotated[str | None, BeforeValidator(_text)]
+class Lenient:
+    """Field metadata: the lenient parser used when pydantic's own (lax) parsing fails.
+
+    Pydantic parses the common shapes natively (fast); only a value it refuses goes through
+    this Python parser, which never fails (it returns None for what it cannot read).
+    """
+
+    __slots__ = ("parse",)
+
+    def __init__(self, parse: Callable[[Any], Any]) -> None:
+        self.parse = parse
+
+
+Text = Annotated[str | None, Lenient(_text)]
 """Text, ids and preset values: numbers become strings."""
-Money = Annotated[Decimal | None, BeforeValidator(_decimal)]
+Money = Annotated[Decimal | None, Lenient(_decimal)]
 """Currency amounts: Decimal; strings like ``"1,234.50"`` accepted."""
-Count = Annotated[int | None, BeforeValidator(_int)]
+Count = Annotated[int | None, Lenient(_int)]
 """Whole numbers sent as numbers or strings."""
-Flag = Annotated[bool | None, BeforeValidator(_bool)]
+Flag = Annotated[bool | None, Lenient(_bool)]
 """Yes/no values sent as booleans, numbers or words."""
-Day = Annotated[date | None, BeforeValidator(_date)]
+Day = Annotated[date | None, Lenient(_date)]
 """A calendar date; a datetime keeps its date part."""
-Timestamp = Annotated[datetime | None, BeforeValidator(_datetime)]
+Timestamp = Annotated[datetime | None, Lenient(_datetime)]
 """A datetime; naive when the platform gives no zone (never guessed)."""
 Labels = Annotated[list[str], BeforeValidator(_str_list)]
 """Preset Value(s): a list, or one string, or a comma-separated string."""
+
+_PARSERS: dict[type[BaseModel], dict[str, Callable[[Any], Any]]] = {}
+
+
+def _parsers(model: type[BaseModel]) -> dict[str, Callable[[Any], Any]]:
+    """Lenient parser per input key (field name and alias) of ``model``."""
+    found = _PARSERS.get(model)
+    if found is None:
+        found = {}
+        for name, info in model.model_fields.items():
+            for meta in info.metadata:
+                if isinstance(meta, Lenient):
+                    found[name] = meta.parse
+                    if info.alias:
+                        found[info.alias] = meta.parse
+        _PARSERS[model] = found
+    return found
 
 
 class Record(BaseModel):
     """Base of every API record: tolerant, extra fields kept, raw dict preserved."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, coerce_numbers_to_str=True)
 
     id: Text = None
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Self:
-        """Build the typed view of ``raw`` and keep ``raw`` itself."""
-        record = cls.model_validate(raw)
+        """Build the typed view of ``raw`` (never failing on a field's value); keep ``raw``."""
+        data = raw
+        for _ in range(3):
+            try:
+                record = cls.model_validate(data)
+                break
+            except ValidationError as exc:
+                data = cls._relax(data, exc)
+        else:  # pragma: no cover - the lenient parsers return valid values
+            record = cls.model_validate({k: v for k, v in raw.items() if k not in _parsers(cls)})
         record._raw = raw
         return record
+
+    @classmethod
+    def _relax(cls, data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+        parsers = _parsers(cls)
+        fixed = dict(data)
+        for error in exc.errors():
+            key = error["loc"][0] if error["loc"] else None
+            if isinstance(key, str) and key in fixed:
+                parse = parsers.get(key)
+                fixed[key] = parse(fixed[key]) if parse is not None else None
+                logger.debug("%s.%s: lenient parse of %r", cls.__name__, key, data[key])
+        return fixed
 
     @property
     def raw(self) -> dict[str, Any]:

@@ -11,13 +11,18 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping
-from datetime import date, datetime
 from types import TracebackType
-from typing import Any, Self, TypedDict, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 import aiohttp
 
 from billnotify.clients.billing_actions import InvoiceActions
+from billnotify.clients.billing_filters import (
+    InvoiceFilters,
+    ListFilters,
+    request_body,
+    split_filters,
+)
 from billnotify.clients.billing_models import BillingRun, BillingTask, Invoice, Record
 from billnotify.clients.codec import query, segment, single_record
 from billnotify.clients.http import (
@@ -36,76 +41,6 @@ R = TypeVar("R", bound=Record)
 BILLING_TASKS = "billingTasks"
 BILLING_RUNS = "billingRuns"
 INVOICES = "invoices"
-
-
-class ListFilters(TypedDict, total=False):
-    """Filters every list endpoint takes (all optional).
-
-    ``limit`` caps the number of records returned over all pages; ``page_size`` is the
-    ``limit`` sent with each request; ``offset`` applies to the first request only.
-    """
-
-    created_since: datetime | str | None
-    updated_since: datetime | str | None
-    id_after: int | str | None
-    limit: int | None
-    offset: int | None
-    page_size: int | None
-
-
-class InvoiceFilters(ListFilters, total=False):
-    """Invoice list filters of seed 002 on top of :class:`ListFilters`.
-
-    Dates are ``date`` objects or ``YYYY-MM-DD`` strings; flags are sent as ``1`` when true.
-    """
-
-    invoice_number: str | None
-    unsent: bool
-    include_unsent: bool
-    undelivered: bool
-    min_date: date | str | None
-    max_date: date | str | None
-    min_due_date: date | str | None
-    max_due_date: date | str | None
-
-
-_PARAM_NAMES = {
-    "created_since": "createdSince",
-    "updated_since": "updatedSince",
-    "id_after": "idAfter",
-    "offset": "offset",
-    "invoice_number": "invoiceNumber",
-    "unsent": "unsent",
-    "include_unsent": "includeUnsent",
-    "undelivered": "undelivered",
-    "min_date": "minDate",
-    "max_date": "maxDate",
-    "min_due_date": "minDueDate",
-    "max_due_date": "maxDueDate",
-}
-_DATE_PARAMS = {"min_date", "max_date", "min_due_date", "max_due_date"}
-
-
-def request_body(model: type[Record], fields: Mapping[str, Any]) -> dict[str, Any]:
-    """A request body from keyword fields; snake_case model names map to their API alias."""
-    body: dict[str, Any] = {}
-    for name, value in fields.items():
-        info = model.model_fields.get(name)
-        body[info.alias if info is not None and info.alias else name] = value
-    return body
-
-
-def _split_filters(filters: Mapping[str, Any]) -> tuple[dict[str, Any], int | None, int | None]:
-    params: dict[str, Any] = {}
-    for name, value in filters.items():
-        if name in ("limit", "page_size"):
-            continue
-        if name not in _PARAM_NAMES:
-            raise TypeError(f"unknown filter {name!r}")
-        if name in _DATE_PARAMS and isinstance(value, datetime):
-            value = value.date()
-        params[_PARAM_NAMES[name]] = value
-    return params, filters.get("limit"), filters.get("page_size")
 
 
 def _page_records(data: Any, url: str) -> list[dict[str, Any]]:
@@ -217,7 +152,8 @@ class BillingPlatformClient(InvoiceActions):
         Args:
             resource: collection path, e.g. ``"billingTasks"`` or ``"customers/7/invoices"``.
             params: API query parameters (camelCase); ``datetime`` values must be aware.
-                ``idAfter`` is where paging starts; ``offset`` goes with the first request.
+                ``idAfter`` is where paging starts; ``offset`` goes with the first request;
+                ``limit`` is taken as the page size.
             page_size: ``limit`` per request (default: the client's ``page_size``).
             max_records: stop after this many records.
 
@@ -225,8 +161,9 @@ class BillingPlatformClient(InvoiceActions):
             MalformedResponseError: a page is not an array of objects with numeric ids, or
                 the server ignored ``idAfter``.
         """
-        size = page_size or self.page_size
         base = dict(params or {})
+        asked = base.pop("limit", None)  # a raw ``limit`` is a page size, like page_size
+        size = page_size or (int(asked) if asked else None) or self.page_size
         id_after = base.pop("idAfter", None)
         offset = base.pop("offset", None)
         last = None if id_after is None else int(id_after)
@@ -281,7 +218,7 @@ class BillingPlatformClient(InvoiceActions):
     async def _iter_typed(
         self, model: type[R], resource: str, filters: Mapping[str, Any]
     ) -> AsyncIterator[list[R]]:
-        params, limit, page_size = _split_filters(filters)
+        params, limit, page_size = split_filters(filters)
         async for page in self.iter_pages(resource, params, page_size=page_size, max_records=limit):
             yield [model.from_raw(raw) for raw in page]
 

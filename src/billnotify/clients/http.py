@@ -316,7 +316,13 @@ class JsonTransport:
         session = self._get_session()
         try:
             async with session.request(
-                method, url, params=params, data=data, headers=headers, timeout=self._timeout
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                raise_for_status=False,  # statuses are mapped here, even on a shared session
             ) as resp:
                 limit = cap if resp.status < 400 else _ERROR_BODY_BYTES
                 body = await _read_capped(resp, limit, truncate=resp.status >= 400)
