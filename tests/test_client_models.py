@@ -341,3 +341,30 @@ def test_find_document_ids() -> None:
         "other": "BE123",
     }
     assert find_document_ids(billing) == ["BE00000001", "BE00000002"]
+
+
+def test_values_pydantic_refuses_take_the_lenient_path() -> None:
+    task = BillingTask.from_raw(
+        {
+            "id": "9",
+            "attached": {"type": "invoice", "id": 5},  # a structure where text was documented
+            "priority": True,
+            "testMode": "",
+            "retryCount": "2.0",
+            "addedTime": "0000-00-00 00:00:00",
+            "startedTime": "2024-01-31",
+        }
+    )
+    assert task.attached == '{"type": "invoice", "id": 5}'
+    assert task.priority == "1"
+    assert task.test_mode is False
+    assert task.retry_count == 2
+    assert task.added_time is None
+    assert task.started_time == datetime(2024, 1, 31)
+    run = BillingRun.from_raw(
+        {"id": "1", "invoiceDate": "2024-03-15 10:30:00", "dueDate": "", "cutoffDate": 86400}
+    )
+    assert run.invoice_date == date(2024, 3, 15)
+    assert run.due_date is None
+    assert run.cutoff_date == date(1970, 1, 2)  # numbers are Unix timestamps (pydantic's rule)
+    assert run.raw["invoiceDate"] == "2024-03-15 10:30:00"

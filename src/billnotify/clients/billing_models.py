@@ -144,9 +144,10 @@ Count = Annotated[int | None, Lenient(_int)]
 Flag = Annotated[bool | None, Lenient(_bool)]
 """Yes/no values sent as booleans, numbers or words."""
 Day = Annotated[date | None, Lenient(_date)]
-"""A calendar date; a datetime keeps its date part."""
+"""A calendar date; a datetime keeps its date part; a number is a Unix timestamp."""
 Timestamp = Annotated[datetime | None, Lenient(_datetime)]
-"""A datetime; naive when the platform gives no zone (never guessed)."""
+"""A datetime; naive when the platform gives no zone (never guessed); a number is a
+Unix timestamp."""
 Labels = Annotated[list[str], BeforeValidator(_str_list)]
 """Preset Value(s): a list, or one string, or a comma-separated string."""
 
