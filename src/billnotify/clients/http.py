@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from billnotify import __version__
 from billnotify.clients.codec import (
     describe_body,
     error_for,
@@ -165,7 +166,7 @@ class JsonTransport:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._clock = clock
-        self._headers = {"User-Agent": "billnotify", **(headers or {})}
+        self._headers = {"User-Agent": f"billnotify/{__version__}", **(headers or {})}
         self._session = session
         self._owns_session = session is None
 
