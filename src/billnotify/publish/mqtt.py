@@ -262,6 +262,8 @@ class MqttPublisher:
     async def _pump(self, client: aiomqtt.Client) -> None:
         store = self._store
         position = await store.get_position(POSITION)
+        # What the previous connection got acknowledged but had no chance to store.
+        position = await self._save_position(self.last_published_seq, position)
         self.last_published_seq = position
         window = InflightWindow(self._config.max_inflight, acked=position)
         sent = position
@@ -278,6 +280,7 @@ class MqttPublisher:
                 if not batch and not state_pages:
                     await self._wait_for_events(sent)
         finally:
+            self.last_published_seq = max(self.last_published_seq, window.settle())
             await window.close()
 
     async def _save_position(self, acked: int, position: int) -> int:

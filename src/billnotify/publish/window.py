@@ -71,11 +71,25 @@ class InflightWindow:
             raise self._failure
 
     def advance(self) -> int:
-        """Drop acknowledged publishes from the head and return :attr:`acked`."""
+        """Drop acknowledged publishes from the head and return :attr:`acked`.
+
+        Raises:
+            Exception: the first publish that failed.
+        """
         self._raise_failure()
+        return self.settle()
+
+    def settle(self) -> int:
+        """Like :meth:`advance`, but stop quietly at the first failed publish.
+
+        For after a failure: what was acknowledged before it still counts.
+        """
         pending = self._pending
-        while pending and pending[0][1].done():
-            seq, _task = pending.popleft()
+        while pending:
+            seq, task = pending[0]
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                break
+            pending.popleft()
             if seq is not None:
                 self.acked = seq
         return self.acked
