@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from billnotify.actions.base import ActionExecutor
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import Action, Config, Rule, WebhookAction
+from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.rules.ledger import settle_without_sending
 from billnotify.rules.matching import effective_dry_run
@@ -141,14 +142,22 @@ class DeliveryWorker:
     async def run(self) -> None:
         """Recover, then attempt deliveries as they come due until :meth:`drain`."""
         await self.recover()
+        failures = 0
         try:
             while not self._stopping:
                 self._wake.clear()
-                await self._maybe_reconcile()
-                started = await self._fill()
+                try:
+                    await self._maybe_reconcile()
+                    started = await self._fill()
+                    delay = 0.0 if started else await self._idle_delay()
+                    failures = 0
+                except StoreError as exc:
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2**failures)
+                    logger.error("delivery worker: %s; retrying in %.1fs", exc, delay)
                 if self._stopping:
                     break
-                await self._idle(0.0 if started else await self._idle_delay())
+                await self._idle(delay)
         finally:
             if self._stopping:
                 await self._drained.wait()
@@ -167,19 +176,23 @@ class DeliveryWorker:
         self._stopping = True
         self._wake.set()
         seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
-        tasks = list(self._inflight.values())
-        cut = 0
-        if tasks:
-            logger.info("draining %d in-flight deliveries (up to %.1fs)", len(tasks), seconds)
-            _done, pending = await asyncio.wait(tasks, timeout=max(seconds, 0.0))
-            cut = len(pending)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            if cut:
-                logger.warning("%d deliveries left 'sending' for recovery at next start", cut)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(seconds, 0.0)
+        if self._inflight:
+            logger.info(
+                "draining %d in-flight deliveries (up to %.1fs)", len(self._inflight), seconds
+            )
+        # a start already under way when we were called may still add one: loop
+        while self._inflight and loop.time() < deadline:
+            await asyncio.wait(list(self._inflight.values()), timeout=deadline - loop.time())
+        pending = list(self._inflight.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            logger.warning("%d deliveries left 'sending' for recovery at next start", len(pending))
         self._drained.set()
-        return cut
+        return len(pending)
 
     async def run_once(self) -> int:
         """Start every due delivery (up to the concurrency) and wait for them (tests)."""
