@@ -177,12 +177,12 @@ async def test_resolve_not_sent_makes_it_due_again(store: SqliteStore, tmp_path:
 async def test_replay_creates_only_missing_deliveries_unless_forced(
     store: SqliteStore, tmp_path: Path
 ) -> None:
-    handler = await _seed(store, tmp_path, _event(1))
+    await _seed(store, tmp_path, _event(1))
     (mail,) = [d for d in await store.list_deliveries() if d.exactly_once]
     await _set(store, mail.id, DeliveryStatus.SUCCEEDED)
     stored = await store.get_events([_event(1).id])
 
-    result = await replay_to_rules(handler, stored)
+    result = await replay_to_rules(_config(), store, stored, executors=EXECUTORS)
     assert (result.created, result.reset, result.unchanged) == (0, 0, 2)
     again = await store.get_delivery(mail.id)
     assert again is not None and again.status is DeliveryStatus.SUCCEEDED
@@ -195,11 +195,10 @@ async def test_replay_creates_only_missing_deliveries_unless_forced(
             {"name": "late", "on": ["*"], "actions": [{"type": "webhook", "endpoint": "ops"}]},
         ]
     )
-    late = RuleHandler(wider, store, TemplateRenderer(tmp_path), EXECUTORS, lambda: T0)
-    result = await replay_to_rules(late, stored)
+    result = await replay_to_rules(wider, store, stored, executors=EXECUTORS)
     assert (result.created, result.reset) == (1, 0)
 
-    forced = await replay_to_rules(handler, stored, force=True)
+    forced = await replay_to_rules(_config(), store, stored, force=True)  # real executors
     assert forced.reset == 1  # the succeeded email; the pending webhook is left alone
     reset = await store.get_delivery(mail.id)
     assert reset is not None and reset.status is DeliveryStatus.PENDING

@@ -23,16 +23,19 @@ customer-facing actions too, which is what forcing means.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor, Rendered
 from billnotify.config.models import Config
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler, rule_named
+from billnotify.rules.ledger import LedgerStore
 from billnotify.rules.matching import evaluate_when, selects
 from billnotify.store.base import Delivery, DeliveryStatus, Store, StoredEvent
+from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ RETRYABLE = frozenset(
 """Statuses ``deliveries retry`` accepts."""
 REPLAY_CONSUMER = "replay"
 """The log position replays record under (the rule handler's own stays untouched)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -199,14 +206,48 @@ async def render_rule(
 
 
 async def replay_to_rules(
-    handler: RuleHandler, events: Sequence[StoredEvent], *, force: bool = False
+    config: Config,
+    store: LedgerStore,
+    events: Sequence[StoredEvent],
+    *,
+    force: bool = False,
+    renderer: Evaluator | None = None,
+    executors: Mapping[str, ActionExecutor] | None = None,
+    clock: Callable[[], datetime] = _utcnow,
 ) -> ReplayResult:
     """``replay ... --to rules``: record the deliveries the current rules call for.
 
-    See the module docstring for why this never double-sends unless ``force``.
+    See the module docstring for why this never double-sends unless ``force``. The
+    running service picks new or reset deliveries up within its poll interval.
+
+    Args:
+        config: the configuration (its rules decide).
+        store: the state store.
+        events: the events to replay.
+        force: also set settled deliveries back to pending.
+        renderer: evaluates ``when`` (default: the config's template folder).
+        executors: for exactly-once flags, targets and dry-run renders (default: built
+            from the config without any connection, closed afterwards).
+        clock: returns the current UTC time.
     """
     if not events:
         return ReplayResult(0, 0, 0)
+    templates = TemplateRenderer(config.templates_path)
+    own = executors is None
+    if executors is None:
+        executors = build_executors(
+            config, billing_clients={}, property_clients={}, mqtt=None, templates=templates
+        )
+    try:
+        handler = RuleHandler(config, store, renderer or templates, executors, clock)
+        return await _replay(handler, events, force)
+    finally:
+        if own:
+            for executor in executors.values():
+                await executor.close()
+
+
+async def _replay(handler: RuleHandler, events: Sequence[StoredEvent], force: bool) -> ReplayResult:
     store, now = handler.store, handler.clock()
     planned: list[Planned] = []
     for stored in events:
