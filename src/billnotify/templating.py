@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import TracebackType
@@ -114,7 +115,7 @@ def format_datetime(value: Any, fmt: str = "%d %b %Y %H:%M UTC") -> str:
     parsed = as_datetime(value)
     if parsed is None:
         return str(value) if is_set(value) else ""
-    return parsed.strftime(fmt)
+    return parsed.astimezone(UTC).strftime(fmt)
 
 
 def build_context(event: CloudEvent, rule: Rule | None = None, **extra: Any) -> dict[str, Any]:

@@ -60,8 +60,8 @@ def is_public(address: IPAddress | str) -> bool:
             return False
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
-        if embedded is not None and not is_public(embedded):
-            return False
+        if embedded is not None:
+            return is_public(embedded)
     if (
         address.is_private
         or address.is_loopback

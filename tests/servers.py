@@ -1,0 +1,264 @@
+"""Real servers on loopback for the action tests: an SMTP sink and a webhook receiver.
+
+``SmtpSink`` is aiosmtpd's threaded controller with a handler that records every
+accepted message and can refuse recipients, answer DATA with a chosen reply, or stall
+before answering DATA (a server that took the message and never said so).
+
+``WebhookReceiver`` is an aiohttp app with one behaviour per path:
+
+    /ok                 200 and records the request
+    /status/{code}      that status (``Retry-After`` from ``?retry_after=``)
+    /redirect           302 to /ok
+    /drip               200, then one byte per second for ever
+    /flaky              503 (Retry-After: 1) the first time, 200 afterwards
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Return once ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+# -- SMTP --------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    """One message the sink accepted."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+
+    @property
+    def message(self) -> EmailMessage:
+        """The parsed message."""
+        parsed = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class _Handler:
+    messages: list[Received] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    """recipient -> reply (e.g. ``"550 no such user"``)."""
+    data_reply: str | None = None
+    data_stall: float = 0.0
+    """Seconds to wait (after storing the message) before answering DATA."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.refuse.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_reply:
+            return self.data_reply
+        content = envelope.original_content or b""
+        with self.lock:
+            self.messages.append(
+                Received(
+                    str(envelope.mail_from),
+                    list(envelope.rcpt_tos),
+                    bytes(content),
+                    list(envelope.mail_options),
+                )
+            )
+        if self.data_stall:
+            await asyncio.sleep(self.data_stall)  # the server's behaviour, not a test wait
+        return f"250 2.0.0 queued as Q{len(self.messages)}"
+
+
+class SmtpSink:
+    """An aiosmtpd server on 127.0.0.1 recording accepted messages.
+
+    Args:
+        tls: a server SSL context for implicit TLS.
+        starttls: a server SSL context offered through STARTTLS (required).
+        credentials: (username, password) required through AUTH.
+    """
+
+    def __init__(
+        self,
+        *,
+        tls: ssl.SSLContext | None = None,
+        starttls: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.handler = _Handler()
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.logins: list[str] = []
+        kwargs: dict[str, Any] = {}
+        if starttls is not None:
+            kwargs.update(tls_context=starttls, require_starttls=True)
+        if credentials is not None:
+            kwargs.update(
+                authenticator=self._authenticator(credentials),
+                auth_required=True,
+                auth_require_tls=False,
+            )
+        self.controller = Controller(
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            ssl_context=tls,
+            server_hostname="localhost",
+            ready_timeout=5.0,
+            **kwargs,
+        )
+
+    def _authenticator(self, credentials: tuple[str, str]) -> Any:
+        def authenticate(
+            server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+        ) -> AuthResult:
+            if isinstance(data, LoginPassword):
+                user, password = data.login.decode(), data.password.decode()
+                if (user, password) == credentials:
+                    self.logins.append(user)
+                    return AuthResult(success=True)
+            return AuthResult(success=False, handled=False)
+
+        return authenticate
+
+    @property
+    def messages(self) -> list[Received]:
+        """Messages accepted so far."""
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def start(self) -> SmtpSink:
+        """Start serving."""
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.controller.stop(no_assert=True)
+
+
+# -- webhooks ----------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One request the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    peer: tuple[str, int] | None = None
+    """The client's address and port (the same port means a reused connection)."""
+
+
+class WebhookReceiver:
+    """An aiohttp webhook receiver on 127.0.0.1 (see the module docstring for paths)."""
+
+    def __init__(self) -> None:
+        self.hits: list[Hit] = []
+        self.drips = 0
+        self._flaky_seen = False
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        app = web.Application()
+        app.router.add_post("/ok", self._ok)
+        app.router.add_post("/status/{code}", self._status)
+        app.router.add_post("/redirect", self._redirect)
+        app.router.add_post("/drip", self._drip)
+        app.router.add_post("/flaky", self._flaky)
+        self.app = app
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """``http://host:port/path``."""
+        return f"http://{host}:{self.port}{path}"
+
+    async def start(self) -> WebhookReceiver:
+        """Start serving on a free port."""
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _record(self, request: web.Request) -> None:
+        body = await request.read()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.hits.append(
+            Hit(request.path, dict(request.headers), body, tuple(peer[:2]) if peer else None)
+        )
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"received": True})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        headers = {}
+        if "retry_after" in request.query:
+            headers["Retry-After"] = request.query["retry_after"]
+        return web.Response(status=int(request.match_info["code"]), text="nope", headers=headers)
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        raise web.HTTPFound("/ok")
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        response = web.StreamResponse(status=200)
+        response.content_type = "text/plain"
+        await response.prepare(request)
+        for _ in range(120):
+            await response.write(b".")
+            self.drips += 1
+            await asyncio.sleep(1.0)  # the slow server's behaviour, not a test wait
+        return response
+
+    async def _flaky(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self._flaky_seen:
+            self._flaky_seen = True
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.json_response({"ok": True})

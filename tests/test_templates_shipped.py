@@ -1,0 +1,129 @@
+"""The shipped templates compile, render for every event shape, and stay well-formed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from billnotify.config.models import Rule
+from billnotify.config.types import EVENT_TYPES
+from billnotify.events import ENTITY_RESOURCE, CloudEvent
+from billnotify.templating import TemplateRenderer, build_context
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+EMAILS = ["task_failed", "task_stalled", "run_completed", "invoice_approved", "invoice_overdue"]
+BODIES = ["slack", "teams"]
+RULE = Rule.model_validate(
+    {"name": "ops", "on": ["*"], "actions": [{"type": "mqtt", "topic": "t"}]}
+)
+
+RECORDS = {
+    "billing_task": {
+        "id": "1234",
+        "billingTaskType": "Generate Invoice",
+        "status": "Failed",
+        "customerID": "77",
+        "retryCount": "2",
+        "startedTime": "2026-11-21 10:01:00",
+        "endedTime": "2026-11-21 10:15:00",
+        "activityLog": "Step 3 failed: <timeout> & retry",
+    },
+    "billing_run": {
+        "id": "9",
+        "name": "November <run>",
+        "status": "Complete",
+        "invoiceAmount": "12345.5",
+        "invoiceDate": "2026-11-21",
+        "dueDate": "2026-12-21",
+        "completedDate": "2026-11-21 10:15:00",
+    },
+    "invoice": {
+        "id": 55,
+        "invoiceNumber": "ACC1/3",
+        "total": "120.00",
+        "invoiceAmount": 100,
+        "invoiceVAT": "20",
+        "outstanding": "120",
+        "dueDate": "2026-11-01",
+        "invoiceDate": "2026-10-01",
+        "status": ["Approved"],
+    },
+    "billing_header": {
+        "id": 385619,
+        "propertyUUId": "2eff",
+        "updateTimeStamp": "2023-07-03T22:00:26.16",
+    },
+}
+
+
+def event(type_: str, record: dict[str, object] | None = None) -> CloudEvent:
+    entity = type_.split(".")[0]
+    obj = RECORDS[entity] if record is None else record
+    return CloudEvent(
+        id="evt_1",
+        source="billnotify://acme",
+        type=type_,
+        subject=f"{ENTITY_RESOURCE[entity]}/{obj['id']}",
+        time="2026-11-21T10:15:02Z",
+        data={"object": obj, "previous": {"status": "Running"}, "changed": ["status"]},
+    )
+
+
+@pytest.fixture(scope="module")
+def renderer() -> TemplateRenderer:
+    return TemplateRenderer(TEMPLATES)
+
+
+def test_the_folder_checks_clean(renderer: TemplateRenderer) -> None:
+    assert renderer.check(email_templates=EMAILS, body_templates=BODIES) == []
+
+
+@pytest.mark.parametrize(
+    ("template", "type_"),
+    [
+        ("task_failed", "billing_task.status_changed"),
+        ("task_stalled", "billing_task.stalled"),
+        ("run_completed", "billing_run.completed"),
+        ("invoice_approved", "invoice.status_changed"),
+        ("invoice_overdue", "invoice.overdue"),
+    ],
+)
+@pytest.mark.parametrize("minimal", [False, True], ids=["full", "id-only"])
+def test_email_templates_render(
+    renderer: TemplateRenderer, template: str, type_: str, minimal: bool
+) -> None:
+    entity = type_.split(".")[0]
+    ev = event(type_, {"id": "1"} if minimal else None)
+    context = build_context(ev, RULE)
+    subject = renderer.render_file(f"{template}.subject.j2", context).strip()
+    text = renderer.render_file(f"{template}.txt.j2", context)
+    html = renderer.render_file(f"{template}.html.j2", context)
+    assert subject and "\n" not in subject
+    assert text.strip()
+    assert html.lstrip().startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    if not minimal and template == "task_failed":
+        assert "<timeout> & retry" in text
+        assert "&lt;timeout&gt; &amp; retry" in html
+    if not minimal and entity == "invoice":
+        assert "ACC1/3" in subject and "120.00" in text
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("type_", EVENT_TYPES)
+def test_chat_bodies_are_valid_json_for_every_event_type(
+    renderer: TemplateRenderer, body: str, type_: str
+) -> None:
+    payload = json.loads(renderer.render_file(f"{body}.j2", build_context(event(type_), RULE)))
+    title = payload["text"] if body == "slack" else payload["title"]
+    assert title.startswith("[acme] ")
+
+
+def test_slack_lists_changed_fields(renderer: TemplateRenderer) -> None:
+    payload = json.loads(
+        renderer.render_file("slack.j2", build_context(event("billing_task.status_changed"), RULE))
+    )
+    fields = payload["attachments"][0]["blocks"][1]["fields"]
+    assert fields == [{"type": "mrkdwn", "text": "*status*\nRunning -> Failed"}]
+    assert payload["attachments"][0]["color"] == "#D13438"
