@@ -58,6 +58,8 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     mail_options: list[str]
+    peer: Any = None
+    """The client's (address, port): the same port means a reused connection."""
 
     @property
     def message(self) -> EmailMessage:
@@ -97,6 +99,7 @@ class _Handler:
                     list(envelope.rcpt_tos),
                     bytes(content),
                     list(envelope.mail_options),
+                    session.peer,
                 )
             )
         if self.data_stall:
@@ -110,7 +113,9 @@ class SmtpSink:
     Args:
         tls: a server SSL context for implicit TLS.
         starttls: a server SSL context offered through STARTTLS (required).
-        credentials: (username, password) required through AUTH.
+        credentials: (username, password) required through AUTH (after STARTTLS when
+            ``starttls`` is given).
+        port: the port (a free one by default).
     """
 
     def __init__(
@@ -119,9 +124,11 @@ class SmtpSink:
         tls: ssl.SSLContext | None = None,
         starttls: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.handler = _Handler()
-        self.port = free_port()
+        self.port = port or free_port()
+        self._running = False
         self.host = "127.0.0.1"
         self.logins: list[str] = []
         kwargs: dict[str, Any] = {}
@@ -131,7 +138,7 @@ class SmtpSink:
             kwargs.update(
                 authenticator=self._authenticator(credentials),
                 auth_required=True,
-                auth_require_tls=False,
+                auth_require_tls=starttls is not None,
             )
         self.controller = Controller(
             self.handler,
@@ -165,11 +172,14 @@ class SmtpSink:
     def start(self) -> SmtpSink:
         """Start serving."""
         self.controller.start()
+        self._running = True
         return self
 
     def stop(self) -> None:
-        """Stop serving."""
-        self.controller.stop(no_assert=True)
+        """Stop serving (idempotent)."""
+        if self._running:
+            self._running = False
+            self.controller.stop(no_assert=True)
 
 
 # -- webhooks ----------------------------------------------------------------------------

@@ -1,0 +1,366 @@
+"""Emails rendered from templates and sent over SMTP (SPEC §4 ``email``).
+
+``template = "task_failed"`` renders ``task_failed.subject.j2`` and ``task_failed.txt.j2``
+(required) and ``task_failed.html.j2`` (optional; the message is then
+multipart/alternative). Recipients may be Jinja strings. Every header value is checked:
+a CR or LF anywhere, or an address that does not parse, is a permanent failure, so a
+record's field can never inject a header. The ``Message-ID`` derives from the delivery
+id, the same on every attempt, so a receiving system can spot a repeat.
+
+Attachments: ``invoice_pdf`` (the event's invoice, from its billing platform) and
+``billing_documents`` (every ``BE`` + 8 digits document id in the event's billing data,
+from its property billing source).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses
+from typing import Any
+
+from billnotify.actions.base import (
+    AttemptResult,
+    DocumentClient,
+    InvalidMessageError,
+    InvoiceClient,
+    NotApplicableError,
+    Rendered,
+    failure,
+)
+from billnotify.actions.smtp import SmtpPool
+from billnotify.config.models import Action, EmailAction, Rule, SmtpConfig
+from billnotify.events import CloudEvent
+from billnotify.store.base import Outcome
+from billnotify.templating import TemplateRenderer, build_context
+from billnotify.values import record_id
+
+logger = logging.getLogger(__name__)
+
+DOCUMENT_ID = re.compile(r"^BE\d{8}$")
+"""A property billing document reference (seed 003)."""
+
+
+@dataclass
+class Composed:
+    """An email ready to send (attachments aside)."""
+
+    sender: Address
+    to: list[Address]
+    cc: list[Address]
+    bcc: list[Address]
+    reply_to: list[Address]
+    subject: str
+    text: str
+    html: str | None
+    attachments: list[str] = field(default_factory=list)
+    """Names of the attachments that will be fetched."""
+
+    @property
+    def recipients(self) -> list[str]:
+        """Envelope recipients: To, Cc and Bcc, each once."""
+        return list(dict.fromkeys(a.addr_spec for a in (*self.to, *self.cc, *self.bcc)))
+
+    @property
+    def needs_utf8(self) -> bool:
+        """Whether an address is not ASCII (SMTPUTF8 is needed)."""
+        addresses = [self.sender.addr_spec, *self.recipients]
+        return not all(a.isascii() for a in addresses)
+
+
+class EmailExecutor:
+    """Sends ``email`` actions through the ``[smtp]`` server.
+
+    Args:
+        smtp: the ``[smtp]`` table (None: emails fail permanently, "not configured").
+        templates: renders subjects, bodies and recipients.
+        billing_clients: billing platform clients by source name (``invoice_pdf``).
+        property_clients: property billing clients by source name (``billing_documents``).
+        clock: wall clock in Unix seconds (the ``Date`` header).
+        pool_size: SMTP connections kept open (and concurrent sends).
+    """
+
+    action_type = "email"
+
+    def __init__(
+        self,
+        smtp: SmtpConfig | None,
+        templates: TemplateRenderer,
+        *,
+        billing_clients: Mapping[str, InvoiceClient] | None = None,
+        property_clients: Mapping[str, DocumentClient] | None = None,
+        clock: Callable[[], float] = time.time,
+        pool_size: int = 4,
+    ) -> None:
+        self._smtp = smtp
+        self._pool = SmtpPool(smtp, size=pool_size) if smtp is not None else None
+        self._templates = templates
+        self._billing = billing_clients or {}
+        self._property = property_clients or {}
+        self._clock = clock
+
+    # -- the executor interface --------------------------------------------------------
+
+    def exactly_once(self, action: Action) -> bool:
+        """Customer emails are never sent twice, unless flagged ``at_least_once``."""
+        return not (isinstance(action, EmailAction) and action.at_least_once)
+
+    def target(self, action: Action, event: CloudEvent) -> str:
+        """The recipients (rendered when possible)."""
+        if not isinstance(action, EmailAction):
+            return ""
+        try:
+            context = build_context(event)
+            return ", ".join(str(a) for a in self._addresses(action.to, "to", context))
+        except Exception:
+            return ", ".join(action.to)
+
+    async def render(self, action: Action, event: CloudEvent, rule: Rule) -> Rendered:
+        """The message an attempt would send (attachments by name only)."""
+        email = _email(action)
+        composed = self.compose(email, event, rule)
+        summary = {
+            "from": str(composed.sender),
+            "to": [str(a) for a in composed.to],
+            "cc": [str(a) for a in composed.cc],
+            "bcc": [str(a) for a in composed.bcc],
+            "reply_to": [str(a) for a in composed.reply_to],
+            "subject": composed.subject,
+            "text": composed.text,
+            "html": composed.html,
+            "attachments": composed.attachments,
+        }
+        return Rendered(self.action_type, ", ".join(str(a) for a in composed.to), summary)
+
+    async def execute(
+        self, action: Action, event: CloudEvent, rule: Rule, *, delivery_id: str, attempt: int
+    ) -> AttemptResult:
+        """Compose, fetch attachments and send once; failures are returned."""
+        try:
+            email = _email(action)
+            if self._pool is None:
+                raise NotApplicableError("no [smtp] server is configured")
+            composed = self.compose(email, event, rule)
+            files = await self._fetch_attachments(email, event)
+            message = self.build_message(
+                composed, files, delivery_id=delivery_id, event=event, rule=rule
+            )
+        except Exception as exc:  # nothing has been sent yet
+            return failure(exc)
+        utf8 = composed.needs_utf8
+        data = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+        try:
+            report = await self._pool.send(
+                composed.sender.addr_spec, composed.recipients, data, utf8=utf8
+            )
+        except Exception as exc:
+            return failure(exc, protocol="smtp", exactly_once=self.exactly_once(email))
+        logger.info(
+            "email %s (attempt %d) accepted for %d recipient(s): %s",
+            delivery_id,
+            attempt,
+            len(composed.recipients) - len(report.refused),
+            report.message,
+        )
+        response: dict[str, Any] = {"reply": report.message, "message_id": message["Message-ID"]}
+        if report.refused:
+            response["refused"] = report.refused
+        return AttemptResult(Outcome.SUCCESS, status_code=report.code, response=response)
+
+    async def close(self) -> None:
+        """Close the SMTP connections."""
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def check(self) -> None:
+        """Connect to the SMTP server once (``billnotify check --connect``).
+
+        Raises:
+            NotApplicableError: no ``[smtp]``.
+            RejectedError, SendFailedError: the server refused or could not be reached.
+        """
+        if self._pool is None:
+            raise NotApplicableError("no [smtp] server is configured")
+        await self._pool.check()
+
+    # -- composing -----------------------------------------------------------------------
+
+    def compose(self, action: EmailAction, event: CloudEvent, rule: Rule) -> Composed:
+        """Render and validate everything but the attachments' content.
+
+        Raises:
+            TemplateError: a template failed.
+            InvalidMessageError: an unsafe header value or an invalid address.
+        """
+        if self._smtp is None:
+            raise NotApplicableError("no [smtp] server is configured")
+        context = build_context(event, rule)
+        sender = _parse(self._smtp.from_, "from")
+        if len(sender) != 1:
+            raise InvalidMessageError(f"[smtp] from must be one address, not {self._smtp.from_!r}")
+        to = self._addresses(action.to, "to", context)
+        if not to:
+            raise InvalidMessageError("no recipient: every 'to' rendered empty")
+        reply_to = self._addresses(
+            [action.reply_to] if action.reply_to else [], "reply_to", context
+        )
+        templates = self._templates
+        subject = templates.render_file(f"{action.template}.subject.j2", context).strip()
+        _check_header("subject", subject)
+        html_name = f"{action.template}.html.j2"
+        return Composed(
+            sender=sender[0],
+            to=to,
+            cc=self._addresses(action.cc, "cc", context),
+            bcc=self._addresses(action.bcc, "bcc", context),
+            reply_to=reply_to,
+            subject=subject,
+            text=templates.render_file(f"{action.template}.txt.j2", context),
+            html=templates.render_file(html_name, context) if templates.exists(html_name) else None,
+            attachments=self._attachment_names(action, event),
+        )
+
+    def build_message(
+        self,
+        composed: Composed,
+        files: Iterable[tuple[str, bytes]],
+        *,
+        delivery_id: str,
+        event: CloudEvent,
+        rule: Rule,
+    ) -> EmailMessage:
+        """The MIME message: text (+ HTML alternative) (+ PDF attachments)."""
+        message = EmailMessage()
+        message["From"] = composed.sender
+        message["To"] = composed.to
+        if composed.cc:
+            message["Cc"] = composed.cc
+        if composed.reply_to:
+            message["Reply-To"] = composed.reply_to
+        message["Subject"] = composed.subject
+        message["Date"] = formatdate(self._clock(), usegmt=True)
+        message["Message-ID"] = f"<{delivery_id}@{composed.sender.domain or 'billnotify'}>"
+        message["Auto-Submitted"] = "auto-generated"
+        message["X-Billnotify-Event"] = event.id
+        message["X-Billnotify-Rule"] = rule.name
+        message.set_content(composed.text)
+        if composed.html is not None:
+            message.add_alternative(composed.html, subtype="html")
+        for name, content in files:
+            message.add_attachment(content, maintype="application", subtype="pdf", filename=name)
+        return message
+
+    def _addresses(
+        self, values: Iterable[str], field_name: str, context: Mapping[str, Any]
+    ) -> list[Address]:
+        addresses: list[Address] = []
+        for value in values:
+            rendered = self._templates.render_string(value, context, label=f"{field_name} address")
+            addresses.extend(_parse(rendered.strip(), field_name))
+        return addresses
+
+    # -- attachments ---------------------------------------------------------------------
+
+    def _attachment_names(self, action: EmailAction, event: CloudEvent) -> list[str]:
+        names: list[str] = []
+        for kind in action.attach:
+            if kind == "invoice_pdf":
+                names.append(_invoice_file_name(event))
+            else:
+                found = document_ids(event.data)
+                names.extend(f"{doc}.pdf" for doc in found)
+                if not found:
+                    names.append(f"(the documents of billing {event.object_id})")
+        return names
+
+    async def _fetch_attachments(
+        self, action: EmailAction, event: CloudEvent
+    ) -> list[tuple[str, bytes]]:
+        files: list[tuple[str, bytes]] = []
+        for kind in action.attach:
+            if kind == "invoice_pdf":
+                if event.entity != "invoice":
+                    raise NotApplicableError(
+                        f"invoice_pdf needs an invoice event, not {event.type}"
+                    )
+                client = self._billing.get(event.source_name)
+                if client is None:
+                    raise NotApplicableError(f"no billing_platform source {event.source_name!r}")
+                invoice = record_id(event.data.get("object") or {}) or event.object_id
+                files.append((_invoice_file_name(event), await client.get_invoice_pdf(invoice)))
+            else:
+                files.extend(await self._fetch_documents(event))
+        return files
+
+    async def _fetch_documents(self, event: CloudEvent) -> list[tuple[str, bytes]]:
+        client = self._property.get(event.source_name)
+        if client is None:
+            raise NotApplicableError(f"no property_billing source {event.source_name!r}")
+        found = document_ids(event.data)
+        if not found and event.entity == "billing_header":
+            found = document_ids(await client.billing(event.object_id))
+        if not found:
+            raise NotApplicableError(f"no billing documents found for {event.subject}")
+        return [(f"{doc}.pdf", await client.billing_document(doc)) for doc in found]
+
+
+def document_ids(data: Any) -> list[str]:
+    """Every ``BE`` + 8 digits reference in ``data`` (``previous`` values skipped), in order."""
+    found: dict[str, None] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if DOCUMENT_ID.match(value):
+                found[value] = None
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if key != "previous":
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    return list(found)
+
+
+def _invoice_file_name(event: CloudEvent) -> str:
+    record = event.data.get("object") or {}
+    label = str(record.get("invoiceNumber") or record_id(record) or event.object_id)
+    return "invoice-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") + ".pdf"
+
+
+def _email(action: Action) -> EmailAction:
+    if not isinstance(action, EmailAction):
+        raise NotApplicableError(f"not an email action: {action.type}")
+    return action
+
+
+def _check_header(name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise InvalidMessageError(
+            f"{name} contains a line break: refusing to send ({value[:80]!r})"
+        )
+
+
+def _parse(value: str, field_name: str) -> list[Address]:
+    """Addresses in a header value (``a@x``, ``Name <a@x>``, comma-separated lists)."""
+    _check_header(field_name, value)
+    if not value:
+        return []
+    addresses: list[Address] = []
+    for name, spec in getaddresses([value]):
+        try:
+            if not spec or "@" not in spec or spec.startswith("@") or spec.endswith("@"):
+                raise ValueError("not an addr-spec")
+            address = Address(display_name=name, addr_spec=spec)
+        except Exception:
+            raise InvalidMessageError(f"{field_name}: invalid email address {value!r}") from None
+        addresses.append(address)
+    return addresses
