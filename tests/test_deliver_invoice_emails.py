@@ -9,6 +9,7 @@ filter settles it as delivered; a connection lost before the platform acted
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -203,3 +204,35 @@ async def test_uncertain_without_an_invoice_number_waits_for_an_operator(rig: Ri
     assert await rig.worker.reconcile() == 0
     assert (await rig.delivery()).status is DeliveryStatus.UNCERTAIN
     assert rig.emails(invoice) == 1
+
+
+async def test_the_running_worker_reconciles_in_the_background(rig: Rig) -> None:
+    executors = rig.worker.executors
+    worker = DeliveryWorker(
+        rig.config,
+        rig.store,
+        executors,
+        rig.clock,
+        billing_clients={"acme": rig.client},
+        reconcile_interval=0.05,
+        settle_after=timedelta(0),
+    )
+    delivered = await rig.approve()
+    rig.sim.faults.add(INVOICES, "reset_after", method="POST")
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while worker.reconciler.delivered < 1:
+                await asyncio.sleep(0.02)
+        lost = await rig.approve()
+        rig.sim.faults.add(INVOICES, "reset", method="POST")
+        worker.wake()
+        async with asyncio.timeout(10):
+            while rig.emails(lost) < 1:
+                await asyncio.sleep(0.02)
+    finally:
+        await worker.drain(5)
+        await asyncio.wait_for(task, 5)
+    assert worker.reconciler.not_delivered == 1
+    assert {d.status for d in await rig.store.list_deliveries()} == {DeliveryStatus.SUCCEEDED}
+    assert rig.emails(delivered) == 1 and rig.emails(lost) == 1

@@ -104,7 +104,7 @@ class DeliveryWorker:
         self.clock = clock
         self.sleep = sleep
         self.poll_interval = poll_interval
-        self.reconcile_interval = timedelta(seconds=reconcile_interval)
+        self.reconcile_interval = reconcile_interval
         self.concurrency = config.service.delivery_concurrency
         self.reconciler = InvoiceEmailReconciler(
             config, store, billing_clients or {}, clock, settle_after
@@ -118,7 +118,6 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._drained = asyncio.Event()
-        self._last_reconcile: datetime | None = None
 
     # -- public control ----------------------------------------------------------------
     @property
@@ -143,11 +142,16 @@ class DeliveryWorker:
         """Recover, then attempt deliveries as they come due until :meth:`drain`."""
         await self.recover()
         failures = 0
+        # reconciliation talks to the platform, which may be slow: never in this loop
+        reconciling = (
+            asyncio.create_task(self._reconcile_forever(), name="reconcile")
+            if self.reconciler.billing_clients
+            else None
+        )
         try:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    await self._maybe_reconcile()
                     started = await self._fill()
                     delay = 0.0 if started else await self._idle_delay()
                     failures = 0
@@ -163,6 +167,9 @@ class DeliveryWorker:
                 await self._drained.wait()
             for task in self._inflight.values():
                 task.cancel()
+            if reconciling is not None:
+                reconciling.cancel()
+                await asyncio.gather(reconciling, return_exceptions=True)
 
     async def drain(self, grace: float | timedelta) -> int:
         """Stop taking work; wait up to ``grace`` for in-flight attempts.
@@ -196,7 +203,6 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Start every due delivery (up to the concurrency) and wait for them (tests)."""
-        await self._maybe_reconcile()
         started = await self._fill()
         tasks = list(self._inflight.values())
         if tasks:
@@ -205,20 +211,19 @@ class DeliveryWorker:
 
     async def reconcile(self) -> int:
         """Reconcile uncertain invoice emails now; returns how many were settled."""
-        self._last_reconcile = self.clock()
         settled = await self.reconciler.reconcile()
         if settled:
             self._wake.set()
         return settled
 
     # -- the loop ----------------------------------------------------------------------
-    async def _maybe_reconcile(self) -> None:
-        now = self.clock()
-        if self._last_reconcile is None or now - self._last_reconcile >= self.reconcile_interval:
+    async def _reconcile_forever(self) -> None:
+        while True:
             try:
                 await self.reconcile()
             except Exception:
                 logger.exception("reconciling uncertain deliveries failed")
+            await self.sleep(self.reconcile_interval)
 
     async def _idle_delay(self) -> float:
         if len(self._inflight) >= self.concurrency:
