@@ -1,0 +1,145 @@
+"""Action executors: invoice actions, emails, signed webhooks and MQTT messages.
+
+:func:`build_executors` makes one executor per action type from the configuration; the
+delivery worker calls them through the :class:`~billnotify.actions.base.ActionExecutor`
+interface. :func:`check_actions` lists what ``billnotify check`` should complain about.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from billnotify.actions.base import (
+    ActionExecutor,
+    AttemptResult,
+    DocumentClient,
+    InvoiceClient,
+    MqttSender,
+    Rendered,
+    classify,
+)
+from billnotify.actions.email import EmailExecutor
+from billnotify.actions.invoice_action import InvoiceActionExecutor
+from billnotify.actions.mqtt import MqttExecutor
+from billnotify.actions.webhook import WebhookExecutor
+from billnotify.config.models import (
+    Config,
+    EmailAction,
+    InvoiceActionAction,
+    MqttAction,
+    WebhookAction,
+)
+from billnotify.templating import TemplateRenderer
+
+
+def build_executors(
+    config: Config,
+    *,
+    billing_clients: Mapping[str, InvoiceClient],
+    property_clients: Mapping[str, DocumentClient],
+    mqtt: MqttSender | None,
+    templates: TemplateRenderer,
+    clock: Callable[[], float] = time.time,
+    smtp_pool_size: int = 4,
+) -> dict[str, ActionExecutor]:
+    """One executor per action type, keyed by type (``webhook``, ``email``, ...).
+
+    Args:
+        config: the configuration (``[smtp]``, ``[[webhooks]]``).
+        billing_clients: billing platform clients by source name.
+        property_clients: property billing clients by source name.
+        mqtt: the broker connection, None when MQTT is disabled.
+        templates: the template renderer.
+        clock: wall clock in Unix seconds (webhook timestamps, email dates).
+        smtp_pool_size: SMTP connections kept open.
+    """
+    return {
+        "invoice_action": InvoiceActionExecutor(billing_clients, templates),
+        "email": EmailExecutor(
+            config.smtp,
+            templates,
+            billing_clients=billing_clients,
+            property_clients=property_clients,
+            clock=clock,
+            pool_size=smtp_pool_size,
+        ),
+        "webhook": WebhookExecutor(config.webhooks, templates, clock=clock),
+        "mqtt": MqttExecutor(mqtt, templates),
+    }
+
+
+def check_actions(config: Config, templates: TemplateRenderer) -> list[str]:
+    """Problems ``billnotify check`` should report about rules' templates and actions.
+
+    Compiles every template file, each rule's ``when`` and every inline template
+    (recipients, topics, payloads, parameters), and checks that referenced email and
+    body templates exist and that emails have an ``[smtp]`` server.
+    """
+    emails: set[str] = set()
+    bodies: set[str] = set()
+    strings: list[str] = []
+    problems: list[str] = []
+    for rule_index, rule in enumerate(config.rules):
+        for index, action in enumerate(rule.actions):
+            where = f"rules[{rule_index}].actions[{index}]"
+            if isinstance(action, EmailAction):
+                emails.add(action.template)
+                strings.extend([*action.to, *action.cc, *action.bcc])
+                strings.extend([action.reply_to] if action.reply_to else [])
+                if config.smtp is None:
+                    problems.append(f"{where}: an email action needs an [smtp] table")
+            elif isinstance(action, WebhookAction) and action.body:
+                bodies.add(action.body)
+            elif isinstance(action, MqttAction):
+                strings.extend([action.topic, action.payload])
+                if not config.mqtt.enabled:
+                    problems.append(f"{where}: an mqtt action needs [mqtt] enabled")
+            elif isinstance(action, InvoiceActionAction):
+                strings.extend(_strings(action.params))
+    expressions = [rule.when for rule in config.rules if rule.when and rule.when.strip()]
+    problems.extend(
+        templates.check(
+            email_templates=emails, body_templates=bodies, expressions=expressions, strings=strings
+        )
+    )
+    return problems
+
+
+if TYPE_CHECKING:
+    from billnotify.clients import BillingPlatformClient, PropertyBillingClient
+
+    def _clients_fit(
+        billing: BillingPlatformClient, prop: PropertyBillingClient
+    ) -> tuple[InvoiceClient, DocumentClient]:
+        # mypy proves here that the real clients satisfy the protocols the actions use
+        return billing, prop
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    return []
+
+
+__all__ = [
+    "ActionExecutor",
+    "AttemptResult",
+    "DocumentClient",
+    "EmailExecutor",
+    "InvoiceActionExecutor",
+    "InvoiceClient",
+    "MqttExecutor",
+    "MqttSender",
+    "Rendered",
+    "TemplateRenderer",
+    "WebhookExecutor",
+    "build_executors",
+    "check_actions",
+    "classify",
+]
