@@ -1,0 +1,299 @@
+"""The composition root: builds every component from the config and runs them.
+
+Nothing else wires components together. ``Service.run`` starts, in one
+``asyncio.TaskGroup``: a poller per source resource, the MQTT publisher, the rule
+handler, the delivery worker and the health/metrics server; a stop request shuts them
+down in order (pollers, rules, deliveries drained within the grace period, then the
+publisher, which says ``offline``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from billnotify.actions import build_executors
+from billnotify.clients.billing_platform import BillingPlatformClient
+from billnotify.clients.property_billing import PropertyBillingClient
+from billnotify.config.models import BillingPlatformSource, Config, PropertyBillingSource
+from billnotify.errors import BillnotifyError
+from billnotify.health import HealthServer
+from billnotify.metrics import Metrics
+from billnotify.publish.broker import EmbeddedBroker
+from billnotify.publish.mqtt import MqttPublisher
+from billnotify.rules.engine import RuleHandler
+from billnotify.rules.worker import DeliveryWorker
+from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
+from billnotify.sources.base import PollStats, ResourceSync
+from billnotify.store import DeliveryStatus, SqliteStore
+from billnotify.templating import TemplateRenderer
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret value in the config, for the log redactor."""
+    values: list[str] = []
+    for source in config.sources:
+        if isinstance(source, BillingPlatformSource):
+            values.append(source.api_key.reveal())
+        else:
+            values += [source.username.reveal(), source.password.reveal()]
+    if config.mqtt.password:
+        values.append(config.mqtt.password.reveal())
+    if config.smtp and config.smtp.password:
+        values.append(config.smtp.password.reveal())
+    for hook in config.webhooks:
+        raw = hook.secret.reveal()
+        values += [raw, raw.removeprefix("whsec_")]
+    return values
+
+
+class Service:
+    """billnotify as one long-running process.
+
+    Args:
+        config: the validated configuration.
+        clock: the wall clock (tests inject one).
+    """
+
+    def __init__(self, config: Config, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.store = SqliteStore(config.state_path)
+        self.pollers: list[Poller] = []
+        self.publisher: MqttPublisher | None = None
+        self.worker: DeliveryWorker | None = None
+        self.health: HealthServer | None = None
+        self.billing_clients: dict[str, BillingPlatformClient] = {}
+        self.property_clients: dict[str, PropertyBillingClient] = {}
+        self.started = asyncio.Event()
+
+    # -- building --------------------------------------------------------------------
+    def _clients(self, stack: AsyncExitStack) -> None:
+        for source in self.config.sources:
+            timeout = source.timeout.total_seconds()
+            if isinstance(source, BillingPlatformSource):
+                client = BillingPlatformClient(
+                    source.base_url,
+                    source.api_key,
+                    timeout=timeout,
+                    max_attempts=source.max_attempts,
+                    page_size=source.page_size,
+                )
+                self.billing_clients[source.name] = client
+            else:
+                client = PropertyBillingClient(  # type: ignore[assignment]
+                    source.base_url,
+                    source.auth_url,
+                    source.username,
+                    source.password,
+                    source.administrator_ids,
+                    timeout=timeout,
+                    max_attempts=source.max_attempts,
+                    document_path=source.document_path,
+                )
+                self.property_clients[source.name] = client  # type: ignore[assignment]
+            stack.push_async_callback(client.close)
+
+    def _syncs(self) -> list[tuple[ResourceSync, BillingPlatformSource | PropertyBillingSource]]:
+        syncs: list[tuple[ResourceSync, BillingPlatformSource | PropertyBillingSource]] = []
+        for source in self.config.sources:
+            if isinstance(source, BillingPlatformSource):
+                client = self.billing_clients[source.name]
+                for sync in build_billing_syncs(source, client, self.store, clock=self.clock):
+                    syncs.append((sync, source))
+            else:
+                pclient = self.property_clients[source.name]
+                for uuid in source.properties:
+                    syncs.append(
+                        (
+                            PropertyBillingSync(
+                                source, uuid, pclient, self.store, clock=self.clock
+                            ),
+                            source,
+                        )
+                    )
+        return syncs
+
+    def _on_poll(
+        self,
+        sync: ResourceSync,
+        stats: PollStats | None,
+        seconds: float,
+        error: BaseException | None,
+    ) -> None:
+        labels = (sync.source, sync.resource)
+        self.metrics.polls.labels(*labels).inc()
+        self.metrics.poll_seconds.labels(*labels).observe(seconds)
+        self.metrics.source_up.labels(*labels).set(0 if error else 1)
+        if error is not None:
+            self.metrics.poll_errors.labels(*labels).inc()
+        if stats is not None:
+            for type_, count in stats.types.items():
+                self.metrics.events.labels(type_).inc(count)
+
+    # -- health ----------------------------------------------------------------------
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Sources polled recently, store writable, broker connected."""
+        checks: dict[str, Any] = {}
+        now = time.monotonic()
+        for poller in self.pollers:
+            checks[f"source:{poller.name}"] = (
+                "ok" if poller.healthy(now) else (poller.last_error or "not polled yet")
+            )
+        try:
+            await self.store.ping()
+            checks["store"] = "ok"
+        except BillnotifyError as exc:
+            checks["store"] = str(exc)
+        if self.publisher is not None:
+            checks["mqtt"] = "ok" if self.publisher.connected else "disconnected"
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def refresh_metrics(self) -> None:
+        """Update the gauges that come from the store."""
+        m = self.metrics
+        last = await self.store.last_seq()
+        for consumer in ("mqtt", "rules"):
+            m.log_backlog.labels(consumer).set(
+                max(0, last - await self.store.get_position(consumer))
+            )
+        if self.publisher is not None:
+            m.mqtt_connected.set(1 if self.publisher.connected else 0)
+            m.mqtt_published.set(self.publisher.published_total)
+            pending = await self.store.read_events(await self.store.get_position("mqtt"), 1)
+            lag = 0.0
+            if pending:
+                recorded = datetime.fromisoformat(pending[0].event.time.replace("Z", "+00:00"))
+                lag = max(0.0, (self.clock() - recorded).total_seconds())
+            m.publish_lag.set(lag)
+        counts = await self.store.count_deliveries()
+        m.deliveries.clear()
+        retry = 0
+        for (action, status), count in counts.items():
+            m.deliveries.labels(action, status).set(count)
+            if status == DeliveryStatus.RETRY_SCHEDULED:
+                retry += count
+        m.retry_queue.set(retry)
+        oldest = await self.store.oldest_pending_at()
+        m.oldest_pending.set((self.clock() - oldest).total_seconds() if oldest else 0)
+
+    def _poll_now(self, source: str) -> bool:
+        found = [p for p in self.pollers if p.sync.source == source]
+        for poller in found:
+            poller.poll_now()
+        return bool(found)
+
+    # -- running ---------------------------------------------------------------------
+    @asynccontextmanager
+    async def _broker(self) -> AsyncIterator[None]:
+        mqtt = self.config.mqtt
+        if not (mqtt.enabled and mqtt.embedded):
+            yield
+            return
+        async with EmbeddedBroker(mqtt.host, mqtt.port):
+            yield
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down gracefully."""
+        config = self.config
+        async with AsyncExitStack() as stack:
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
+            await stack.enter_async_context(self._broker())
+            self._clients(stack)
+            if config.mqtt.enabled:
+                self.publisher = MqttPublisher(config.mqtt, self.store)
+            renderer = TemplateRenderer(config.templates_path)
+            executors = build_executors(
+                config,
+                billing_clients=self.billing_clients,
+                property_clients=self.property_clients,
+                mqtt=self.publisher,
+                templates=renderer,
+            )
+            self.worker = DeliveryWorker(
+                config, self.store, executors, self.clock, billing_clients=self.billing_clients
+            )
+            stack.push_async_callback(_close_executors, executors)
+            rules = RuleHandler(
+                config, self.store, renderer, executors, self.clock, on_recorded=self.worker.wake
+            )
+            self.pollers = [
+                Poller(sync, source.poll_interval, on_result=self._on_poll)
+                for sync, source in self._syncs()
+            ]
+            listen = config.service.listen()
+            if listen is not None:
+                self.health = HealthServer(
+                    *listen,
+                    readiness=self.readiness,
+                    metrics=self.metrics,
+                    refresh=self.refresh_metrics,
+                    on_hook=self._poll_now,
+                )
+                await self.health.start()
+                stack.push_async_callback(self.health.stop)
+            await self._supervise(stop, rules)
+
+    async def _supervise(self, stop: asyncio.Event, rules: RuleHandler) -> None:
+        assert self.worker is not None
+        grace = self.config.service.shutdown_grace.total_seconds()
+        async with asyncio.TaskGroup() as group:
+            publisher = (
+                group.create_task(self.publisher.run(), name="mqtt") if self.publisher else None
+            )
+            worker = group.create_task(self.worker.run(), name="deliveries")
+            rule_task = group.create_task(rules.run(), name="rules")
+            polls = [group.create_task(p.run(), name=f"poll {p.name}") for p in self.pollers]
+            logger.info(
+                "billnotify running: %d pollers, %d rules%s",
+                len(polls),
+                len(self.config.rules),
+                " (dry run)" if self.config.service.dry_run else "",
+            )
+            self.started.set()
+            await stop.wait()
+            logger.info("stopping: draining in-flight deliveries (grace %.0fs)", grace)
+            for task in polls:
+                task.cancel()
+            rule_task.cancel()
+            await self.worker.drain(grace)
+            worker.cancel()
+            if publisher is not None:
+                await _finish_publishing(self.publisher, self.store, grace)
+                publisher.cancel()
+        logger.info("stopped")
+
+
+async def _finish_publishing(
+    publisher: MqttPublisher | None, store: SqliteStore, grace: float
+) -> None:
+    """Give the publisher a moment to flush what is already logged."""
+    if publisher is None or not publisher.connected:
+        return
+    deadline = time.monotonic() + min(grace, 5.0)
+    last = await store.last_seq()
+    while time.monotonic() < deadline and publisher.last_published_seq < last:
+        await asyncio.sleep(0.05)
+
+
+async def _close_executors(executors: dict[str, Any]) -> None:
+    for executor in executors.values():
+        close = getattr(executor, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()

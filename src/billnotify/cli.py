@@ -1,0 +1,294 @@
+"""The ``billnotify`` command line (SPEC §6)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from billnotify import __version__
+from billnotify.config import Config, load_config
+from billnotify.durations import parse_duration
+from billnotify.errors import BillnotifyError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def parse_since(text: str) -> datetime:
+    """``--since``: a duration ago (``"2h"``) or an ISO date/time (UTC when no zone)."""
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration or ISO time: {text!r} (e.g. '2h' or '2026-11-21T10:00:00Z')"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="billnotify",
+        description="Watch billing platforms; publish every change to MQTT; run rules.",
+    )
+    parser.add_argument("--version", action="version", version=f"billnotify {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", help="config file (default: $BILLNOTIFY_CONFIG or ./config.toml)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the service")
+    check = sub.add_parser("check", parents=[common], help="validate config and templates")
+    check.add_argument("--connect", action="store_true", help="also try sources, broker, SMTP")
+
+    render = sub.add_parser("render", parents=[common], help="show what a rule would send")
+    render.add_argument("rule")
+    render.add_argument("--event", required=True, type=Path, help="a CloudEvent JSON file")
+
+    events = sub.add_parser("events", parents=[common], help="list the event log")
+    events.add_argument("--since", type=parse_since)
+    events.add_argument("--type", dest="type_glob", help="type glob, e.g. 'invoice.*'")
+    events.add_argument("--limit", type=int, default=1000)
+    events.add_argument("--json", action="store_true", help="one CloudEvent JSON per line")
+
+    replay = sub.add_parser("replay", parents=[common], help="re-publish or re-run events")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--since", type=parse_since)
+    replay.add_argument("--to", choices=["mqtt", "rules"], default="mqtt")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="with --to rules: also send again deliveries that already succeeded",
+    )
+
+    deliveries = sub.add_parser("deliveries", parents=[common], help="the delivery ledger")
+    deliveries.add_argument(
+        "--status", help="failed | dead | uncertain | pending | succeeded | dry_run | ..."
+    )
+    deliveries.add_argument("--limit", type=int, default=100)
+    deliveries.add_argument("--json", action="store_true")
+    dsub = deliveries.add_subparsers(dest="deliveries_command", metavar="ACTION")
+    retry = dsub.add_parser("retry", parents=[common], help="send deliveries again")
+    retry.add_argument("ids", nargs="+", metavar="ID")
+    resolve = dsub.add_parser("resolve", parents=[common], help="settle an uncertain delivery")
+    resolve.add_argument("id", metavar="ID")
+    how = resolve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--sent", action="store_true", help="it did reach the customer")
+    how.add_argument("--not-sent", action="store_true", help="it did not: send it now")
+    show = dsub.add_parser("show", parents=[common], help="one delivery with its attempts")
+    show.add_argument("id", metavar="ID")
+
+    simulate = sub.add_parser("simulate", help="run the billing platform simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8080)
+    simulate.add_argument("--tick", type=float, default=2.0, help="seconds per scenario step")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--api-key", default="sim-key")
+
+    demo = sub.add_parser("demo", help="the whole product on this machine, nothing outside")
+    demo.add_argument("--duration", type=parse_duration_arg, help="stop after e.g. '60s'")
+    demo.add_argument("--port", type=int, default=0, help="simulator port (default: free)")
+    demo.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port")
+    demo.add_argument("--dir", type=Path, help="working folder (default: a temp folder)")
+    demo.add_argument("--no-live", action="store_true", help="plain log lines, no live view")
+    return parser
+
+
+def parse_duration_arg(text: str) -> float:
+    """A duration argument in seconds."""
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``billnotify`` script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_dispatch(args)) if args.command != "run" else _run(args)
+    except ConfigError as exc:
+        print(f"billnotify: invalid configuration\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BillnotifyError as exc:
+        print(f"billnotify: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _setup_logging(config: Config) -> None:
+    from billnotify.app import secret_values
+    from billnotify.logs import setup_logging
+
+    setup_logging(config.service.log_level, config.service.log_format, secret_values(config))
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _setup_logging(config)
+    return asyncio.run(run_service(config))
+
+
+async def run_service(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; exit 0 after a graceful stop."""
+    from billnotify.app import Service
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Service(config).run(stop)
+    return EXIT_OK
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "simulate":
+        from billnotify.simulator import run_simulate
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        await run_simulate(args.host, args.port, args.tick, args.seed, args.api_key)
+        return EXIT_OK
+    if args.command == "demo":
+        from billnotify.demo import run_demo
+
+        return await run_demo(
+            duration=args.duration,
+            port=args.port,
+            mqtt_port=args.mqtt_port,
+            workdir=args.dir,
+            live=not args.no_live,
+        )
+    config = _load(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        from billnotify.checks import run_check
+
+        return await run_check(config, connect=args.connect)
+    if args.command == "render":
+        return await _render(config, args.rule, args.event)
+    from billnotify.store import SqliteStore
+
+    async with SqliteStore(config.state_path) as store:
+        if args.command == "events":
+            return await _events(store, args)
+        if args.command == "replay":
+            return await _replay(config, store, args)
+        if args.command == "deliveries":
+            return await _deliveries(store, args)
+    raise AssertionError(args.command)
+
+
+async def _render(config: Config, rule_name: str, event_file: Path) -> int:
+    from billnotify.checks import build_offline_executors
+    from billnotify.events import CloudEvent
+    from billnotify.rules.commands import render_rule
+
+    try:
+        event = CloudEvent.from_json(event_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"billnotify: cannot read event {event_file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    renderer, executors, close = build_offline_executors(config)
+    try:
+        rendered = await render_rule(config, renderer, executors, rule_name, event)
+    finally:
+        await close()
+    print(json.dumps([_jsonable(r) for r in rendered], indent=2, default=str))
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+async def _events(store: Any, args: argparse.Namespace) -> int:
+    events = await store.list_events(since=args.since, type_glob=args.type_glob, limit=args.limit)
+    for stored in events:
+        e = stored.event
+        if args.json:
+            print(e.to_json())
+        else:
+            print(f"{stored.seq:>8}  {e.time}  {e.type:<28} {e.source_name}/{e.subject}  {e.id}")
+    return EXIT_OK
+
+
+async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
+    if bool(args.ids) == bool(args.since):
+        print("billnotify: replay takes event ids or --since, not both", file=sys.stderr)
+        return EXIT_CONFIG
+    events = (
+        await store.get_events(args.ids)
+        if args.ids
+        else await store.list_events(since=args.since, limit=0)
+    )
+    missing = set(args.ids) - {s.event.id for s in events}
+    if missing:
+        print(f"billnotify: unknown event id(s): {', '.join(sorted(missing))}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.to == "mqtt":
+        from billnotify.publish.mqtt import MqttPublisher
+
+        count = await MqttPublisher(config.mqtt, store).republish(events)
+        print(f"re-published {count} event(s) to MQTT")
+    else:
+        from billnotify.rules.commands import replay_to_rules
+
+        result = await replay_to_rules(config, store, events, force=args.force)
+        print(
+            f"{len(events)} event(s): {result.created} new delivery(ies), "
+            f"{result.reset} reset, {result.unchanged} already recorded"
+        )
+    return EXIT_OK
+
+
+async def _deliveries(store: Any, args: argparse.Namespace) -> int:
+    from billnotify.rules import commands
+
+    now = datetime.now(UTC)
+    action = args.deliveries_command
+    if action in ("retry", "resolve"):
+        if action == "retry":
+            results = await commands.retry_deliveries(store, args.ids, now)
+        else:
+            results = [
+                await commands.resolve_delivery(store, args.id, sent=bool(args.sent), now=now)
+            ]
+        for result in results:
+            print(f"{result.id}: {result.message}", file=sys.stdout if result.ok else sys.stderr)
+        return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+    if action == "show":
+        delivery = await store.get_delivery(args.id)
+        if delivery is None:
+            print(f"billnotify: unknown delivery {args.id}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(json.dumps(_jsonable(delivery), indent=2, default=str))
+        return EXIT_OK
+    rows = await commands.list_deliveries(store, args.status, limit=args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(_jsonable(row), default=str))
+    else:
+        print(commands.format_deliveries(rows))
+    return EXIT_OK

@@ -1,0 +1,179 @@
+"""Configuration: every error at once with its TOML path, secrets, durations, reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from billnotify.config import load_config, parse_config
+from billnotify.config.reference import END, START, reference
+from billnotify.durations import format_duration, parse_duration
+from billnotify.errors import ConfigError
+from billnotify.secrets import Secret
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FIVE_MISTAKES = """
+[service]
+http = "no-port-here"
+
+[mqtt]
+qos = 3
+
+[[sources]]
+name = "acme"
+kind = "billing_platform"
+base_url = "ftp://acme.example.com"
+api_key = "env:BILLNOTIFY_TEST_UNSET_VARIABLE"
+poll_interval = "soon"
+
+[[webhooks]]
+name = "ops"
+url = "https://ops.example.com/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[[rules]]
+name = "alert"
+on = ["billing_task.status_changed"]
+[[rules.actions]]
+type = "webhook"
+endpoint = "opz"
+"""
+
+
+def test_five_mistakes_are_all_reported_with_their_paths(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(FIVE_MISTAKES)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    issues = caught.value.issues
+    wanted = [
+        "service.http:",
+        "mqtt.qos:",
+        "sources[0].base_url:",
+        "sources[0].api_key: environment variable BILLNOTIFY_TEST_UNSET_VARIABLE is not set",
+        "sources[0].poll_interval:",
+        "rules[0].actions[0].endpoint: unknown webhook 'opz'",
+    ]
+    for prefix in wanted:
+        assert any(i.startswith(prefix) for i in issues), (prefix, issues)
+    assert len(issues) == len(wanted)
+
+
+def test_check_command_prints_every_error_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(FIVE_MISTAKES)
+    done = subprocess.run(
+        [sys.executable, "-m", "billnotify", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "6 configuration error(s)" in done.stderr
+    assert "rules[0].actions[0].endpoint: unknown webhook 'opz'" in done.stderr
+    assert str(path) in done.stderr
+
+
+def test_broken_toml_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[service\nname = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "not valid TOML" in caught.value.issues[0]
+    assert "line 1" in caught.value.issues[0]
+
+
+def test_unknown_keys_and_duplicate_names_are_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {
+                "servce": {},
+                "webhooks": [
+                    {"name": "a", "url": "https://x.example", "secret": "s" * 20},
+                    {"name": "a", "url": "https://y.example", "secret": "s" * 20},
+                ],
+            }
+        )
+    assert "servce: unknown key" in caught.value.issues
+    assert any("webhooks[1].name: duplicate name 'a'" in i for i in caught.value.issues)
+
+
+def test_secrets_resolve_from_env_and_file_and_never_print(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLNOTIFY_TEST_KEY", "s3cret-api-key")
+    key_file = tmp_path / "pw"
+    key_file.write_text("file-password\n")
+    config = parse_config(
+        {
+            "sources": [
+                {
+                    "name": "acme",
+                    "kind": "billing_platform",
+                    "base_url": "https://acme.example.com/backend/api/v1/",
+                    "api_key": "env:BILLNOTIFY_TEST_KEY",
+                }
+            ],
+            "mqtt": {"password": f"file:{key_file}"},
+        }
+    )
+    source = config.sources[0]
+    assert source.api_key.reveal() == "s3cret-api-key"
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.reveal() == "file-password"
+    dumped = repr(config) + str(config) + config.model_dump_json()
+    assert "s3cret-api-key" not in dumped and "file-password" not in dumped
+    assert source.base_url == "https://acme.example.com/backend/api/v1"
+
+
+def test_a_wrong_secret_value_is_not_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"mqtt": {"password": 12345678}})
+    assert "12345678" not in str(caught.value)
+
+
+def test_state_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    config = parse_config({"service": {"state": "data/x.db"}}, base_dir=tmp_path)
+    assert config.state_path == tmp_path / "data/x.db"
+    absolute = parse_config({"service": {"state": "sqlite:////var/lib/x.db"}}, base_dir=tmp_path)
+    assert absolute.state_path == Path("/var/lib/x.db")
+    relative = parse_config({"service": {"state": "sqlite:///y.db"}}, base_dir=tmp_path)
+    assert relative.state_path == tmp_path / "y.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("2h", 7200), ("1h30m", 5400), ("250ms", 0.25), (15, 15)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "5", "5 minutes", "m5", "-3s", "1x"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration_round_trips() -> None:
+    for text in ("30s", "5m", "2h", "1h30m"):
+        assert format_duration(parse_duration(text)) == text
+
+
+def test_secret_repr_is_redacted() -> None:
+    secret = Secret.resolve("literal-value")
+    assert "literal-value" not in f"{secret} {secret!r}"
+
+
+def test_readme_configuration_reference_matches_the_models() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(START), readme.index(END) + len(END)
+    assert readme[start:end] == reference(), (
+        "README's configuration reference is stale: "
+        "run `python -m billnotify.config.reference` and paste it between the markers"
+    )
