@@ -108,9 +108,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_duration_arg(text: str) -> float:
-    """A duration argument in seconds."""
+    """A duration argument in seconds (``20`` means 20 seconds)."""
     try:
-        return parse_duration(text).total_seconds()
+        return parse_duration(
+            float(text) if text.replace(".", "", 1).isdigit() else text
+        ).total_seconds()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
