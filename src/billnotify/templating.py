@@ -128,10 +128,19 @@ def build_context(event: CloudEvent, rule: Rule | None = None, **extra: Any) -> 
         "previous": data.get("previous") or {},
         "changed": data.get("changed") or [],
         "source": event.source_name,
-        "rule": rule.model_dump(include={"name", "on", "when", "sources"}) if rule else {},
+        "rule": _rule_dict(rule) if rule else {},
     }
     context.update(extra)
     return context
+
+
+def _rule_dict(rule: Rule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "on": list(rule.on),
+        "when": rule.when,
+        "sources": list(rule.sources),
+    }
 
 
 class TemplateRenderer:
