@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from billnotify.store.base import DeliveryStatus, NewDelivery, Outcome, Store
+from billnotify.store.base import DeliveryStatus, Store
 
 logger = logging.getLogger(__name__)
 
@@ -17,21 +16,8 @@ RULES_CONSUMER = "rules"
 """The rule handler's position in the event log."""
 
 
-class LedgerStore(Store, Protocol):
-    """A :class:`Store` that can also keep what a dry-run delivery would have sent."""
-
-    async def record_deliveries(
-        self,
-        deliveries: Sequence[NewDelivery],
-        consumer: str,
-        position: int,
-        now: datetime,
-        rendered: dict[str, str] | None = None,
-    ) -> int:
-        """See :meth:`Store.record_deliveries`; ``rendered`` maps delivery id -> JSON."""
-
-    async def get_rendered(self, delivery_id: str) -> str | None:
-        """What a dry-run delivery would have sent (JSON), if recorded."""
+LedgerStore = Store
+"""Kept as a name for the rules package; the store protocol has everything it needs."""
 
 
 async def settle_without_sending(
@@ -41,12 +27,9 @@ async def settle_without_sending(
 
     Used when nothing may be sent: a ``when`` that failed to evaluate, a disabled
     endpoint, a rule or event that no longer exists. No attempt is opened (so the row
-    never passes through ``sending``, and a crash cannot turn it into ``uncertain``);
-    closing attempt 0, which does not exist, only sets the status and ``last_error``.
+    never passes through ``sending``, and a crash cannot turn it into ``uncertain``).
     """
-    await store.finish_attempt(
-        delivery_id, 0, now=now, outcome=Outcome.PERMANENT, status=status, error=error
-    )
+    await store.set_delivery_status(delivery_id, status, now=now, error=error)
 
 
 def rendered_json(rendered: Any) -> str:

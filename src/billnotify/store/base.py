@@ -9,7 +9,7 @@ follow behind the same protocol.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -130,6 +130,8 @@ class Delivery:
     next_attempt_at: datetime | None = None
     last_error: str | None = None
     last_status_code: int | None = None
+    note: str | None = None
+    """An operator's or the reconciler's note (``resolve``, ``reconciled: delivered``)."""
     history: list[Attempt] = field(default_factory=list)
 
 
@@ -220,10 +222,21 @@ class Store(Protocol):
 
     # -- the delivery ledger ---------------------------------------------------------
     async def record_deliveries(
-        self, deliveries: Sequence[NewDelivery], consumer: str, position: int, now: datetime
+        self,
+        deliveries: Sequence[NewDelivery],
+        consumer: str,
+        position: int,
+        now: datetime,
+        rendered: Mapping[str, str] | None = None,
     ) -> int:
         """Insert deliveries (ignoring ones already recorded) and move ``consumer`` to
-        ``position``, in one transaction. Returns how many were new."""
+        ``position``, in one transaction. Returns how many were new.
+
+        ``rendered`` maps delivery ids to the JSON of what would be sent (dry runs).
+        """
+
+    async def get_rendered(self, delivery_id: str) -> str | None:
+        """What a dry-run delivery would have sent (JSON), if recorded."""
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         """Pending / retry_scheduled deliveries whose time has come, oldest first."""
@@ -272,8 +285,11 @@ class Store(Protocol):
         now: datetime,
         next_attempt_at: datetime | None = None,
         note: str | None = None,
+        error: str | None = None,
     ) -> bool:
-        """Operator changes (retry, resolve). Returns False if the id is unknown."""
+        """Settle or reschedule without an attempt (operator retry/resolve, reconciler,
+        a rule that cannot run). ``error`` replaces ``last_error`` when given.
+        Returns False if the id is unknown."""
 
     async def count_deliveries(self) -> dict[tuple[str, str], int]:
         """(action_type, status) -> count, for metrics."""

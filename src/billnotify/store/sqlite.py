@@ -12,7 +12,7 @@ import fnmatch
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,8 +117,10 @@ class SqliteStore:
                 raise StoreError(f"state store write failed: {exc}") from exc
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        # Reads share the writers' connection, so they take the lock too: a read must
+        # never see the inside of another task's open transaction.
         try:
-            async with self.db.execute(sql, tuple(params)) as cursor:
+            async with self._lock, self.db.execute(sql, tuple(params)) as cursor:
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
@@ -371,7 +373,7 @@ class SqliteStore:
     _DELIVERY_COLS = (
         "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
         "status, attempts, created_at, updated_at, next_attempt_at, last_error, "
-        "last_status_code"
+        "last_status_code, note"
     )
 
     @staticmethod
@@ -394,6 +396,7 @@ class SqliteStore:
             next_attempt_at=_dt(row[12]),
             last_error=row[13],
             last_status_code=row[14],
+            note=row[15],
             history=history or [],
         )
 
@@ -403,7 +406,7 @@ class SqliteStore:
         consumer: str,
         position: int,
         now: datetime,
-        rendered: dict[str, str] | None = None,
+        rendered: Mapping[str, str] | None = None,
     ) -> int:
         """Insert new deliveries and advance ``consumer`` in one transaction.
 
@@ -585,15 +588,16 @@ class SqliteStore:
         now: datetime,
         next_attempt_at: datetime | None = None,
         note: str | None = None,
+        error: str | None = None,
     ) -> bool:
-        """Operator change of a delivery's status."""
+        """Change a delivery's status without an attempt."""
         ts = now.timestamp()
         async with self._tx() as db:
             before = db.total_changes
             await db.execute(
-                "UPDATE deliveries SET status = ?, next_attempt_at = ?, note = ?, updated_at = ? "
-                "WHERE id = ?",
-                (status.value, _ts(next_attempt_at), note, ts, delivery_id),
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, note = ?, updated_at = ?, "
+                "last_error = coalesce(?, last_error) WHERE id = ?",
+                (status.value, _ts(next_attempt_at), note, ts, error, delivery_id),
             )
             return db.total_changes > before
 
