@@ -272,6 +272,8 @@ class _Demo:
         begun = time.monotonic()
         self.service_task = asyncio.create_task(service.run(self.stop), name="service")
         if not await self._started(service):
+            if self.stop.is_set() and not self.service_task.done():
+                return await self._wait_stopped()  # Ctrl-C while starting: not a failure
             return await self._finish_failed()
         scenario = asyncio.create_task(sim.run_scenario(TICK_SECONDS), name="scenario")
         monitor = DemoMonitor(

@@ -157,19 +157,19 @@ def render_live(info: DemoInfo, monitor: DemoMonitor) -> RenderableType:
     for (action, status), count in sorted(monitor.deliveries.items()):
         deliveries.add_row(action, Text(status, style=_STATUS_STYLE.get(status, "")), str(count))
 
-    sinks = Table(title="Received", expand=True)
-    sinks.add_column("where")
-    sinks.add_column("count", justify="right")
-    sinks.add_column("latest")
+    sinks = Table(title="Received by the sinks", expand=True)
+    sinks.add_column("where", no_wrap=True)
+    sinks.add_column("count", justify="right", no_wrap=True)
+    sinks.add_column("latest", no_wrap=True, overflow="ellipsis", ratio=1)
     mails = monitor.smtp.received
     hooks = monitor.webhooks.received
-    sinks.add_row("emails (SMTP sink)", str(len(mails)), mails[-1].subject if mails else "")
+    sinks.add_row("emails", str(len(mails)), mails[-1].subject if mails else "")
     sinks.add_row(
-        "webhooks (sink)",
+        "webhooks",
         f"{len(hooks)} ({monitor.webhooks.valid} signed ok)",
         hooks[-1].summary if hooks else "",
     )
-    sinks.add_row("MQTT messages published", str(monitor.published()), "")
+    sinks.add_row("MQTT published", str(monitor.published()), "")
 
     body = Table.grid(expand=True, padding=(0, 1))
     body.add_column(ratio=3)
