@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from billnotify.actions.email import EmailExecutor, document_ids
+from billnotify.actions.smtp import SmtpPool
 from billnotify.config.models import EmailAction, Rule, SmtpConfig
 from billnotify.events import CloudEvent
 from billnotify.store.base import Outcome
@@ -411,3 +412,18 @@ def test_document_ids_are_found_anywhere_but_in_previous() -> None:
         "previous": {"documentId": "BE00000005"},
     }
     assert document_ids(data) == ["BE00000001", "BE00000002", "BE00000009"]
+
+
+async def test_a_long_idle_connection_is_replaced_not_reused(sink: SmtpSink) -> None:
+    now = [1000.0]
+    pool = SmtpPool(smtp_config(sink.port), size=1, max_idle=60.0, clock=lambda: now[0])
+    try:
+        await pool.send("billing@example.com", ["a@example.com"], b"Subject: 1\r\n\r\none\r\n")
+        now[0] += 30
+        await pool.send("billing@example.com", ["a@example.com"], b"Subject: 2\r\n\r\ntwo\r\n")
+        now[0] += 61
+        await pool.send("billing@example.com", ["a@example.com"], b"Subject: 3\r\n\r\nthree\r\n")
+    finally:
+        await pool.close()
+    first, second, third = (m.peer for m in sink.messages)
+    assert first == second != third

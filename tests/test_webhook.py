@@ -252,6 +252,18 @@ async def test_a_broken_body_template_is_a_permanent_failure_naming_it(
     assert receiver.hits == []
 
 
+async def test_a_line_break_in_a_header_is_refused(
+    receiver: WebhookReceiver, make_executor: Any
+) -> None:
+    hook = endpoint(receiver.url("/ok"))
+    result = await deliver(
+        make_executor(hook), action(content_type="application/json\r\nX-Evil: 1")
+    )
+    assert result.outcome is Outcome.PERMANENT
+    assert "line break" in (result.error or "")
+    assert receiver.hits == []
+
+
 # -- render ------------------------------------------------------------------------------
 
 

@@ -20,7 +20,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -56,12 +57,24 @@ class SmtpPool:
     Args:
         config: the ``[smtp]`` table.
         size: connections open at most (also the number of concurrent sends).
+        max_idle: seconds a connection may sit unused before it is replaced rather
+            than reused (servers drop idle clients; NAT tables forget them silently).
+        clock: monotonic clock for idle times.
     """
 
-    def __init__(self, config: SmtpConfig, *, size: int = 4) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        size: int = 4,
+        max_idle: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._slots = asyncio.Semaphore(size)
+        self._max_idle = max_idle
+        self._clock = clock
         self._local_hostname: str | None = None
 
     async def send(
@@ -74,11 +87,10 @@ class SmtpPool:
             SendFailedError: no answer; ``sent`` says whether DATA had gone out.
         """
         async with self._slots:
-            smtp = self._idle.pop() if self._idle else None
-            reused = smtp is not None and smtp.is_connected
-            if smtp is None or not reused:
+            smtp = self._take_idle()
+            reused = smtp is not None
+            if smtp is None:
                 smtp = await self._connect()
-            assert smtp is not None
             try:
                 try:
                     report = await _transaction(smtp, sender, recipients, message, utf8, reused)
@@ -91,13 +103,22 @@ class SmtpPool:
                 if smtp.is_connected:
                     await _reset_or_close(smtp)
                 if smtp.is_connected:
-                    self._idle.append(smtp)
+                    self._idle.append((smtp, self._clock()))
                 raise
             except BaseException:
                 smtp.close()  # its state is unknown (a timeout, a cancellation)
                 raise
-            self._idle.append(smtp)
+            self._idle.append((smtp, self._clock()))
             return report
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        now = self._clock()
+        while self._idle:
+            smtp, since = self._idle.pop()
+            if smtp.is_connected and now - since <= self._max_idle:
+                return smtp
+            smtp.close()
+        return None
 
     async def check(self) -> None:
         """Open (and close) one connection: ``billnotify check --connect``.
@@ -114,7 +135,7 @@ class SmtpPool:
     async def close(self) -> None:
         """Close every idle connection (politely, with QUIT)."""
         idle, self._idle = self._idle, []
-        for smtp in idle:
+        for smtp, _since in idle:
             try:
                 await asyncio.wait_for(smtp.quit(), 2.0)
             except (aiosmtplib.SMTPException, OSError, TimeoutError):

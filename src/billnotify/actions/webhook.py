@@ -26,6 +26,7 @@ import aiohttp
 from billnotify import __version__
 from billnotify.actions.base import (
     AttemptResult,
+    InvalidMessageError,
     NotApplicableError,
     Rendered,
     SendFailedError,
@@ -154,6 +155,9 @@ class WebhookExecutor:
         headers = {k: v for k, v in endpoint.headers.items() if k.lower() not in _RESERVED}
         headers["content-type"] = content_type
         headers.setdefault("user-agent", USER_AGENT)
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\x00"):
+                raise InvalidMessageError(f"header {name!r} contains a line break")
         return headers
 
     def _session(self, endpoint: WebhookEndpoint) -> aiohttp.ClientSession:
