@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from billnotify.actions.email import EmailExecutor, document_ids
 from billnotify.actions.smtp import SmtpPool
@@ -315,62 +312,6 @@ async def test_no_reply_to_data_is_uncertain_for_customer_emails(
     assert "no reply to DATA" in (result.error or "")
     assert time.monotonic() - started < 2.5
     assert len(sink.messages) == 1  # the server did take it: a retry would duplicate it
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    ca_file = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    return server, ca_file
-
-
-async def test_starttls_and_authentication(
-    make_executor: Any, tls_files: tuple[ssl.SSLContext, Path]
-) -> None:
-    server_ctx, ca_file = tls_files
-    sink = SmtpSink(starttls=server_ctx, credentials=("billing", "s3cret")).start()
-    common = {"starttls": True, "ca_file": str(ca_file), "username": "billing"}
-    try:
-        good = await send(make_executor(smtp_config(sink.port, password="s3cret", **common)))
-        bad = await send(make_executor(smtp_config(sink.port, password="wrong", **common)))
-    finally:
-        sink.stop()
-    assert good.outcome is Outcome.SUCCESS, good.error
-    assert sink.logins == ["billing"]
-    assert bad.outcome is Outcome.PERMANENT
-    assert bad.status_code == 535
-    assert "wrong" not in (bad.error or "")
-
-
-async def test_implicit_tls(make_executor: Any, tls_files: tuple[ssl.SSLContext, Path]) -> None:
-    server_ctx, ca_file = tls_files
-    sink = SmtpSink(tls=server_ctx).start()
-    try:
-        result = await send(make_executor(smtp_config(sink.port, tls=True, ca_file=str(ca_file))))
-    finally:
-        sink.stop()
-    assert result.outcome is Outcome.SUCCESS, result.error
-    assert len(sink.messages) == 1
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_an_untrusted_certificate_is_permanent(
-    make_executor: Any, tls_files: tuple[ssl.SSLContext, Path]
-) -> None:
-    server_ctx, _ = tls_files
-    sink = SmtpSink(tls=server_ctx).start()
-    try:
-        result = await send(make_executor(smtp_config(sink.port, tls=True)))
-    finally:
-        sink.stop()
-        gc.collect()  # aiosmtpd's side of the failed handshake leaks its socket: collect it here
-    assert result.outcome is Outcome.PERMANENT
-    assert "certificate" in (result.error or "")
-    assert sink.messages == []
 
 
 # -- render and flags ---------------------------------------------------------------------

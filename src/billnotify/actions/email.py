@@ -151,10 +151,10 @@ class EmailExecutor:
             message = self.build_message(
                 composed, files, delivery_id=delivery_id, event=event, rule=rule
             )
+            utf8 = composed.needs_utf8
+            data = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
         except Exception as exc:  # nothing has been sent yet
             return failure(exc)
-        utf8 = composed.needs_utf8
-        data = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
         try:
             report = await self._pool.send(
                 composed.sender.addr_spec, composed.recipients, data, utf8=utf8
