@@ -177,3 +177,13 @@ def test_readme_configuration_reference_matches_the_models() -> None:
         "README's configuration reference is stale: "
         "run `python -m billnotify.config.reference` and paste it between the markers"
     )
+
+
+def test_relative_file_secrets_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "mqtt").write_text("pw-from-file\n")
+    path = tmp_path / "config.toml"
+    path.write_text('[mqtt]\npassword = "file:secrets/mqtt"\n')
+    config = load_config(path)
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.reveal() == "pw-from-file"

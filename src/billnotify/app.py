@@ -19,10 +19,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billnotify.actions import build_executors
+from billnotify.actions.base import ActionExecutor, AttemptResult, Rendered
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.clients.property_billing import PropertyBillingClient
-from billnotify.config.models import BillingPlatformSource, Config, PropertyBillingSource
+from billnotify.config.models import (
+    Action,
+    BillingPlatformSource,
+    Config,
+    PropertyBillingSource,
+    Rule,
+)
 from billnotify.errors import BillnotifyError
+from billnotify.events import CloudEvent
 from billnotify.health import HealthServer
 from billnotify.metrics import Metrics
 from billnotify.publish.broker import EmbeddedBroker
@@ -32,6 +40,7 @@ from billnotify.rules.worker import DeliveryWorker
 from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
 from billnotify.sources.base import PollStats, ResourceSync
 from billnotify.store import DeliveryStatus, SqliteStore
+from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)
@@ -139,8 +148,9 @@ class Service:
         self.metrics.polls.labels(*labels).inc()
         self.metrics.poll_seconds.labels(*labels).observe(seconds)
         self.metrics.source_up.labels(*labels).set(0 if error else 1)
+        errors = self.metrics.poll_errors.labels(*labels)  # exported at 0 before a failure
         if error is not None:
-            self.metrics.poll_errors.labels(*labels).inc()
+            errors.inc()
         if stats is not None:
             for type_, count in stats.types.items():
                 self.metrics.events.labels(type_).inc(count)
@@ -164,8 +174,11 @@ class Service:
         return all(v == "ok" for v in checks.values()), checks
 
     async def refresh_metrics(self) -> None:
-        """Update the gauges that come from the store."""
+        """Update the gauges that come from the store (and readiness)."""
         m = self.metrics
+        # a scraper that never calls /readyz must still see billnotify_ready move
+        ready, _checks = await self.readiness()
+        m.ready.set(1 if ready else 0)
         last = await self.store.last_seq()
         for consumer in ("mqtt", "rules"):
             m.log_backlog.labels(consumer).set(
@@ -217,7 +230,7 @@ class Service:
             self._clients(stack)
             if config.mqtt.enabled:
                 self.publisher = MqttPublisher(config.mqtt, self.store)
-            renderer = TemplateRenderer(config.templates_path)
+            renderer = TemplateRenderer(config.template_folders)
             executors = build_executors(
                 config,
                 billing_clients=self.billing_clients,
@@ -225,8 +238,12 @@ class Service:
                 mqtt=self.publisher,
                 templates=renderer,
             )
+            counted = {
+                kind: _CountingExecutor(executor, self.metrics)
+                for kind, executor in executors.items()
+            }
             self.worker = DeliveryWorker(
-                config, self.store, executors, self.clock, billing_clients=self.billing_clients
+                config, self.store, counted, self.clock, billing_clients=self.billing_clients
             )
             stack.push_async_callback(_close_executors, executors)
             rules = RuleHandler(
@@ -277,6 +294,41 @@ class Service:
                 await _finish_publishing(self.publisher, self.store, grace)
                 publisher.cancel()
         logger.info("stopped")
+
+
+class _CountingExecutor:
+    """An executor that counts its attempts in ``billnotify_delivery_attempts``."""
+
+    def __init__(self, inner: ActionExecutor, metrics: Metrics) -> None:
+        self.inner = inner
+        self.action_type = inner.action_type
+        self._attempts = metrics.attempts
+
+    def exactly_once(self, action: Action) -> bool:
+        return self.inner.exactly_once(action)
+
+    def target(self, action: Action, event: CloudEvent) -> str:
+        return self.inner.target(action, event)
+
+    async def render(self, action: Action, event: CloudEvent, rule: Rule) -> Rendered:
+        return await self.inner.render(action, event, rule)
+
+    async def execute(
+        self, action: Action, event: CloudEvent, rule: Rule, *, delivery_id: str, attempt: int
+    ) -> AttemptResult:
+        try:
+            result = await self.inner.execute(
+                action, event, rule, delivery_id=delivery_id, attempt=attempt
+            )
+        except Exception:
+            # the worker records an executor that broke its never-raise promise as uncertain
+            self._attempts.labels(self.action_type, Outcome.UNCERTAIN.value).inc()
+            raise
+        self._attempts.labels(self.action_type, Outcome(result.outcome).value).inc()
+        return result
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 async def _finish_publishing(

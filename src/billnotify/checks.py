@@ -82,7 +82,7 @@ def build_offline_executors(
                 source.administrator_ids,
                 document_path=source.document_path,
             )
-    renderer = TemplateRenderer(config.templates_path)
+    renderer = TemplateRenderer(config.template_folders)
     executors = build_executors(
         config, billing_clients=billing, property_clients=prop, mqtt=None, templates=renderer
     )
@@ -100,7 +100,7 @@ def build_offline_executors(
 
 async def run_check(config: Config, *, connect: bool = False) -> int:
     """Print what was checked; exit 2 on config/template errors, 1 on connection failures."""
-    renderer = TemplateRenderer(config.templates_path)
+    renderer = TemplateRenderer(config.template_folders)
     issues = template_issues(config, renderer)
     if issues:
         print(f"{len(issues)} configuration error(s):")

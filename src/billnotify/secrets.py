@@ -86,17 +86,19 @@ class Secret:
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        def validate(value: Any) -> Secret:
+        def validate(value: Any, info: core_schema.ValidationInfo) -> Secret:
             if isinstance(value, Secret):
                 return value
             if not isinstance(value, str):
                 raise ValueError("must be a string: a value, 'env:NAME' or 'file:/path'")
+            context = info.context if isinstance(info.context, dict) else {}
+            base_dir = context.get("base_dir")
             try:
-                return cls.resolve(value)
+                return cls.resolve(value, base_dir=Path(base_dir) if base_dir else None)
             except SecretError as exc:
                 raise ValueError(str(exc)) from None
 
-        return core_schema.no_info_plain_validator_function(
+        return core_schema.with_info_plain_validator_function(
             validate,
             serialization=core_schema.plain_serializer_function_ser_schema(lambda s: str(s)),
         )

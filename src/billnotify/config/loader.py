@@ -60,7 +60,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
         raw.pop("base_dir")
     config: Config | None = None
     try:
-        config = Config.model_validate({**raw, "base_dir": base_dir or Path.cwd()})
+        folder = base_dir or Path.cwd()
+        config = Config.model_validate(
+            {**raw, "base_dir": folder}, context={"base_dir": folder}
+        )
     except ValidationError as exc:
         issues.extend(_format_validation_error(exc))
     issues.extend(_check_references(raw))

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from billnotify.config.types import ENTITIES, EVENT_TYPES, INVOICE_ACTIONS, RESOURCES, Duration
 from billnotify.secrets import Secret
 
+DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "default_templates"
+"""The templates shipped with the package (the repository's ``templates/``)."""
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -486,6 +489,12 @@ class Config(_Model):
     def templates_path(self) -> Path:
         """The template folder."""
         return self.service.templates_path(self.base_dir)
+
+    @property
+    def template_folders(self) -> list[Path]:
+        """Where templates are looked up: the configured folder, then the shipped defaults
+        (so a folder holding only overrides still finds ``task_failed``, ``slack``, ...)."""
+        return [self.templates_path, DEFAULT_TEMPLATES]
 
 
 __all__ = [

@@ -232,7 +232,7 @@ async def replay_to_rules(
     """
     if not events:
         return ReplayResult(0, 0, 0)
-    templates = TemplateRenderer(config.templates_path)
+    templates = TemplateRenderer(config.template_folders)
     own = executors is None
     if executors is None:
         executors = build_executors(
