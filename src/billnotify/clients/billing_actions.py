@@ -19,20 +19,12 @@ from uuid import UUID
 from billnotify.clients.billing_models import ActionResult, DownloadLink, Invoice
 from billnotify.clients.codec import segment, single_record
 from billnotify.clients.http import JsonTransport
+from billnotify.config.types import INVOICE_ACTIONS
 from billnotify.errors import ActionFailedError, MalformedResponseError
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = (
-    "email",
-    "emailCdrs",
-    "recreate",
-    "updateCallTransactions",
-    "reapplyDiscountPlans",
-    "generateDownloadLink",
-    "linkToXero",
-    "unlinkFromXero",
-)
+ACTIONS = INVOICE_ACTIONS
 """Every action documented in seed 002."""
 
 EXPIRY_HOURS = frozenset({1, 6, 24, 72, 168, 336, 720})

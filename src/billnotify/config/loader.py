@@ -61,9 +61,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
     config: Config | None = None
     try:
         folder = base_dir or Path.cwd()
-        config = Config.model_validate(
-            {**raw, "base_dir": folder}, context={"base_dir": folder}
-        )
+        config = Config.model_validate({**raw, "base_dir": folder}, context={"base_dir": folder})
     except ValidationError as exc:
         issues.extend(_format_validation_error(exc))
     issues.extend(_check_references(raw))

@@ -16,7 +16,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from billnotify.config.types import ENTITIES, EVENT_TYPES, INVOICE_ACTIONS, RESOURCES, Duration
+from billnotify.config.types import (
+    DEFAULT_RETRY_SCHEDULE,
+    EVENT_TYPES,
+    Duration,
+)
 from billnotify.secrets import Secret
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "default_templates"
@@ -297,16 +301,7 @@ class WebhookEndpoint(_Model):
     """Extra headers sent with every delivery."""
     timeout: Duration = timedelta(seconds=15)
     """Overall deadline of one attempt (connect, send, read)."""
-    retry_schedule: list[Duration] = [
-        timedelta(0),
-        timedelta(seconds=5),
-        timedelta(minutes=5),
-        timedelta(minutes=30),
-        timedelta(hours=2),
-        timedelta(hours=5),
-        timedelta(hours=10),
-        timedelta(hours=10),
-    ]
+    retry_schedule: list[Duration] = list(DEFAULT_RETRY_SCHEDULE)
     """Delay before each attempt; exhausted means dead letter."""
     allow_private: bool = False
     """Permit private/loopback addresses and plain http:// (for internal receivers)."""
@@ -495,24 +490,3 @@ class Config(_Model):
         """Where templates are looked up: the configured folder, then the shipped defaults
         (so a folder holding only overrides still finds ``task_failed``, ``slack``, ...)."""
         return [self.templates_path, DEFAULT_TEMPLATES]
-
-
-__all__ = [
-    "ENTITIES",
-    "INVOICE_ACTIONS",
-    "RESOURCES",
-    "Action",
-    "BillingPlatformSource",
-    "Config",
-    "EmailAction",
-    "InvoiceActionAction",
-    "MqttAction",
-    "MqttConfig",
-    "PropertyBillingSource",
-    "Rule",
-    "ServiceConfig",
-    "SmtpConfig",
-    "SourceConfig",
-    "WebhookAction",
-    "WebhookEndpoint",
-]

@@ -60,5 +60,18 @@ INVOICE_ACTIONS = (
 )
 """The eight invoice actions of seed 002."""
 
+DEFAULT_RETRY_SCHEDULE: tuple[timedelta, ...] = (
+    timedelta(0),
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=10),
+)
+"""Delay before each attempt of a delivery (Svix-like): webhooks' default
+``retry_schedule`` and the schedule of every other action."""
+
 CUSTOMER_FACING_INVOICE_ACTIONS = frozenset({"email", "emailCdrs"})
 """Invoice actions a customer sees: never performed twice (SPEC §4.1)."""

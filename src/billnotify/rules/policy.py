@@ -26,20 +26,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from billnotify.config.models import Action, Config, WebhookAction
+from billnotify.config.types import DEFAULT_RETRY_SCHEDULE
 from billnotify.store.base import DeliveryStatus, Outcome
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SCHEDULE: tuple[timedelta, ...] = (
-    timedelta(0),
-    timedelta(seconds=5),
-    timedelta(minutes=5),
-    timedelta(minutes=30),
-    timedelta(hours=2),
-    timedelta(hours=5),
-    timedelta(hours=10),
-    timedelta(hours=10),
-)
+DEFAULT_SCHEDULE = DEFAULT_RETRY_SCHEDULE
 """Retry schedule of actions that have no configured one (all but webhooks)."""
 
 MAX_RETRY_AFTER = timedelta(days=1)

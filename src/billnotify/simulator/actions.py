@@ -9,22 +9,14 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from billnotify.config.types import INVOICE_ACTIONS
 from billnotify.simulator import records as rec
 from billnotify.simulator.errors import ApiError
 from billnotify.simulator.state import SimState
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = (
-    "email",
-    "emailCdrs",
-    "recreate",
-    "updateCallTransactions",
-    "reapplyDiscountPlans",
-    "generateDownloadLink",
-    "linkToXero",
-    "unlinkFromXero",
-)
+ACTIONS = INVOICE_ACTIONS
 BILL_STYLES = frozenset({"Full", "Summary"})
 MESSAGE_TEMPLATES = frozenset({"Default", "Invoice", "Reminder", "Final Notice"})
 ATTACHMENTS = frozenset({"Terms and Conditions", "Direct Debit Form", "Price List"})
