@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from billnotify.actions.base import ActionExecutor
 from billnotify.config.models import (
     BillingPlatformSource,
     Config,
-    EmailAction,
-    InvoiceActionAction,
-    MqttAction,
-    WebhookAction,
 )
 from billnotify.errors import BillnotifyError
 from billnotify.templating import TemplateRenderer
@@ -22,42 +18,6 @@ from billnotify.templating import TemplateRenderer
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if ("{{" in value or "{%" in value) else []
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
-
-
-def template_issues(config: Config, renderer: TemplateRenderer) -> list[str]:
-    """Every template problem, prefixed with the TOML path that refers to it."""
-    issues = [f"templates: {e}" for e in renderer.check()]
-    for r, rule in enumerate(config.rules):
-        where = f"rules[{r}]"
-        if rule.when:
-            issues += [f"{where}.when: {e}" for e in renderer.check(expressions=[rule.when])]
-        for a, action in enumerate(rule.actions):
-            at = f"{where}.actions[{a}]"
-            if isinstance(action, EmailAction):
-                found = renderer.check(email_templates=[action.template])
-                found += renderer.check(strings=_strings([*action.to, *action.cc, *action.bcc]))
-                issues += [f"{at}.template: {e}" for e in found]
-            elif isinstance(action, WebhookAction) and action.body:
-                issues += [f"{at}.body: {e}" for e in renderer.check(body_templates=[action.body])]
-            elif isinstance(action, InvoiceActionAction):
-                issues += [
-                    f"{at}.params: {e}" for e in renderer.check(strings=_strings(action.params))
-                ]
-            elif isinstance(action, MqttAction):
-                found = renderer.check(strings=_strings([action.topic, action.payload]))
-                issues += [f"{at}: {e}" for e in found]
-    # each check() call recompiles the folder; report its findings once
-    return list(dict.fromkeys(issues))
 
 
 def build_offline_executors(
@@ -100,12 +60,14 @@ def build_offline_executors(
 
 async def run_check(config: Config, *, connect: bool = False) -> int:
     """Print what was checked; exit 2 on config/template errors, 1 on connection failures."""
+    from billnotify.actions import check_actions
+
     renderer = TemplateRenderer(config.template_folders)
-    issues = template_issues(config, renderer)
+    issues = check_actions(config, renderer)
     if issues:
-        print(f"{len(issues)} configuration error(s):")
+        print(f"billnotify: {len(issues)} configuration error(s):", file=sys.stderr)
         for issue in issues:
-            print(f"  {issue}")
+            print(f"  {issue}", file=sys.stderr)
         return EXIT_CONFIG
     actions = sum(len(r.actions) for r in config.rules)
     print(

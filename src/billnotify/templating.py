@@ -242,10 +242,12 @@ class TemplateRenderer:
         body_templates: Iterable[str] = (),
         expressions: Iterable[str] = (),
         strings: Iterable[str] = (),
+        folder: bool = True,
     ) -> list[str]:
         """Compile everything and check references, for ``billnotify check``.
 
         Args:
+            folder: also compile every template file in the folders.
             email_templates: base names that need ``.subject.j2`` and ``.txt.j2`` files
                 (``.html.j2`` is optional).
             body_templates: webhook body template names (``<name>.j2``).
@@ -256,7 +258,8 @@ class TemplateRenderer:
             One message per problem; empty when all is well.
         """
         errors: list[str] = []
-        for name in sorted(set(self.env.list_templates(extensions=["j2"]))):
+        names = self.env.list_templates(extensions=["j2"]) if folder else []
+        for name in sorted(set(names)):
             try:
                 self.env.get_template(name)
             except Exception as exc:

@@ -8,7 +8,7 @@ interface. :func:`check_actions` lists what ``billnotify check`` should complain
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from billnotify.actions.base import (
@@ -71,39 +71,37 @@ def build_executors(
 
 
 def check_actions(config: Config, templates: TemplateRenderer) -> list[str]:
-    """Problems ``billnotify check`` should report about rules' templates and actions.
+    """Problems ``billnotify check`` reports about rules' templates and actions.
 
-    Compiles every template file, each rule's ``when`` and every inline template
-    (recipients, topics, payloads, parameters), and checks that referenced email and
-    body templates exist and that emails have an ``[smtp]`` server.
+    Compiles every template file once, then each rule's ``when`` and every inline
+    template (recipients, topics, payloads, parameters), and checks that referenced
+    email and body templates exist and that emails have an ``[smtp]`` server. Each
+    problem is prefixed with the TOML path that refers to it.
     """
-    emails: set[str] = set()
-    bodies: set[str] = set()
-    strings: list[str] = []
-    problems: list[str] = []
-    for rule_index, rule in enumerate(config.rules):
-        for index, action in enumerate(rule.actions):
-            where = f"rules[{rule_index}].actions[{index}]"
+    problems = [f"templates: {p}" for p in templates.check()]
+
+    def scan(where: str, **what: Iterable[str]) -> None:
+        problems.extend(f"{where}: {p}" for p in templates.check(folder=False, **what))
+
+    for r, rule in enumerate(config.rules):
+        if rule.when and rule.when.strip():
+            scan(f"rules[{r}].when", expressions=[rule.when])
+        for a, action in enumerate(rule.actions):
+            where = f"rules[{r}].actions[{a}]"
             if isinstance(action, EmailAction):
-                emails.add(action.template)
-                strings.extend([*action.to, *action.cc, *action.bcc])
-                strings.extend([action.reply_to] if action.reply_to else [])
                 if config.smtp is None:
                     problems.append(f"{where}: an email action needs an [smtp] table")
+                scan(f"{where}.template", email_templates=[action.template])
+                recipients = [*action.to, *action.cc, *action.bcc]
+                scan(f"{where}.to", strings=[*recipients, action.reply_to or ""])
             elif isinstance(action, WebhookAction) and action.body:
-                bodies.add(action.body)
+                scan(f"{where}.body", body_templates=[action.body])
             elif isinstance(action, MqttAction):
-                strings.extend([action.topic, action.payload])
                 if not config.mqtt.enabled:
                     problems.append(f"{where}: an mqtt action needs [mqtt] enabled")
+                scan(where, strings=[action.topic, action.payload])
             elif isinstance(action, InvoiceActionAction):
-                strings.extend(_strings(action.params))
-    expressions = [rule.when for rule in config.rules if rule.when and rule.when.strip()]
-    problems.extend(
-        templates.check(
-            email_templates=emails, body_templates=bodies, expressions=expressions, strings=strings
-        )
-    )
+                scan(f"{where}.params", strings=_strings(action.params))
     return problems
 
 
