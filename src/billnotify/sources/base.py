@@ -184,11 +184,20 @@ class Poller:
         self._wake.set()
 
     def healthy(self, now: float | None = None, intervals: float = 3.0) -> bool:
-        """Polled successfully within ``intervals`` poll intervals (plus a minute)."""
+        """Polled successfully, and not failing for long.
+
+        Unhealthy before the first success; once polls have been failing for more than
+        ``intervals`` poll intervals (a single failed poll is not yet a problem); and when
+        nothing succeeded for ``intervals`` intervals plus a minute (a poll stuck in slow
+        requests, which has not failed yet).
+        """
         if self.last_success is None:
             return False
         now = time.monotonic() if now is None else now
-        return now - self.last_success <= self.interval * intervals + 60
+        since = now - self.last_success
+        if self.last_error is not None and since > self.interval * intervals:
+            return False
+        return since <= self.interval * intervals + 60
 
     async def run_once(self) -> PollStats | None:
         """One poll with its error handling; failures are logged, never raised."""
