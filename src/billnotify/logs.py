@@ -21,7 +21,11 @@ class Redactor:
 
     def add(self, secrets: Iterable[str]) -> None:
         """Register more secret values (short ones are ignored: too many false hits)."""
-        merged = set(self._secrets) | {s for s in secrets if s and len(s) >= 4}
+        found = {s for s in secrets if s and len(s) >= 4}
+        # Also the spellings a secret takes once escaped by json.dumps or %r, so a JSON
+        # log line or a repr() of a value never shows it either.
+        found |= {json.dumps(s)[1:-1] for s in found} | {repr(s)[1:-1] for s in found}
+        merged = set(self._secrets) | found
         self._secrets = sorted(merged, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
