@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     deliveries = sub.add_parser("deliveries", parents=[common], help="the delivery ledger")
     deliveries.add_argument(
-        "--status", help="failed | dead | uncertain | pending | succeeded | dry_run | ..."
+        "--status",
+        type=_status_arg,
+        help="failed | dead | uncertain | pending | succeeded | retry_scheduled | dry_run",
     )
     deliveries.add_argument("--limit", type=int, default=100)
     deliveries.add_argument("--json", action="store_true")
@@ -105,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, help="working folder (default: a temp folder)")
     demo.add_argument("--no-live", action="store_true", help="plain log lines, no live view")
     return parser
+
+
+def _status_arg(text: str) -> str:
+    from billnotify.rules.commands import statuses_for
+
+    try:
+        statuses_for(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_duration_arg(text: str) -> float:
@@ -207,6 +219,10 @@ async def _render(config: Config, rule_name: str, event_file: Path) -> int:
         event = CloudEvent.from_json(event_file.read_bytes())
     except (OSError, ValueError) as exc:
         print(f"billnotify: cannot read event {event_file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if rule_name not in {r.name for r in config.rules}:
+        known = ", ".join(r.name for r in config.rules) or "none"
+        print(f"billnotify: unknown rule {rule_name!r} (rules: {known})", file=sys.stderr)
         return EXIT_FAILURE
     renderer, executors, close = build_offline_executors(config)
     try:

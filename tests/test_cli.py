@@ -1,0 +1,171 @@
+"""The command line as an operator uses it: events, replay, deliveries, render."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billnotify.events import CloudEvent, build_event
+from billnotify.store import DeliveryStatus, SqliteStore
+
+NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+
+def _event(object_id: str, type_: str, entity: str = "invoice") -> CloudEvent:
+    return build_event(
+        source="acme",
+        entity=entity,
+        object_id=object_id,
+        type_=type_,
+        key=f"{object_id}-{type_}",
+        time=NOW,
+        data={
+            "object": {"id": object_id, "status": ["Approved"], "invoiceNumber": "ACC1/1"},
+            "added": ["Approved"],
+            "removed": [],
+        },
+    )
+
+
+def _config(tmp_path: Path, *, mqtt_url: str = "mqtt://127.0.0.1:1", prefix: str = "x") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[service]
+state = "state.db"
+[mqtt]
+url = "{mqtt_url}"
+prefix = "{prefix}"
+[[sources]]
+name = "acme"
+kind = "billing_platform"
+base_url = "http://127.0.0.1:1/backend/api/v1"
+api_key = "k"
+[[webhooks]]
+name = "ops"
+url = "http://127.0.0.1:1/hook"
+secret = "whsec_QUJDREVGR0hJSktMTU5PUA=="
+allow_private = true
+[[rules]]
+name = "approved"
+on = ["invoice.status_changed"]
+when = "'Approved' in event.data.added"
+[[rules.actions]]
+type = "webhook"
+endpoint = "ops"
+[[rules.actions]]
+type = "invoice_action"
+action = "email"
+params = {{ email = ["{{{{ object.invoiceNumber }}}}@example.com"] }}
+"""
+    )
+    return path
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "billnotify",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _seed(tmp_path: Path) -> list[CloudEvent]:
+    events = [
+        _event("1", "invoice.status_changed"),
+        _event("2", "invoice.paid"),
+        _event("3", "billing_task.created", "billing_task"),
+    ]
+    async with SqliteStore(tmp_path / "state.db") as store:
+        await store.commit("acme", [], events)
+    return events
+
+
+async def test_events_lists_and_filters(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    events = await _seed(tmp_path)
+    code, out, _ = await _cli("events", "-c", str(config))
+    assert code == 0
+    assert [line.split()[-1] for line in out.splitlines()] == [e.id for e in events]
+    code, out, _ = await _cli("events", "-c", str(config), "--type", "invoice.*", "--json")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [events[0].id, events[1].id]
+    code, out, _ = await _cli("events", "-c", str(config), "--since", "2099-01-01")
+    assert (code, out) == (0, "")
+    code, _, err = await _cli("events", "-c", str(config), "--since", "yesterday-ish")
+    assert code == 2 and "not a duration or ISO time" in err
+
+
+async def test_replay_to_mqtt_republishes(
+    tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any, mqtt_prefix: str
+) -> None:
+    config = _config(tmp_path, mqtt_url=mosquitto.url(), prefix=mqtt_prefix)
+    events = await _seed(tmp_path)
+    async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub:
+        code, out, err = await _cli("replay", events[0].id, "-c", str(config), "--to", "mqtt")
+        assert code == 0, err
+        assert "re-published 1 event" in out
+        topic = f"{mqtt_prefix}/events/acme/invoice/1/status_changed"
+        await sub.wait_for(lambda messages: any(m.topic.value == topic for m in messages))
+        payload = json.loads(sub.payloads(topic)[0])
+        assert payload["id"] == events[0].id
+    code, _, err = await _cli("replay", "evt_nope", "-c", str(config))
+    assert code == 1 and "unknown event id" in err
+
+
+async def test_replay_to_rules_then_deliveries_commands(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    await _seed(tmp_path)
+    code, out, err = await _cli("replay", "--since", "1h", "-c", str(config), "--to", "rules")
+    assert code == 0, err
+    assert "2 new delivery(ies)" in out
+    code, out, _ = await _cli("replay", "--since", "1h", "-c", str(config), "--to", "rules")
+    assert "0 new delivery(ies)" in out and "2 already recorded" in out
+    code, out, _ = await _cli("deliveries", "-c", str(config), "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["action_type"] for r in rows) == ["invoice_action", "webhook"]
+    customer = next(r for r in rows if r["action_type"] == "invoice_action")
+    assert customer["exactly_once"] is True
+    async with SqliteStore(tmp_path / "state.db") as store:
+        await store.set_delivery_status(customer["id"], DeliveryStatus.UNCERTAIN, now=NOW)
+    code, out, _ = await _cli("deliveries", "-c", str(config), "--status", "uncertain")
+    assert customer["id"] in out
+    code, out, _ = await _cli("deliveries", "resolve", customer["id"], "--sent", "-c", str(config))
+    assert code == 0 and "succeeded" in out
+    code, out, _ = await _cli("deliveries", "show", customer["id"], "-c", str(config))
+    assert json.loads(out)["status"] == "succeeded"
+    code, _, err = await _cli("deliveries", "resolve", customer["id"], "--sent", "-c", str(config))
+    assert code == 1 and "only uncertain" in err
+    code, _, err = await _cli("deliveries", "-c", str(config), "--status", "bogus")
+    assert code != 0 and "unknown delivery status" in err
+
+
+async def test_render_prints_what_each_action_would_send(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    event_file = tmp_path / "event.json"
+    event_file.write_text(_event("7", "invoice.status_changed").to_json())
+    code, out, err = await _cli("render", "approved", "--event", str(event_file), "-c", str(config))
+    assert code == 0, err
+    rendered = json.loads(out)
+    assert [r["action_type"] for r in rendered] == ["webhook", "invoice_action"]
+    assert rendered[1]["summary"]["params"] == {"email": ["ACC1/1@example.com"]}
+    assert "whsec_" not in out
+    code, _, err = await _cli("render", "nope", "--event", str(event_file), "-c", str(config))
+    assert code != 0 and "nope" in err
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["run", "--help"]])
+async def test_help_and_version(argv: list[str]) -> None:
+    code, out, _ = await _cli(*argv)
+    assert code == 0 and out
