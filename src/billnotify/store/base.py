@@ -112,6 +112,21 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class AttemptEnd:
+    """How one attempt ended, for :meth:`Store.finish_attempts`."""
+
+    delivery_id: str
+    number: int
+    finished_at: datetime
+    outcome: Outcome
+    status: DeliveryStatus
+    """The delivery's new status."""
+    next_attempt_at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Delivery:
     """A row of the delivery ledger."""
 
@@ -251,6 +266,17 @@ class Store(Protocol):
         delivery ``sending``, which :meth:`recover_in_flight` resolves.
         """
 
+    async def start_attempts(self, delivery_ids: Sequence[str], now: datetime) -> dict[str, int]:
+        """:meth:`start_attempt` for several deliveries in ONE transaction.
+
+        Only deliveries still ``pending`` or ``retry_scheduled`` are started (one that
+        was settled or started meanwhile is left alone); the transaction commits before
+        any of their requests goes out.
+
+        Returns:
+            delivery id -> attempt number, for the deliveries started.
+        """
+
     async def finish_attempt(
         self,
         delivery_id: str,
@@ -264,6 +290,9 @@ class Store(Protocol):
         error: str | None = None,
     ) -> None:
         """Record how an attempt ended and the delivery's new status."""
+
+    async def finish_attempts(self, ends: Sequence[AttemptEnd]) -> None:
+        """:meth:`finish_attempt` for several attempts in ONE transaction."""
 
     async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
         """At start-up: ``sending`` rows become ``uncertain`` (exactly-once) or due

@@ -24,6 +24,7 @@ from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.base import (
     Attempt,
+    AttemptEnd,
     Delivery,
     DeliveryStatus,
     NewDelivery,
@@ -120,8 +121,9 @@ class SqliteStore:
         # Reads share the writers' connection, so they take the lock too: a read must
         # never see the inside of another task's open transaction.
         try:
-            async with self._lock, self.db.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            async with self._lock:
+                # one round trip to the connection's thread, not three
+                return list(await self.db.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
 
@@ -238,7 +240,7 @@ class SqliteStore:
         async with self._tx() as db:
             versions: dict[str, int] = {}
             for write in writes:
-                async with db.execute(
+                rows = await db.execute_fetchall(
                     "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
                     "dirty, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, 1, ?) "
                     "ON CONFLICT (source, entity, id) DO UPDATE SET record = excluded.record, "
@@ -254,8 +256,8 @@ class SqliteStore:
                         _ts(write.due_at),
                         now,
                     ),
-                ) as cur:
-                    row = await cur.fetchone()
+                )
+                row = next(iter(rows), None)
                 versions[f"{write.entity}/{write.id}"] = int(row[0]) if row else 1
             for event in events:
                 stored = await self._append(db, event, now, versions)
@@ -280,9 +282,8 @@ class SqliteStore:
         now: float,
         versions: dict[str, int],
     ) -> StoredEvent | None:
-        async with db.execute("SELECT subject FROM events WHERE id = ?", (event.id,)) as cur:
-            clash = await cur.fetchone()
-        if clash is not None:
+        clash = list(await db.execute_fetchall("SELECT 1 FROM events WHERE id = ?", (event.id,)))
+        if clash:
             # The same transition happened again (A->B->A->B): a new occurrence, so salt
             # the id with the snapshot version committed in this same transaction, which a
             # crash-and-retry reproduces exactly.
@@ -290,10 +291,9 @@ class SqliteStore:
             if version is None:
                 return None
             event = event.model_copy(update={"id": f"{event.id}_{version}"})
-            async with db.execute("SELECT 1 FROM events WHERE id = ?", (event.id,)) as cur:
-                if await cur.fetchone() is not None:
-                    return None
-        async with db.execute(
+            if list(await db.execute_fetchall("SELECT 1 FROM events WHERE id = ?", (event.id,))):
+                return None
+        rows = await db.execute_fetchall(
             "INSERT INTO events (id, type, source, subject, time, recorded_at, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (
@@ -305,9 +305,8 @@ class SqliteStore:
                 now,
                 event.to_json(),
             ),
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        )
+        (row,) = rows
         return StoredEvent(seq=int(row[0]), event=event)
 
     # -- the event log ---------------------------------------------------------------
@@ -445,10 +444,16 @@ class SqliteStore:
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         """Deliveries whose next attempt is due."""
+        # One ordered index range per status, merged: ``status IN (...)`` would read and
+        # sort every due row to return the first ``limit``.
+        branch = (
+            f"SELECT * FROM (SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status = ? "
+            "AND next_attempt_at <= ? ORDER BY next_attempt_at, event_seq LIMIT ?)"
+        )
+        ts = now.timestamp()
         rows = await self._fetch(
-            f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status IN (?, ?) "
-            "AND next_attempt_at <= ? ORDER BY next_attempt_at, event_seq LIMIT ?",
-            (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, now.timestamp(), limit),
+            f"{branch} UNION ALL {branch} ORDER BY next_attempt_at, event_seq LIMIT ?",
+            (DeliveryStatus.PENDING, ts, limit, DeliveryStatus.RETRY_SCHEDULED, ts, limit, limit),
         )
         return [self._delivery(r) for r in rows]
 
@@ -464,20 +469,50 @@ class SqliteStore:
         """Mark ``sending`` and open attempt N (committed before the request)."""
         ts = now.timestamp()
         async with self._tx() as db:
-            async with db.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE id = ? RETURNING attempts",
-                (DeliveryStatus.SENDING, ts, delivery_id),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
+            rows = list(
+                await db.execute_fetchall(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                    "WHERE id = ? RETURNING attempts",
+                    (DeliveryStatus.SENDING, ts, delivery_id),
+                )
+            )
+            if not rows:
                 raise StoreError(f"unknown delivery {delivery_id}")
-            number = int(row[0])
+            number = int(rows[0][0])
             await db.execute(
                 "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
                 (delivery_id, number, ts),
             )
         return number
+
+    async def start_attempts(self, delivery_ids: Sequence[str], now: datetime) -> dict[str, int]:
+        """Start every still-due delivery of ``delivery_ids`` in one transaction."""
+        ts = now.timestamp()
+        numbers: dict[str, int] = {}
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return numbers
+        async with self._tx() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = await db.execute_fetchall(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                    f"WHERE id IN ({marks}) AND status IN (?, ?) RETURNING id, attempts",
+                    (
+                        DeliveryStatus.SENDING,
+                        ts,
+                        *chunk,
+                        DeliveryStatus.PENDING,
+                        DeliveryStatus.RETRY_SCHEDULED,
+                    ),
+                )
+                numbers.update((str(r[0]), int(r[1])) for r in rows)
+            await db.executemany(
+                "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
+                [(id_, number, ts) for id_, number in numbers.items()],
+            )
+        return numbers
 
     async def finish_attempt(
         self,
@@ -492,17 +527,55 @@ class SqliteStore:
         error: str | None = None,
     ) -> None:
         """Close an attempt and set the delivery's status."""
-        ts = now.timestamp()
+        await self.finish_attempts(
+            [
+                AttemptEnd(
+                    delivery_id,
+                    number,
+                    finished_at=now,
+                    outcome=outcome,
+                    status=status,
+                    next_attempt_at=next_attempt_at,
+                    status_code=status_code,
+                    error=error,
+                )
+            ]
+        )
+
+    async def finish_attempts(self, ends: Sequence[AttemptEnd]) -> None:
+        """Close several attempts and set their deliveries' status in one transaction."""
+        if not ends:
+            return
         async with self._tx() as db:
-            await db.execute(
+            await db.executemany(
                 "UPDATE attempts SET finished_at = ?, outcome = ?, status_code = ?, error = ? "
                 "WHERE delivery_id = ? AND number = ?",
-                (ts, outcome.value, status_code, error, delivery_id, number),
+                [
+                    (
+                        e.finished_at.timestamp(),
+                        e.outcome.value,
+                        e.status_code,
+                        e.error,
+                        e.delivery_id,
+                        e.number,
+                    )
+                    for e in ends
+                ],
             )
-            await db.execute(
+            await db.executemany(
                 "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
                 "last_status_code = ?, updated_at = ? WHERE id = ?",
-                (status.value, _ts(next_attempt_at), error, status_code, ts, delivery_id),
+                [
+                    (
+                        e.status.value,
+                        _ts(e.next_attempt_at),
+                        e.error,
+                        e.status_code,
+                        e.finished_at.timestamp(),
+                        e.delivery_id,
+                    )
+                    for e in ends
+                ],
             )
 
     async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
