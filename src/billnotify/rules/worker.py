@@ -10,6 +10,12 @@ leaves evidence: at the next start :meth:`DeliveryWorker.recover` turns exactly-
 rows into ``uncertain`` (never sent twice) and others into due-now (retried). How an
 attempt's result becomes the next status is :func:`billnotify.rules.policy.decide`.
 
+Both writes are batched without loosening that order: the deliveries taken in one pass
+are started in one transaction (committed before any of their requests), and outcomes
+that arrive while a commit is under way are committed together in the next one
+(group commit). An attempt counts as settled, and leaves the in-flight set, only once
+its outcome is committed; :meth:`DeliveryWorker.drain` waits for pending outcomes.
+
 Nothing is sent for a delivery whose rule or event disappeared, whose webhook endpoint
 was disabled (410 Gone), or that is dry-run under the current config.
 """
@@ -17,6 +23,7 @@ was disabled (410 Gone), or that is dry-run under the current config.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,7 +39,7 @@ from billnotify.rules.ledger import settle_without_sending
 from billnotify.rules.matching import effective_dry_run
 from billnotify.rules.policy import AttemptReport, Decision, decide, schedule_for
 from billnotify.rules.reconcile import InvoiceEmailReconciler
-from billnotify.store.base import Delivery, DeliveryStatus, Outcome, Store
+from billnotify.store.base import AttemptEnd, Delivery, DeliveryStatus, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ Sleep = Callable[[float], Awaitable[object]]
 
 @dataclass(frozen=True)
 class _Job:
-    """A delivery ready to attempt (its ``sending`` already committed)."""
+    """A delivery to attempt (its ``sending`` committed before the attempt runs)."""
 
     delivery: Delivery
     rule: Rule
@@ -61,6 +68,54 @@ class _Crash:
     status_code: int | None = None
     retry_after: float | None = None
     disable_endpoint: bool = False
+
+
+class _OutcomeWriter:
+    """Group commit of attempt outcomes.
+
+    :meth:`write` returns once a transaction holding its outcome has committed. At most
+    one commit runs at a time; outcomes written meanwhile wait for it and then go
+    together in the next one, so the batch grows with the load and an idle worker adds
+    no delay.
+    """
+
+    def __init__(self, store: Store, max_batch: int = 500) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[tuple[AttemptEnd, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, end: AttemptEnd) -> None:
+        """Commit ``end``; raises the store's error if its transaction failed.
+
+        A caller cancelled while waiting does not withdraw the outcome: it is still
+        committed (:meth:`flush` waits for that).
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((end, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._commit_all(), name="delivery-outcomes")
+        await future
+
+    async def flush(self) -> None:
+        """Wait until every outcome written so far is committed (or failed)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def _commit_all(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                await self._store.finish_attempts([end for end, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
 
 
 class DeliveryWorker:
@@ -115,6 +170,7 @@ class DeliveryWorker:
         self._rules = {rule.name: rule for rule in config.rules}
         self._disabled: dict[str, str] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._outcomes = _OutcomeWriter(store)
         self._wake = asyncio.Event()
         self._stopping = False
         self._drained = asyncio.Event()
@@ -167,6 +223,7 @@ class DeliveryWorker:
                 await self._drained.wait()
             for task in self._inflight.values():
                 task.cancel()
+            await self._outcomes.flush()
             if reconciling is not None:
                 reconciling.cancel()
                 await asyncio.gather(reconciling, return_exceptions=True)
@@ -196,6 +253,7 @@ class DeliveryWorker:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._outcomes.flush()  # outcomes of attempts cut off while committing
         if pending:
             logger.warning("%d deliveries left 'sending' for recovery at next start", len(pending))
         self._drained.set()
@@ -263,24 +321,37 @@ class DeliveryWorker:
             s.event.id: s.event
             for s in await self.store.get_events(sorted({d.event_id for d in due}))
         }
+        ready: list[_Job] = []
         for delivery in due:
             if self._stopping:
                 break
-            job = await self._prepare(delivery, events.get(delivery.event_id))
-            if job is None:
+            job = await self._prepare(delivery, events.get(delivery.event_id), now)
+            if job is not None:
+                ready.append(job)
+        if not ready:
+            return len(due)
+        # 'sending' for the whole group in one transaction, before any request goes out;
+        # once committed every one of them is attempted, even if a drain began meanwhile
+        numbers = await self.store.start_attempts([job.delivery.id for job in ready], now)
+        for job in ready:
+            number = numbers.get(job.delivery.id)
+            if number is None:
+                logger.info("delivery %s changed before its attempt; skipped", job.delivery.id)
                 continue
-            task = asyncio.create_task(self._attempt(job), name=f"delivery-{delivery.id}")
-            self._inflight[delivery.id] = task
-            task.add_done_callback(functools.partial(self._done, delivery.id))
+            started = dataclasses.replace(job, number=number)
+            task = asyncio.create_task(self._attempt(started), name=f"delivery-{job.delivery.id}")
+            self._inflight[job.delivery.id] = task
+            task.add_done_callback(functools.partial(self._done, job.delivery.id))
         return len(due)
 
     def _done(self, key: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)
         self._wake.set()
 
-    async def _prepare(self, delivery: Delivery, event: CloudEvent | None) -> _Job | None:
-        """Check a due delivery and commit ``sending``; None when it is not to be sent."""
-        now = self.clock()
+    async def _prepare(
+        self, delivery: Delivery, event: CloudEvent | None, now: datetime
+    ) -> _Job | None:
+        """Check a due delivery; None when it is not to be sent (it is settled here)."""
         rule = self._rules.get(delivery.rule)
         action = _action_at(rule, delivery)
         executor = self.executors.get(delivery.action_type)
@@ -306,8 +377,7 @@ class DeliveryWorker:
             )
             self.settled[DeliveryStatus.DRY_RUN.value] += 1
             return None
-        number = await self.store.start_attempt(delivery.id, now)
-        return _Job(delivery, rule, action, event, executor, number)
+        return _Job(delivery, rule, action, event, executor, number=0)
 
     async def _attempt(self, job: _Job) -> None:
         delivery = job.delivery
@@ -337,15 +407,17 @@ class DeliveryWorker:
             now=now,
         )
         outcome = Outcome(result.outcome)
-        await self.store.finish_attempt(
-            delivery.id,
-            job.number,
-            now=now,
-            outcome=outcome,
-            status=decision.status,
-            next_attempt_at=decision.next_attempt_at,
-            status_code=result.status_code,
-            error=decision.error,
+        await self._outcomes.write(
+            AttemptEnd(
+                delivery.id,
+                job.number,
+                finished_at=now,
+                outcome=outcome,
+                status=decision.status,
+                next_attempt_at=decision.next_attempt_at,
+                status_code=result.status_code,
+                error=decision.error,
+            )
         )
         self.attempts[outcome.value] += 1
         self.settled[decision.status.value] += 1
