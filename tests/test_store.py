@@ -15,6 +15,7 @@ from billnotify.store import (
     SnapshotWrite,
     SqliteStore,
 )
+from billnotify.store.base import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -60,6 +61,20 @@ async def test_a_repeated_transition_gets_a_new_salted_id(store: SqliteStore) ->
     again = await store.commit("acme", [write], [_event("1", "same")])
     assert len(again) == 1
     assert again[0].event.id.endswith("_2")
+
+
+async def test_one_commit_with_a_repeated_event_logs_it_once_or_salted(
+    store: SqliteStore,
+) -> None:
+    plain = await store.commit("acme", [], [_event("1"), _event("2"), _event("1")])
+    assert [s.event.id for s in plain] == [_event("1").id, _event("2").id]
+    assert [s.seq for s in plain] == [1, 2]
+    write = SnapshotWrite("billing_task", "3", {"id": "3"})
+    salted = await store.commit("acme", [write, write], [_event("3"), _event("3")])
+    assert [s.event.id for s in salted] == [_event("3").id, _event("3").id + "_2"]
+    assert [s.seq for s in salted] == [3, 4]
+    snaps = await store.get_snapshots("acme", "billing_task", ["3"])
+    assert snaps["3"].version == 2
 
 
 async def test_failed_transaction_leaves_nothing(store: SqliteStore) -> None:
@@ -120,3 +135,48 @@ async def test_delivery_lifecycle_and_crash_recovery(store: SqliteStore) -> None
     counts = await store.count_deliveries()
     assert counts == {("invoice_action", "uncertain"): 1, ("webhook", "succeeded"): 1}
     assert [d.id for d in await store.list_deliveries([DeliveryStatus.UNCERTAIN])] == [once.id]
+
+
+async def test_attempts_start_and_finish_in_batches(store: SqliteStore) -> None:
+    rows = [NewDelivery("r", i, "webhook", "evt_1", 1, exactly_once=False) for i in range(3)]
+    await store.record_deliveries(rows, "rules", 1, NOW)
+    await store.set_delivery_status(rows[2].id, DeliveryStatus.DEAD, now=NOW)
+    started = await store.start_attempts([r.id for r in rows] + ["dlv_unknown"], NOW)
+    assert started == {rows[0].id: 1, rows[1].id: 1}  # the dead and the unknown are left alone
+    assert await store.start_attempts([rows[0].id], NOW) == {}  # already sending
+    assert await store.due_deliveries(NOW) == []
+    await store.finish_attempts(
+        [
+            AttemptEnd(rows[0].id, 1, NOW, Outcome.SUCCESS, DeliveryStatus.SUCCEEDED, None, 200),
+            AttemptEnd(
+                rows[1].id,
+                1,
+                NOW,
+                Outcome.RETRYABLE,
+                DeliveryStatus.RETRY_SCHEDULED,
+                NOW + timedelta(seconds=5),
+                503,
+                "HTTP 503",
+            ),
+        ]
+    )
+    first, second = await store.get_delivery(rows[0].id), await store.get_delivery(rows[1].id)
+    assert first.status is DeliveryStatus.SUCCEEDED and first.history[0].status_code == 200
+    assert second.status is DeliveryStatus.RETRY_SCHEDULED and second.last_error == "HTTP 503"
+    assert second.history[0].outcome is Outcome.RETRYABLE
+    assert [d.id for d in await store.due_deliveries(NOW + timedelta(seconds=5))] == [second.id]
+    assert await store.start_attempts([second.id], NOW) == {second.id: 2}
+
+
+async def test_due_deliveries_merge_pending_and_scheduled_in_order(store: SqliteStore) -> None:
+    rows = [NewDelivery("r", i, "webhook", f"evt_{i}", i, exactly_once=False) for i in range(4)]
+    await store.record_deliveries(rows, "rules", 4, NOW)
+    for row, minutes in ((rows[1], -3), (rows[3], -1)):
+        await store.set_delivery_status(
+            row.id,
+            DeliveryStatus.RETRY_SCHEDULED,
+            now=NOW,
+            next_attempt_at=NOW + timedelta(minutes=minutes),
+        )
+    due = await store.due_deliveries(NOW, limit=3)
+    assert [d.id for d in due] == [rows[1].id, rows[3].id, rows[0].id]

@@ -236,33 +236,9 @@ class SqliteStore:
     ) -> list[StoredEvent]:
         """Snapshots, events and cursor in one transaction; see the protocol."""
         now = _now()
-        appended: list[StoredEvent] = []
         async with self._tx() as db:
-            versions: dict[str, int] = {}
-            for write in writes:
-                rows = await db.execute_fetchall(
-                    "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
-                    "dirty, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, 1, ?) "
-                    "ON CONFLICT (source, entity, id) DO UPDATE SET record = excluded.record, "
-                    "marks = excluded.marks, due_at = excluded.due_at, "
-                    "version = snapshots.version + 1, dirty = 1, updated_at = excluded.updated_at "
-                    "RETURNING version",
-                    (
-                        source,
-                        write.entity,
-                        write.id,
-                        json.dumps(write.record, separators=(",", ":")),
-                        json.dumps(sorted(write.marks)),
-                        _ts(write.due_at),
-                        now,
-                    ),
-                )
-                row = next(iter(rows), None)
-                versions[f"{write.entity}/{write.id}"] = int(row[0]) if row else 1
-            for event in events:
-                stored = await self._append(db, event, now, versions)
-                if stored is not None:
-                    appended.append(stored)
+            versions = await self._write_snapshots(db, source, writes, now)
+            appended = await self._append(db, events, now, versions)
             if cursor is not None:
                 await db.execute(
                     "INSERT INTO cursors (source, resource, value, updated_at) VALUES (?, ?, ?, ?) "
@@ -275,39 +251,106 @@ class SqliteStore:
                 self.appended.notify_all()
         return appended
 
+    # Rows per multi-row statement: a few round trips to the connection's thread per
+    # commit instead of one or two per record.
+    _CHUNK = 200
+
+    async def _write_snapshots(
+        self,
+        db: aiosqlite.Connection,
+        source: str,
+        writes: Sequence[SnapshotWrite],
+        now: float,
+    ) -> dict[str, int]:
+        """Upsert snapshots; returns ``entity/id`` -> the version now stored."""
+        versions: dict[str, int] = {}
+        for start in range(0, len(writes), self._CHUNK):
+            chunk = writes[start : start + self._CHUNK]
+            rows = await db.execute_fetchall(
+                "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
+                "dirty, updated_at) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, 1, 1, ?)"] * len(chunk))
+                + " ON CONFLICT (source, entity, id) DO UPDATE SET record = excluded.record, "
+                "marks = excluded.marks, due_at = excluded.due_at, "
+                "version = snapshots.version + 1, dirty = 1, updated_at = excluded.updated_at "
+                "RETURNING entity, id, version",
+                [
+                    value
+                    for write in chunk
+                    for value in (
+                        source,
+                        write.entity,
+                        write.id,
+                        json.dumps(write.record, separators=(",", ":")),
+                        json.dumps(sorted(write.marks)),
+                        _ts(write.due_at),
+                        now,
+                    )
+                ],
+            )
+            for entity, id_, version in rows:
+                # a record written twice in one commit returns two rows: keep the last
+                key = f"{entity}/{id_}"
+                versions[key] = max(versions.get(key, 0), int(version))
+        return versions
+
     async def _append(
         self,
         db: aiosqlite.Connection,
-        event: CloudEvent,
+        events: Sequence[CloudEvent],
         now: float,
         versions: dict[str, int],
-    ) -> StoredEvent | None:
-        clash = list(await db.execute_fetchall("SELECT 1 FROM events WHERE id = ?", (event.id,)))
-        if clash:
-            # The same transition happened again (A->B->A->B): a new occurrence, so salt
-            # the id with the snapshot version committed in this same transaction, which a
-            # crash-and-retry reproduces exactly.
+    ) -> list[StoredEvent]:
+        """Append the events whose id is new; returns them with their seq, in order."""
+        candidates: list[str] = []
+        for event in events:
+            candidates.append(event.id)
             version = versions.get(f"{event.entity}/{event.object_id}")
-            if version is None:
-                return None
-            event = event.model_copy(update={"id": f"{event.id}_{version}"})
-            if list(await db.execute_fetchall("SELECT 1 FROM events WHERE id = ?", (event.id,))):
-                return None
-        rows = await db.execute_fetchall(
-            "INSERT INTO events (id, type, source, subject, time, recorded_at, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            (
-                event.id,
-                event.type,
-                event.source_name,
-                event.subject,
-                event.time,
-                now,
-                event.to_json(),
-            ),
-        )
-        (row,) = rows
-        return StoredEvent(seq=int(row[0]), event=event)
+            if version is not None:
+                candidates.append(f"{event.id}_{version}")
+        taken: set[str] = set()
+        for start in range(0, len(candidates), 500):
+            ids = candidates[start : start + 500]
+            marks = ",".join("?" * len(ids))
+            rows = await db.execute_fetchall(f"SELECT id FROM events WHERE id IN ({marks})", ids)
+            taken.update(str(r[0]) for r in rows)
+        fresh: list[CloudEvent] = []
+        for event in events:
+            if event.id in taken:
+                # The same transition happened again (A->B->A->B): a new occurrence, so
+                # salt the id with the snapshot version committed in this same
+                # transaction, which a crash-and-retry reproduces exactly.
+                version = versions.get(f"{event.entity}/{event.object_id}")
+                if version is None:
+                    continue
+                event = event.model_copy(update={"id": f"{event.id}_{version}"})
+                if event.id in taken:
+                    continue
+            taken.add(event.id)
+            fresh.append(event)
+        seqs: dict[str, int] = {}
+        for start in range(0, len(fresh), self._CHUNK):
+            chunk = fresh[start : start + self._CHUNK]
+            rows = await db.execute_fetchall(
+                "INSERT INTO events (id, type, source, subject, time, recorded_at, body) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + " RETURNING id, seq",
+                [
+                    value
+                    for event in chunk
+                    for value in (
+                        event.id,
+                        event.type,
+                        event.source_name,
+                        event.subject,
+                        event.time,
+                        now,
+                        event.to_json(),
+                    )
+                ],
+            )
+            seqs.update((str(r[0]), int(r[1])) for r in rows)
+        return [StoredEvent(seq=seqs[event.id], event=event) for event in fresh]
 
     # -- the event log ---------------------------------------------------------------
     @staticmethod
