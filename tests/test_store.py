@@ -165,7 +165,8 @@ async def test_attempts_start_and_finish_in_batches(store: SqliteStore) -> None:
     assert second.status is DeliveryStatus.RETRY_SCHEDULED and second.last_error == "HTTP 503"
     assert second.history[0].outcome is Outcome.RETRYABLE
     assert [d.id for d in await store.due_deliveries(NOW + timedelta(seconds=5))] == [second.id]
-    assert await store.start_attempts([second.id], NOW) == {second.id: 2}
+    assert await store.start_attempts([second.id], NOW) == {}  # not due yet
+    assert await store.start_attempts([second.id], NOW + timedelta(seconds=5)) == {second.id: 2}
 
 
 async def test_due_deliveries_merge_pending_and_scheduled_in_order(store: SqliteStore) -> None:

@@ -9,7 +9,7 @@ follow behind the same protocol.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -253,8 +253,11 @@ class Store(Protocol):
     async def get_rendered(self, delivery_id: str) -> str | None:
         """What a dry-run delivery would have sent (JSON), if recorded."""
 
-    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        """Pending / retry_scheduled deliveries whose time has come, oldest first."""
+    async def due_deliveries(
+        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Pending / retry_scheduled deliveries whose time has come, oldest first,
+        leaving out the ids in ``exclude`` (ones the caller already holds)."""
 
     async def next_due_at(self) -> datetime | None:
         """When the next pending or scheduled delivery is due."""
@@ -269,9 +272,10 @@ class Store(Protocol):
     async def start_attempts(self, delivery_ids: Sequence[str], now: datetime) -> dict[str, int]:
         """:meth:`start_attempt` for several deliveries in ONE transaction.
 
-        Only deliveries still ``pending`` or ``retry_scheduled`` are started (one that
-        was settled or started meanwhile is left alone); the transaction commits before
-        any of their requests goes out.
+        Only deliveries still due (``pending`` or ``retry_scheduled``, with
+        ``next_attempt_at <= now``) are started: one settled, started or rescheduled
+        meanwhile is left alone. The transaction commits before any of their requests
+        goes out.
 
         Returns:
             delivery id -> attempt number, for the deliveries started.

@@ -12,7 +12,8 @@ import fnmatch
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,8 @@ from billnotify.store.schema import SCHEMA, SCHEMA_VERSION
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.SENDING)
+_PARSED_EVENTS = 4096
+"""Parsed events kept by seq (the newest read)."""
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -64,10 +67,12 @@ class SqliteStore:
         self.appended = asyncio.Condition()
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._parsed: OrderedDict[int, CloudEvent] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
         """Open the file, switch on WAL and create the schema."""
+        self._parsed.clear()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -353,9 +358,21 @@ class SqliteStore:
         return [StoredEvent(seq=seqs[event.id], event=event) for event in fresh]
 
     # -- the event log ---------------------------------------------------------------
-    @staticmethod
-    def _stored(rows: Iterable[sqlite3.Row]) -> list[StoredEvent]:
-        return [StoredEvent(seq=int(r[0]), event=CloudEvent.from_json(r[1])) for r in rows]
+    def _stored(self, rows: Iterable[sqlite3.Row]) -> list[StoredEvent]:
+        # A logged event never changes, so the one parsed for a reader (the rule handler)
+        # serves the next (the delivery worker) without parsing the JSON again. Events are
+        # frozen models, shared read-only.
+        parsed = self._parsed
+        stored: list[StoredEvent] = []
+        for row in rows:
+            seq = int(row[0])
+            event = parsed.get(seq)
+            if event is None:
+                event = parsed[seq] = CloudEvent.from_json(row[1])
+                if len(parsed) > _PARSED_EVENTS:
+                    parsed.popitem(last=False)
+            stored.append(StoredEvent(seq=seq, event=event))
+        return stored
 
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events after ``after_seq``, in order."""
@@ -485,18 +502,26 @@ class SqliteStore:
             await self._set_position(db, consumer, position)
         return inserted
 
-    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        """Deliveries whose next attempt is due."""
+    async def due_deliveries(
+        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Deliveries whose next attempt is due, except those in ``exclude``."""
         # One ordered index range per status, merged: ``status IN (...)`` would read and
         # sort every due row to return the first ``limit``.
+        skip = list(exclude)
         branch = (
             f"SELECT * FROM (SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status = ? "
-            "AND next_attempt_at <= ? ORDER BY next_attempt_at, event_seq LIMIT ?)"
+            f"AND next_attempt_at <= ? AND id NOT IN ({','.join('?' * len(skip))}) "
+            "ORDER BY next_attempt_at, event_seq LIMIT ?)"
         )
         ts = now.timestamp()
         rows = await self._fetch(
             f"{branch} UNION ALL {branch} ORDER BY next_attempt_at, event_seq LIMIT ?",
-            (DeliveryStatus.PENDING, ts, limit, DeliveryStatus.RETRY_SCHEDULED, ts, limit, limit),
+            (
+                *(DeliveryStatus.PENDING, ts, *skip, limit),
+                *(DeliveryStatus.RETRY_SCHEDULED, ts, *skip, limit),
+                limit,
+            ),
         )
         return [self._delivery(r) for r in rows]
 
@@ -541,13 +566,15 @@ class SqliteStore:
                 marks = ",".join("?" * len(chunk))
                 rows = await db.execute_fetchall(
                     "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                    f"WHERE id IN ({marks}) AND status IN (?, ?) RETURNING id, attempts",
+                    f"WHERE id IN ({marks}) AND status IN (?, ?) AND next_attempt_at <= ? "
+                    "RETURNING id, attempts",
                     (
                         DeliveryStatus.SENDING,
                         ts,
                         *chunk,
                         DeliveryStatus.PENDING,
                         DeliveryStatus.RETRY_SCHEDULED,
+                        ts,
                     ),
                 )
                 numbers.update((str(r[0]), int(r[1])) for r in rows)
