@@ -87,9 +87,24 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     return context
 
 
+class _PackedOnce(Properties):
+    """Properties whose wire form is computed once.
+
+    paho packs a message's properties again on every publish, which costs as much as
+    the rest of the publish; these never change after :func:`properties` built them.
+    """
+
+    def pack(self) -> bytes:
+        packed = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            object.__setattr__(self, "_packed", packed)  # paho refuses unknown names
+        return bytes(packed)
+
+
 def properties(packet_type: int, **values: Any) -> Properties:
-    """MQTT 5 properties of one packet type; None values are left out."""
-    props = Properties(packet_type)  # type: ignore[no-untyped-call]
+    """MQTT 5 properties of one packet type (None values left out), packed once."""
+    props = _PackedOnce(packet_type)  # type: ignore[no-untyped-call]
     for name, value in values.items():
         if value is not None:
             setattr(props, name, value)

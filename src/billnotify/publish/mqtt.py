@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -41,7 +43,7 @@ from billnotify.publish.connection import (
     watch_disconnect,
 )
 from billnotify.publish.topics import event_topic, state_topic, status_topic
-from billnotify.publish.window import InflightWindow
+from billnotify.publish.window import InflightWindow, Publish, WindowStalled
 
 if TYPE_CHECKING:
     from billnotify.store.base import Store, StoredEvent
@@ -139,7 +141,7 @@ class MqttPublisher:
         while True:
             try:
                 await self._session(lost_at)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, WindowStalled) as exc:
                 if self._client_was_connected:
                     failures = 0
                     self.reconnects += 1
@@ -205,7 +207,7 @@ class MqttPublisher:
             self._client_was_connected = True
             try:
                 await self._serve(client, lost_at)
-            except aiomqtt.MqttError:
+            except (aiomqtt.MqttError, WindowStalled):
                 raise
             except BaseException:
                 # Cancelled (clean shutdown) or failing: a clean DISCONNECT suppresses
@@ -260,59 +262,99 @@ class MqttPublisher:
             logger.info("published 'offline'; disconnecting from %s", self._where)
 
     async def _pump(self, client: aiomqtt.Client) -> None:
+        """Publish the log from the stored position, then follow it as it grows.
+
+        The next batch is read while the current one is published and the position
+        is stored in the background, so the window never runs dry waiting for SQLite.
+        """
         store = self._store
+        limit = self._config.batch_size
+        loop = asyncio.get_running_loop()
         position = await store.get_position(POSITION)
-        # What the previous connection got acknowledged but had no chance to store.
-        position = await self._save_position(self.last_published_seq, position)
+        if self.last_published_seq > position:
+            # acknowledged on the previous connection, but not stored before it broke
+            await self._save_position(self.last_published_seq)
+        position = max(position, self.last_published_seq)
         self.last_published_seq = position
-        window = InflightWindow(self._config.max_inflight, acked=position)
-        sent = position
+        window = self._window(acked=position)
+        reader = asyncio.create_task(store.read_events(position, limit))
+        saver: asyncio.Task[None] | None = None
+        state_due = loop.time()
         try:
             while True:
-                batch = await store.read_events(sent, limit=self._config.batch_size)
-                for stored in batch:
-                    await window.submit(stored.seq, self._event_publisher(client, stored))
-                    sent = stored.seq
-                if not batch:
-                    await window.drain()
-                position = await self._save_position(window.advance(), position)
-                state_pages = await self._publish_state(client, window)
-                if not batch and not state_pages:
-                    await self._wait_for_events(sent)
+                batch = await reader
+                if batch:
+                    sent = batch[-1].seq
+                    reader = asyncio.create_task(store.read_events(sent, limit))
+                    for stored in batch:
+                        await window.submit(stored.seq, self._event_publisher(client, stored))
+                    acked = window.advance()
+                    if saver is not None and saver.done():
+                        saver.result()  # a store failure ends the pump
+                        saver = None
+                    if saver is None and acked > self.last_published_seq:
+                        saver = asyncio.create_task(self._save_position(acked))
+                    if loop.time() >= state_due:  # keep retained state flowing in a backlog
+                        await self._publish_state(client, window)
+                        state_due = loop.time() + self._idle_interval
+                    continue
+                # caught up: settle everything, then sleep until the log grows
+                if saver is not None:
+                    await saver
+                    saver = None
+                await self._save_position(await window.drain())
+                while await self._publish_state(client, window):
+                    pass
+                state_due = loop.time() + self._idle_interval
+                await self._wait_for_events(window.acked)
+                reader = asyncio.create_task(store.read_events(window.acked, limit))
         finally:
+            reader.cancel()
             self.last_published_seq = max(self.last_published_seq, window.settle())
             await window.close()
+            if saver is not None:
+                await asyncio.gather(saver, return_exceptions=True)
 
-    async def _save_position(self, acked: int, position: int) -> int:
-        if acked > position:
-            await self._store.set_position(POSITION, acked)
-            self.last_published_seq = acked
-        return max(acked, position)
+    def _window(self, acked: int = 0) -> InflightWindow:
+        return InflightWindow(
+            self._config.max_inflight,
+            acked=acked,
+            on_ack=self._acked,
+            stall_timeout=self._publish_timeout,
+        )
 
-    def _event_publisher(
-        self, client: aiomqtt.Client, stored: StoredEvent
-    ) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def _save_position(self, acked: int) -> None:
+        if acked > self.last_published_seq:
+            # Shielded: a shutdown must not interrupt a store transaction half-way.
+            await asyncio.shield(self._store.set_position(POSITION, acked))
+            self.last_published_seq = max(self.last_published_seq, acked)
+
+    def _event_publisher(self, client: aiomqtt.Client, stored: StoredEvent) -> Publish:
         event = stored.event
         topic = event_topic(self._config.prefix, event)
-        payload = event.to_json().encode()
+        try:
+            topic.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate in an id: never publishable
+            logger.error(
+                "event %s (seq %d) has no valid topic: %s; skipped", event.id, stored.seq, exc
+            )
+            return _nothing
+        # The aiomqtt call itself, with no wrapper: this is the hot path.
+        return functools.partial(
+            client.publish,
+            topic,
+            event.to_json().encode(),
+            qos=self._config.qos,
+            retain=False,
+            properties=self._event_props,
+            timeout=math.inf,  # the window watches for stalls; no timer per message
+        )
 
-        async def publish() -> None:
-            try:
-                await self._send_raw(
-                    client, topic, payload, self._config.qos, False, self._event_props
-                )
-            except ValueError as exc:  # paho refused the message itself: never retry it
-                logger.error(
-                    "event %s (seq %d) cannot be published: %s; skipped", event.id, stored.seq, exc
-                )
-
-        return publish
-
-    async def _publish_state(self, client: aiomqtt.Client, window: InflightWindow) -> int:
-        """Publish one page of dirty snapshots; return 1 if there was one, else 0."""
+    async def _publish_state(self, client: aiomqtt.Client, window: InflightWindow) -> bool:
+        """Publish one page of dirty snapshots; whether there was one."""
         snapshots = await self._store.dirty_snapshots(limit=self._config.batch_size)
         if not snapshots:
-            return 0
+            return False
         qos = max(1, self._config.qos)
         tasks = []
         for snap in snapshots:
@@ -324,16 +366,21 @@ class MqttPublisher:
                 await window.submit(None, self._state_publisher(client, topic, payload, qos))
             )
         await window.wait(tasks)
-        await self._store.clear_dirty(snapshots)
-        return 1
+        await asyncio.shield(self._store.clear_dirty(snapshots))
+        return True
 
     def _state_publisher(
         self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int
-    ) -> Callable[[], Coroutine[Any, Any, None]]:
-        async def publish() -> None:
-            await self._send_raw(client, topic, payload, qos, True, self._state_props)
-
-        return publish
+    ) -> Publish:
+        return functools.partial(
+            client.publish,
+            topic,
+            payload,
+            qos=qos,
+            retain=True,
+            properties=self._state_props,
+            timeout=math.inf,
+        )
 
     async def _wait_for_events(self, sent: int) -> None:
         appended = self._store.appended
@@ -347,12 +394,12 @@ class MqttPublisher:
                     await appended.wait()
 
     async def _republish_on(self, client: aiomqtt.Client, events: Sequence[StoredEvent]) -> int:
-        window = InflightWindow(self._config.max_inflight)
+        window = self._window()
         try:
             for stored in events:
                 await window.submit(stored.seq, self._event_publisher(client, stored))
             await window.drain()
-        except aiomqtt.MqttError as exc:
+        except (aiomqtt.MqttError, WindowStalled) as exc:
             raise BusError(f"replay to {self._where} failed: {exc}") from exc
         finally:
             await window.close()
@@ -363,27 +410,18 @@ class MqttPublisher:
         self, client: aiomqtt.Client, topic: str, payload: bytes | str, qos: int, retain: bool
     ) -> None:
         try:
-            await self._send_raw(client, topic, payload, qos, retain, None)
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, timeout=self._publish_timeout
+            )
         except aiomqtt.MqttError as exc:
             raise BusError(f"publish to {topic!r} failed: {exc}") from exc
         except ValueError as exc:  # paho: wildcard in topic, bad qos
             raise BusError(f"cannot publish to {topic!r}: {exc}") from exc
+        self._acked()
 
-    async def _send_raw(
-        self,
-        client: aiomqtt.Client,
-        topic: str,
-        payload: bytes | str,
-        qos: int,
-        retain: bool,
-        properties: Properties | None,
-    ) -> None:
-        await client.publish(
-            topic,
-            payload,
-            qos=qos,
-            retain=retain,
-            properties=properties,
-            timeout=self._publish_timeout,
-        )
+    def _acked(self) -> None:
         self.published_total += 1
+
+
+async def _nothing() -> None:
+    """Stands in for an event that cannot be published, so the position moves on."""

@@ -34,15 +34,13 @@ def status_topic(prefix: str) -> str:
 
 def event_topic(prefix: str, event: CloudEvent) -> str:
     """``{prefix}/events/{source}/{entity}/{id}/{action}`` for one event."""
-    return "/".join(
-        (
-            prefix,
-            "events",
-            topic_level(event.source_name),
-            topic_level(event.entity),
-            topic_level(event.object_id),
-            topic_level(event.action),
-        )
+    # Called once per published event: the parts are taken apart here directly
+    # rather than through the event's properties.
+    entity, _, action = event.type.partition(".")
+    return (
+        f"{prefix}/events/{topic_level(event.source.removeprefix('billnotify://'))}"
+        f"/{topic_level(entity)}/{topic_level(event.subject.partition('/')[2])}"
+        f"/{topic_level(action)}"
     )
 
 

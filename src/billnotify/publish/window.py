@@ -15,6 +15,11 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 Publish = Callable[[], Coroutine[Any, Any, None]]
+"""A factory of one publish coroutine (called once a slot is free)."""
+
+
+class WindowStalled(TimeoutError):
+    """No publish in a full window was acknowledged for ``stall_timeout`` seconds."""
 
 
 class InflightWindow:
@@ -23,9 +28,27 @@ class InflightWindow:
     The first failure is remembered and re-raised by the next :meth:`submit`,
     :meth:`advance` or :meth:`drain`: one lost connection fails every later publish
     too, and the caller reconnects and resumes from :attr:`acked`.
+
+    Individual publishes carry no timeout of their own (a timer per message costs as
+    much as the publish); instead waiting for a slot, or for the window to drain,
+    gives up with :class:`WindowStalled` after ``stall_timeout`` seconds.
+
+    Args:
+        size: the most publishes in flight.
+        acked: the position to report before anything is acknowledged.
+        on_ack: called once per acknowledged publish (for counters).
+        stall_timeout: how long a full window may go without any acknowledgement.
     """
 
-    def __init__(self, size: int, acked: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        acked: int = 0,
+        on_ack: Callable[[], None] | None = None,
+        stall_timeout: float = 60.0,
+    ) -> None:
+        self._on_ack = on_ack
+        self._stall_timeout = stall_timeout
         self._slots = asyncio.Semaphore(size)
         self._pending: deque[tuple[int | None, asyncio.Task[None]]] = deque()
         self._failure: BaseException | None = None
@@ -47,7 +70,16 @@ class InflightWindow:
         Returns:
             The task of the publish.
         """
-        await self._slots.acquire()
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._stall_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise WindowStalled(
+                    f"no acknowledgement for {self._stall_timeout:g}s with {len(self)} in flight"
+                ) from None
+        else:
+            await self._slots.acquire()
         try:
             self._raise_failure()
         except BaseException:
@@ -63,7 +95,10 @@ class InflightWindow:
         if task.cancelled():
             return
         exc = task.exception()  # retrieved for every task, so none is reported unhandled
-        if exc is not None and self._failure is None:
+        if exc is None:
+            if self._on_ack is not None:
+                self._on_ack()
+        elif self._failure is None:
             self._failure = exc
 
     def _raise_failure(self) -> None:
@@ -98,7 +133,12 @@ class InflightWindow:
         """Wait until ``tasks`` are done; raise the window's first failure."""
         todo = [task for task in tasks if not task.done()]
         if todo:
-            await asyncio.wait(todo)
+            _done, pending = await asyncio.wait(todo, timeout=self._stall_timeout)
+            self._raise_failure()
+            if pending:
+                raise WindowStalled(
+                    f"{len(pending)} publishes unacknowledged after {self._stall_timeout:g}s"
+                )
         self._raise_failure()
 
     async def drain(self) -> int:
