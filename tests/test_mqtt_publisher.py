@@ -314,3 +314,45 @@ async def test_republish_without_a_broker_raises_bus_error(sqlite_store: SqliteS
     stored = await sqlite_store.commit("acme", [], [make_event("invoice", "1", "created")])
     with pytest.raises(BusError):
         await MqttPublisher(config, sqlite_store).republish(stored)
+
+
+async def test_reconnects_with_capped_exponential_backoff(sqlite_store: SqliteStore) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 7:
+            raise asyncio.CancelledError
+
+    config = MqttConfig(url=f"mqtt://127.0.0.1:{port}", reconnect_max=timedelta(seconds=5))
+    publisher = MqttPublisher(config, sqlite_store, sleep=sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await publisher.run()
+    assert delays == [0.5, 1, 2, 4, 5, 5, 5]
+    assert not publisher.connected
+    assert publisher.reconnects == 0
+
+
+async def test_reconnects_after_the_broker_restarts(
+    make_mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+) -> None:
+    broker = make_mosquitto()
+    publisher = MqttPublisher(mqtt_config(broker.url(), mqtt_prefix), sqlite_store)
+    async with running(publisher):
+        broker.stop()
+        async with asyncio.timeout(10):
+            while publisher.connected:
+                await asyncio.sleep(0.02)
+        with pytest.raises(BusError):
+            await publisher.publish(f"{mqtt_prefix}/x", b"while away")
+        broker.start()
+        await publisher.wait_connected(10)
+        assert publisher.reconnects == 1
+        await sqlite_store.commit("acme", [], [make_event("invoice", "1", "created")])
+        async with mqtt_subscriber(broker, f"{mqtt_prefix}/#") as sub:
+            # the status is retained (persistence on): online again after the restart
+            await sub.wait_for(lambda msgs: sub.payloads(f"{mqtt_prefix}/status") == [b"online"])
+            await wait_until(lambda: _position_is(sqlite_store, 1))

@@ -104,10 +104,11 @@ class MqttPublisher:
         self.last_published_seq = 0
         """Highest seq published and acknowledged together with every earlier one."""
         self.published_total = 0
-        """Messages (events and state) acknowledged by the broker since start."""
+        """Messages (events, state, rule actions) acknowledged by the broker since start."""
         self.reconnects = 0
         """Connections that were lost and re-established."""
         self._client_was_connected = False
+        self._stored_seq = 0
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -142,11 +143,17 @@ class MqttPublisher:
             try:
                 await self._session(lost_at)
             except (aiomqtt.MqttError, WindowStalled) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # the error came while shutting down: never swallow the cancellation
+                    raise asyncio.CancelledError from exc
                 if self._client_was_connected:
                     failures = 0
                     self.reconnects += 1
                     lost_at = self._clock()
                     logger.warning("lost the MQTT broker %s: %s", self._where, exc)
+                elif failures == 0:
+                    logger.warning("cannot reach the MQTT broker %s: %s", self._where, exc)
                 delay = min(
                     self._config.reconnect_max.total_seconds(), _BACKOFF_START * 2**failures
                 )
@@ -211,8 +218,10 @@ class MqttPublisher:
                 raise
             except BaseException:
                 # Cancelled (clean shutdown) or failing: a clean DISCONNECT suppresses
-                # the Last Will, so say it ourselves.
+                # the Last Will, so say it ourselves, and keep what was acknowledged.
                 await self._say_offline(client)
+                with contextlib.suppress(Exception):
+                    await self._save_position(self.last_published_seq)
                 raise
             finally:
                 self._client = None
@@ -270,12 +279,10 @@ class MqttPublisher:
         store = self._store
         limit = self._config.batch_size
         loop = asyncio.get_running_loop()
-        position = await store.get_position(POSITION)
-        if self.last_published_seq > position:
-            # acknowledged on the previous connection, but not stored before it broke
-            await self._save_position(self.last_published_seq)
-        position = max(position, self.last_published_seq)
-        self.last_published_seq = position
+        self._stored_seq = await store.get_position(POSITION)
+        # acknowledged on the previous connection, but not stored before it broke
+        await self._save_position(self.last_published_seq)
+        position = self.last_published_seq = self._stored_seq
         window = self._window(acked=position)
         reader = asyncio.create_task(store.read_events(position, limit))
         saver: asyncio.Task[None] | None = None
@@ -288,11 +295,11 @@ class MqttPublisher:
                     reader = asyncio.create_task(store.read_events(sent, limit))
                     for stored in batch:
                         await window.submit(stored.seq, self._event_publisher(client, stored))
-                    acked = window.advance()
+                    acked = self.last_published_seq = window.advance()
                     if saver is not None and saver.done():
                         saver.result()  # a store failure ends the pump
                         saver = None
-                    if saver is None and acked > self.last_published_seq:
+                    if saver is None and acked > self._stored_seq:
                         saver = asyncio.create_task(self._save_position(acked))
                     if loop.time() >= state_due:  # keep retained state flowing in a backlog
                         await self._publish_state(client, window)
@@ -302,7 +309,8 @@ class MqttPublisher:
                 if saver is not None:
                     await saver
                     saver = None
-                await self._save_position(await window.drain())
+                self.last_published_seq = await window.drain()
+                await self._save_position(self.last_published_seq)
                 while await self._publish_state(client, window):
                     pass
                 state_due = loop.time() + self._idle_interval
@@ -310,6 +318,7 @@ class MqttPublisher:
                 reader = asyncio.create_task(store.read_events(window.acked, limit))
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             self.last_published_seq = max(self.last_published_seq, window.settle())
             await window.close()
             if saver is not None:
@@ -324,10 +333,10 @@ class MqttPublisher:
         )
 
     async def _save_position(self, acked: int) -> None:
-        if acked > self.last_published_seq:
+        if acked > self._stored_seq:
             # Shielded: a shutdown must not interrupt a store transaction half-way.
             await asyncio.shield(self._store.set_position(POSITION, acked))
-            self.last_published_seq = max(self.last_published_seq, acked)
+            self._stored_seq = max(self._stored_seq, acked)
 
     def _event_publisher(self, client: aiomqtt.Client, stored: StoredEvent) -> Publish:
         event = stored.event
