@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import socket
 import subprocess
@@ -214,7 +215,9 @@ async def run() -> list[BenchResult]:
                     baseline = min(baseline, await _baseline(messages, port, 5))
                     product = min(product, await _product(store, port, 5, url))
                     print(f"  baseline {N / baseline:,.0f}/s, publisher {N / product:,.0f}/s")
-            # amqtt queues for an offline session only when the client is not anonymous
+            # amqtt queues for an offline session only when the client is not anonymous;
+            # it warns about PUBACKs it lost track of while doing so
+            logging.getLogger("amqtt").setLevel(logging.ERROR)
             async with EmbeddedBroker(port=0, allow_anonymous=False) as embedded:
                 amqtt = min(
                     [
