@@ -129,3 +129,14 @@ async def test_missing_tls_files_are_a_bus_error(
     )
     with pytest.raises(BusError, match="TLS"):
         await MqttPublisher(config, sqlite_store).run()
+
+
+def test_tls_insecure_skips_only_the_hostname_check(mosquitto_tls: Any) -> None:
+    import ssl
+
+    from billnotify.publish.connection import tls_context
+
+    strict = tls_context(tls_config(mosquitto_tls, mosquitto_tls.tls_port, "p"))
+    assert strict.check_hostname and strict.verify_mode == ssl.CERT_REQUIRED
+    loose = tls_context(tls_config(mosquitto_tls, mosquitto_tls.tls_port, "p", tls_insecure=True))
+    assert not loose.check_hostname and loose.verify_mode == ssl.CERT_REQUIRED

@@ -1,0 +1,93 @@
+"""InflightWindow: concurrency limit, contiguous acknowledgements, failures, stalls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from billnotify.publish.window import InflightWindow, WindowStalled
+
+
+class Gate:
+    """Publishes that finish when the test says so."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.events: dict[int, asyncio.Event] = {}
+        self.errors: dict[int, Exception] = {}
+
+    def publish(self, n: int):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            self.started.append(n)
+            await self.events.setdefault(n, asyncio.Event()).wait()
+            if n in self.errors:
+                raise self.errors[n]
+
+        return run
+
+    def release(self, *ns: int) -> None:
+        for n in ns:
+            self.events.setdefault(n, asyncio.Event()).set()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_limits_concurrency_and_acks_contiguously() -> None:
+    gate = Gate()
+    acks = []
+    window = InflightWindow(2, acked=10, on_ack=lambda: acks.append(1))
+    await window.submit(11, gate.publish(11))
+    await window.submit(12, gate.publish(12))
+    third = asyncio.create_task(window.submit(13, gate.publish(13)))
+    await settle()
+    assert gate.started == [11, 12]  # the window is full: 13 waits for a slot
+    gate.release(12)
+    await third
+    await settle()
+    assert gate.started == [11, 12, 13]
+    assert window.advance() == 10  # 12 is acknowledged, but 11 is not yet
+    gate.release(11, 13)
+    assert await window.drain() == 13
+    assert len(acks) == 3
+    assert len(window) == 0
+
+
+async def test_unordered_publishes_do_not_move_the_position() -> None:
+    gate = Gate()
+    window = InflightWindow(4)
+    await window.submit(1, gate.publish(1))
+    state = await window.submit(None, gate.publish(100))
+    gate.release(1, 100)
+    await window.wait([state])
+    assert await window.drain() == 1
+
+
+async def test_failure_is_raised_and_settle_keeps_what_was_acked() -> None:
+    gate = Gate()
+    window = InflightWindow(4)
+    gate.errors[2] = ConnectionError("gone")
+    for n in (1, 2, 3):
+        await window.submit(n, gate.publish(n))
+    gate.release(1, 2, 3)
+    with pytest.raises(ConnectionError):
+        await window.drain()
+    with pytest.raises(ConnectionError):
+        await window.submit(4, gate.publish(4))
+    assert window.settle() == 1
+    await window.close()
+
+
+async def test_stall_is_detected() -> None:
+    gate = Gate()
+    window = InflightWindow(1, stall_timeout=0.05)
+    await window.submit(1, gate.publish(1))
+    with pytest.raises(WindowStalled):
+        await window.submit(2, gate.publish(2))
+    with pytest.raises(WindowStalled):
+        await window.drain()
+    await window.close()
+    assert gate.started == [1]
