@@ -169,3 +169,54 @@ async def test_render_prints_what_each_action_would_send(tmp_path: Path) -> None
 async def test_help_and_version(argv: list[str]) -> None:
     code, out, _ = await _cli(*argv)
     assert code == 0 and out
+
+
+async def test_check_connect_tries_every_peer(tmp_path: Path, mosquitto: Any) -> None:
+    from billnotify.simulator import Simulator
+    from servers import SmtpSink, free_port
+
+    sim = Simulator()
+    await sim.start()
+    smtp = SmtpSink().start()
+    try:
+
+        def write(mqtt_port: int, smtp_port: int, api_key: str) -> Path:
+            path = tmp_path / "connect.toml"
+            path.write_text(
+                f"""
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "billing@example.com"
+[[sources]]
+name = "acme"
+kind = "billing_platform"
+base_url = "{sim.billing_base_url}"
+api_key = "{api_key}"
+[[sources]]
+name = "metering"
+kind = "property_billing"
+base_url = "{sim.property_base_url}"
+auth_url = "{sim.auth_url}"
+username = "sim"
+password = "sim-password"
+administrator_ids = ["1234"]
+properties = ["2eff1042c50c1eda889e61573e3c194c"]
+"""
+            )
+            return path
+
+        good = write(mosquitto.port, smtp.port, "sim-key")
+        code, out, err = await _cli("check", "--connect", "-c", str(good))
+        assert code == 0, out + err
+        assert out.count("ok  ") == 4, out
+        bad = write(free_port(), free_port(), "wrong-key-123")
+        code, out, _ = await _cli("check", "--connect", "-c", str(bad))
+        assert code == 1
+        assert out.count("FAIL") == 3, out  # the platform refuses the key; broker, SMTP down
+        assert "wrong-key-123" not in out
+    finally:
+        smtp.stop()
+        await sim.stop()
