@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -81,13 +82,16 @@ async def test_failed_transaction_leaves_nothing(store: SqliteStore) -> None:
     class Boom(Exception):
         pass
 
+    def work(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO cursors (source, resource, value, updated_at) VALUES ('a','b','c',0)"
+        )
+        raise Boom
+
     with pytest.raises(Boom):
-        async with store._tx() as db:
-            await db.execute(
-                "INSERT INTO cursors (source, resource, value, updated_at) VALUES ('a','b','c',0)"
-            )
-            raise Boom
+        await store._write(work)
     assert await store.get_cursor("a", "b") is None
+    await store.ping()  # the connection is usable again: nothing was left open
 
 
 async def test_due_and_dirty_snapshots(store: SqliteStore) -> None:

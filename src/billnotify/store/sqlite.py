@@ -1,8 +1,11 @@
-"""The default state store: one SQLite file in WAL mode, via aiosqlite.
+"""The default state store: one SQLite file in WAL mode, on a thread of its own.
 
-Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction on a single connection,
-serialised by a lock, so "snapshot update + event append + cursor advance" either all
-happen or none do, whatever kills the process.
+The connection lives on one thread; every store call is a single trip to it. A write is
+one ``BEGIN IMMEDIATE ... COMMIT`` transaction run whole in that trip, so "snapshot
+update + event append + cursor advance" either all happen or none do, whatever kills the
+process, and a read (a trip of its own) never sees the inside of a transaction. One trip
+per transaction, not one per statement, keeps a busy event loop from stretching a
+transaction (and everything queued behind it) by a loop iteration per statement.
 """
 
 from __future__ import annotations
@@ -13,13 +16,11 @@ import json
 import logging
 import sqlite3
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
@@ -37,6 +38,8 @@ from billnotify.store.base import (
 from billnotify.store.schema import SCHEMA, SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _ACTIVE = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.SENDING)
 _PARSED_EVENTS = 4096
@@ -65,7 +68,8 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = path
         self.appended = asyncio.Condition()
-        self._db: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
         self._parsed: OrderedDict[int, CloudEvent] = OrderedDict()
 
@@ -75,24 +79,41 @@ class SqliteStore:
         self._parsed.clear()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billnotify-store")
         try:
-            self._db = await aiosqlite.connect(str(self.path), isolation_level=None)
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            await self._db.execute("PRAGMA synchronous=NORMAL")
-            await self._db.execute("PRAGMA busy_timeout=10000")
-            await self._db.executescript(SCHEMA)
-            await self._db.execute(
+            self._conn = await self._call(self._connect)
+        except sqlite3.Error as exc:
+            self._thread.shutdown(wait=False)
+            self._thread = None
+            raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(SCHEMA)
+            conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def close(self) -> None:
-        """Close the connection."""
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        """Close the connection (after every call already made has run)."""
+        conn, self._conn = self._conn, None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+        finally:
+            thread.shutdown(wait=False)
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -101,45 +122,65 @@ class SqliteStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StoreError("the state store is not open")
-        return self._db
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the store's thread, one call at a time, in order.
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        The lock makes a call wait until the previous caller has resumed, not only until
+        its statements ran: whoever reads a value after a write returned also sees what
+        the writer did next in memory (as the callers of the aiosqlite store did).
+        """
         async with self._lock:
-            db = self.db
+            if self._thread is None:
+                raise StoreError("the state store is not open")
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the state store is not open")
+        return self._conn
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` as one ``BEGIN IMMEDIATE ... COMMIT`` transaction.
+
+        The whole transaction runs in one trip to the store's thread. If ``work`` raises
+        or the commit fails, everything it did is rolled back.
+        """
+        db = self._db
+
+        def transaction() -> T:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
-                await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"state store write failed: {exc}") from exc
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+
+        try:
+            return await self._call(transaction)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store write failed: {exc}") from exc
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        # Reads share the writers' connection, so they take the lock too: a read must
-        # never see the inside of another task's open transaction.
+        db, args = self._db, tuple(params)
         try:
-            async with self._lock:
-                # one round trip to the connection's thread, not three
-                return list(await self.db.execute_fetchall(sql, tuple(params)))
+            return await self._call(lambda: db.execute(sql, args).fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
 
     async def ping(self) -> None:
         """Write to the store to prove it is writable."""
-        async with self._tx() as db:
-            await db.execute(
+        value = str(_now())
+        await self._write(
+            lambda db: db.execute(
                 "INSERT INTO meta (key, value) VALUES ('ping', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(_now()),),
+                (value,),
             )
+        )
 
     # -- snapshots and cursors -------------------------------------------------------
     @staticmethod
@@ -218,12 +259,14 @@ class SqliteStore:
         """Unmark published snapshots unless they were rewritten meanwhile."""
         if not snapshots:
             return
-        async with self._tx() as db:
-            await db.executemany(
+        rows = [(s.source, s.entity, s.id, s.version) for s in snapshots]
+        await self._write(
+            lambda db: db.executemany(
                 "UPDATE snapshots SET dirty = 0 "
                 "WHERE source = ? AND entity = ? AND id = ? AND version = ?",
-                [(s.source, s.entity, s.id, s.version) for s in snapshots],
+                rows,
             )
+        )
 
     async def get_cursor(self, source: str, resource: str) -> str | None:
         """A resource's poll cursor."""
@@ -241,28 +284,31 @@ class SqliteStore:
     ) -> list[StoredEvent]:
         """Snapshots, events and cursor in one transaction; see the protocol."""
         now = _now()
-        async with self._tx() as db:
-            versions = await self._write_snapshots(db, source, writes, now)
-            appended = await self._append(db, events, now, versions)
+
+        def work(db: sqlite3.Connection) -> list[StoredEvent]:
+            versions = self._write_snapshots(db, source, writes, now)
+            appended = self._append(db, events, now, versions)
             if cursor is not None:
-                await db.execute(
+                db.execute(
                     "INSERT INTO cursors (source, resource, value, updated_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (source, resource) DO UPDATE SET value = excluded.value, "
                     "updated_at = excluded.updated_at",
                     (source, cursor[0], cursor[1], now),
                 )
+            return appended
+
+        appended = await self._write(work)
         if appended:
             async with self.appended:
                 self.appended.notify_all()
         return appended
 
-    # Rows per multi-row statement: a few round trips to the connection's thread per
-    # commit instead of one or two per record.
     _CHUNK = 200
+    """Rows per multi-row statement."""
 
-    async def _write_snapshots(
+    def _write_snapshots(
         self,
-        db: aiosqlite.Connection,
+        db: sqlite3.Connection,
         source: str,
         writes: Sequence[SnapshotWrite],
         now: float,
@@ -271,7 +317,7 @@ class SqliteStore:
         versions: dict[str, int] = {}
         for start in range(0, len(writes), self._CHUNK):
             chunk = writes[start : start + self._CHUNK]
-            rows = await db.execute_fetchall(
+            rows = db.execute(
                 "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
                 "dirty, updated_at) VALUES "
                 + ",".join(["(?, ?, ?, ?, ?, ?, 1, 1, ?)"] * len(chunk))
@@ -292,16 +338,16 @@ class SqliteStore:
                         now,
                     )
                 ],
-            )
+            ).fetchall()
             for entity, id_, version in rows:
                 # a record written twice in one commit returns two rows: keep the last
                 key = f"{entity}/{id_}"
                 versions[key] = max(versions.get(key, 0), int(version))
         return versions
 
-    async def _append(
+    def _append(
         self,
-        db: aiosqlite.Connection,
+        db: sqlite3.Connection,
         events: Sequence[CloudEvent],
         now: float,
         versions: dict[str, int],
@@ -317,7 +363,7 @@ class SqliteStore:
         for start in range(0, len(candidates), 500):
             ids = candidates[start : start + 500]
             marks = ",".join("?" * len(ids))
-            rows = await db.execute_fetchall(f"SELECT id FROM events WHERE id IN ({marks})", ids)
+            rows = db.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids).fetchall()
             taken.update(str(r[0]) for r in rows)
         fresh: list[CloudEvent] = []
         for event in events:
@@ -336,7 +382,7 @@ class SqliteStore:
         seqs: dict[str, int] = {}
         for start in range(0, len(fresh), self._CHUNK):
             chunk = fresh[start : start + self._CHUNK]
-            rows = await db.execute_fetchall(
+            rows = db.execute(
                 "INSERT INTO events (id, type, source, subject, time, recorded_at, body) VALUES "
                 + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                 + " RETURNING id, seq",
@@ -353,7 +399,7 @@ class SqliteStore:
                         event.to_json(),
                     )
                 ],
-            )
+            ).fetchall()
             seqs.update((str(r[0]), int(r[1])) for r in rows)
         return [StoredEvent(seq=seqs[event.id], event=event) for event in fresh]
 
@@ -417,12 +463,11 @@ class SqliteStore:
 
     async def set_position(self, consumer: str, seq: int) -> None:
         """Move a consumer's position."""
-        async with self._tx() as db:
-            await self._set_position(db, consumer, seq)
+        await self._write(lambda db: self._set_position(db, consumer, seq))
 
     @staticmethod
-    async def _set_position(db: aiosqlite.Connection, consumer: str, seq: int) -> None:
-        await db.execute(
+    def _set_position(db: sqlite3.Connection, consumer: str, seq: int) -> None:
+        db.execute(
             "INSERT INTO positions (consumer, seq) VALUES (?, ?) "
             "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq",
             (consumer, seq),
@@ -473,9 +518,10 @@ class SqliteStore:
             rendered: optional delivery id -> JSON of what would be sent (dry runs).
         """
         ts = now.timestamp()
-        async with self._tx() as db:
+
+        def work(db: sqlite3.Connection) -> int:
             before = db.total_changes
-            await db.executemany(
+            db.executemany(
                 "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, event_id, "
                 "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
                 "updated_at, rendered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -499,8 +545,10 @@ class SqliteStore:
                 ],
             )
             inserted = db.total_changes - before
-            await self._set_position(db, consumer, position)
-        return inserted
+            self._set_position(db, consumer, position)
+            return inserted
+
+        return await self._write(work)
 
     async def due_deliveries(
         self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
@@ -536,37 +584,43 @@ class SqliteStore:
     async def start_attempt(self, delivery_id: str, now: datetime) -> int:
         """Mark ``sending`` and open attempt N (committed before the request)."""
         ts = now.timestamp()
-        async with self._tx() as db:
-            rows = list(
-                await db.execute_fetchall(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                    "WHERE id = ? RETURNING attempts",
-                    (DeliveryStatus.SENDING, ts, delivery_id),
-                )
-            )
-            if not rows:
-                raise StoreError(f"unknown delivery {delivery_id}")
-            number = int(rows[0][0])
-            await db.execute(
+
+        def work(db: sqlite3.Connection) -> int | None:
+            row = db.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ? RETURNING attempts",
+                (DeliveryStatus.SENDING, ts, delivery_id),
+            ).fetchone()
+            if row is None:
+                return None
+            number = int(row[0])
+            db.execute(
                 "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
                 (delivery_id, number, ts),
             )
+            return number
+
+        number = await self._write(work)
+        if number is None:
+            raise StoreError(f"unknown delivery {delivery_id}")
         return number
 
     async def start_attempts(self, delivery_ids: Sequence[str], now: datetime) -> dict[str, int]:
         """Start every still-due delivery of ``delivery_ids`` in one transaction."""
         ts = now.timestamp()
-        numbers: dict[str, int] = {}
         ids = list(dict.fromkeys(delivery_ids))
         if not ids:
-            return numbers
-        async with self._tx() as db:
+            return {}
+
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            numbers: dict[str, int] = {}
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = await db.execute_fetchall(
+                rows = db.execute(
                     "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                    f"WHERE id IN ({marks}) AND status IN (?, ?) AND next_attempt_at <= ? "
+                    # '+': look rows up by id, not through the due index (every due row)
+                    f"WHERE id IN ({marks}) AND +status IN (?, ?) AND +next_attempt_at <= ? "
                     "RETURNING id, attempts",
                     (
                         DeliveryStatus.SENDING,
@@ -576,13 +630,15 @@ class SqliteStore:
                         DeliveryStatus.RETRY_SCHEDULED,
                         ts,
                     ),
-                )
+                ).fetchall()
                 numbers.update((str(r[0]), int(r[1])) for r in rows)
-            await db.executemany(
+            db.executemany(
                 "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
                 [(id_, number, ts) for id_, number in numbers.items()],
             )
-        return numbers
+            return numbers
+
+        return await self._write(work)
 
     async def finish_attempt(
         self,
@@ -616,8 +672,9 @@ class SqliteStore:
         """Close several attempts and set their deliveries' status in one transaction."""
         if not ends:
             return
-        async with self._tx() as db:
-            await db.executemany(
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "UPDATE attempts SET finished_at = ?, outcome = ?, status_code = ?, error = ? "
                 "WHERE delivery_id = ? AND number = ?",
                 [
@@ -632,7 +689,7 @@ class SqliteStore:
                     for e in ends
                 ],
             )
-            await db.executemany(
+            db.executemany(
                 "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
                 "last_status_code = ?, updated_at = ? WHERE id = ?",
                 [
@@ -648,30 +705,35 @@ class SqliteStore:
                 ],
             )
 
+        await self._write(work)
+
     async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
         """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due."""
         ts = now.timestamp()
         note = "interrupted: the process stopped while this attempt was in flight"
-        async with self._tx() as db:
+
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? "
                 "WHERE status = ? AND exactly_once = 1",
                 (DeliveryStatus.UNCERTAIN, note, ts, DeliveryStatus.SENDING),
             )
             uncertain = db.total_changes - before
-            await db.execute(
+            db.execute(
                 "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
                 "updated_at = ? WHERE status = ? AND exactly_once = 0",
                 (DeliveryStatus.RETRY_SCHEDULED, ts, note, ts, DeliveryStatus.SENDING),
             )
             rescheduled = db.total_changes - before - uncertain
-            await db.execute(
+            db.execute(
                 "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? "
                 "WHERE finished_at IS NULL",
                 (ts, Outcome.UNCERTAIN.value, note),
             )
-        return uncertain, rescheduled
+            return uncertain, rescheduled
+
+        return await self._write(work)
 
     async def list_deliveries(
         self, statuses: Sequence[DeliveryStatus] | None = None, limit: int = 1000
@@ -734,15 +796,17 @@ class SqliteStore:
         error: str | None = None,
     ) -> bool:
         """Change a delivery's status without an attempt."""
-        ts = now.timestamp()
-        async with self._tx() as db:
-            before = db.total_changes
-            await db.execute(
+        params = (status.value, _ts(next_attempt_at), note, now.timestamp(), error, delivery_id)
+
+        def work(db: sqlite3.Connection) -> bool:
+            changed = db.execute(
                 "UPDATE deliveries SET status = ?, next_attempt_at = ?, note = ?, updated_at = ?, "
                 "last_error = coalesce(?, last_error) WHERE id = ?",
-                (status.value, _ts(next_attempt_at), note, ts, error, delivery_id),
-            )
-            return db.total_changes > before
+                params,
+            ).rowcount
+            return changed > 0
+
+        return await self._write(work)
 
     async def count_deliveries(self) -> dict[tuple[str, str], int]:
         """(action_type, status) -> count."""
@@ -762,11 +826,13 @@ class SqliteStore:
 
     async def disable_endpoint(self, name: str, reason: str, now: datetime) -> None:
         """Mark a webhook endpoint disabled."""
-        async with self._tx() as db:
-            await db.execute(
+        params = (name, now.timestamp(), reason)
+        await self._write(
+            lambda db: db.execute(
                 "INSERT OR REPLACE INTO endpoints (name, disabled_at, reason) VALUES (?, ?, ?)",
-                (name, now.timestamp(), reason),
+                params,
             )
+        )
 
     async def disabled_endpoints(self) -> dict[str, str]:
         """Disabled endpoints and why."""
@@ -775,5 +841,4 @@ class SqliteStore:
 
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable a disabled endpoint."""
-        async with self._tx() as db:
-            await db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+        await self._write(lambda db: db.execute("DELETE FROM endpoints WHERE name = ?", (name,)))
