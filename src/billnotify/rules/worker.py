@@ -23,7 +23,7 @@ was disabled (410 Gone), or that is dry-run under the current config.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -170,6 +170,19 @@ class DeliveryWorker:
         self._rules = {rule.name: rule for rule in config.rules}
         self._disabled: dict[str, str] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        """Every attempt task, from its start until its outcome is committed."""
+        self._requesting: set[str] = set()
+        """Attempts whose request is under way: these are what the concurrency limits."""
+        self._ready: collections.deque[_Job] = collections.deque()
+        """Due deliveries read and checked ahead, not started yet."""
+        self._starting: set[str] = set()
+        """Taken from ``_ready``, their ``sending`` not committed yet."""
+        self._start: asyncio.Task[dict[str, int]] | None = None
+        """The transaction committing ``sending`` for ``_starting`` (drain waits for it)."""
+        self._more = True
+        """The last read of due deliveries filled its page (there may be more)."""
+        self._reading = asyncio.Lock()
+        self._prefetch: asyncio.Task[None] | None = None
         self._outcomes = _OutcomeWriter(store)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -178,11 +191,12 @@ class DeliveryWorker:
     # -- public control ----------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        """Attempts running now."""
+        """Attempts running now (request under way, or outcome being committed)."""
         return len(self._inflight)
 
     def wake(self) -> None:
         """New deliveries were recorded: look at the ledger now."""
+        self._more = True
         self._wake.set()
 
     async def recover(self) -> tuple[int, int]:
@@ -221,6 +235,7 @@ class DeliveryWorker:
         finally:
             if self._stopping:
                 await self._drained.wait()
+            await self._stop_prefetch()
             for task in self._inflight.values():
                 task.cancel()
             await self._outcomes.flush()
@@ -239,6 +254,7 @@ class DeliveryWorker:
         """
         self._stopping = True
         self._wake.set()
+        await self._stop_prefetch()
         seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(seconds, 0.0)
@@ -246,9 +262,12 @@ class DeliveryWorker:
             logger.info(
                 "draining %d in-flight deliveries (up to %.1fs)", len(self._inflight), seconds
             )
-        # a start already under way when we were called may still add one: loop
-        while self._inflight and loop.time() < deadline:
-            await asyncio.wait(list(self._inflight.values()), timeout=deadline - loop.time())
+        # a start under way when we were called adds attempts once it commits: loop
+        while loop.time() < deadline:
+            waiting = [*self._inflight.values(), *([self._start] if self._start else [])]
+            if not waiting:
+                break
+            await asyncio.wait(waiting, timeout=deadline - loop.time())
         pending = list(self._inflight.values())
         for task in pending:
             task.cancel()
@@ -261,7 +280,10 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Start every due delivery (up to the concurrency) and wait for them (tests)."""
-        started = await self._fill()
+        started = 0
+        while len(self._requesting) < self.concurrency and (taken := await self._fill()):
+            started += taken
+        await self._stop_prefetch()
         tasks = list(self._inflight.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -284,7 +306,7 @@ class DeliveryWorker:
             await self.sleep(self.reconcile_interval)
 
     async def _idle_delay(self) -> float:
-        if len(self._inflight) >= self.concurrency:
+        if len(self._requesting) >= self.concurrency:
             return self.poll_interval  # a finishing attempt wakes us
         due = await self.store.next_due_at()
         if due is None:
@@ -304,48 +326,127 @@ class DeliveryWorker:
             await asyncio.gather(waker, sleeper, return_exceptions=True)
 
     async def _fill(self) -> int:
-        """Start due deliveries into free slots; returns how many were taken."""
-        free = self.concurrency - len(self._inflight)
-        if free <= 0:
+        """Start due deliveries into free slots; returns how many were taken or settled.
+
+        Due deliveries are read (with their events) and checked ahead of need, in the
+        background, so a slot that frees only waits for the transaction that marks its
+        successor ``sending``.
+        """
+        free = self.concurrency - len(self._requesting)
+        if free <= 0 or self._stopping:
             return 0
-        now = self.clock()
-        due = [
-            d
-            for d in await self.store.due_deliveries(now, limit=free + len(self._inflight))
-            if d.id not in self._inflight
-        ][:free]
-        if not due:
-            return 0
-        self._disabled = await self.store.disabled_endpoints()
-        events = {
-            s.event.id: s.event
-            for s in await self.store.get_events(sorted({d.event_id for d in due}))
-        }
-        ready: list[_Job] = []
-        for delivery in due:
-            if self._stopping:
-                break
-            job = await self._prepare(delivery, events.get(delivery.event_id), now)
-            if job is not None:
-                ready.append(job)
-        if not ready:
-            return len(due)
+        settled = 0
+        if not self._ready:
+            settled += await self._read_ahead(self.concurrency + free)
+        jobs: list[_Job] = []
+        while self._ready and len(jobs) < free:
+            job = self._ready.popleft()
+            if job.delivery.id in self._inflight:
+                continue  # cannot happen (reads leave out what is held); never twice
+            if await self._still_sendable(job):
+                jobs.append(job)
+                self._starting.add(job.delivery.id)
+            else:
+                settled += 1
+        if not jobs:
+            return settled
         # 'sending' for the whole group in one transaction, before any request goes out;
         # once committed every one of them is attempted, even if a drain began meanwhile
-        numbers = await self.store.start_attempts([job.delivery.id for job in ready], now)
-        for job in ready:
+        self._start = asyncio.ensure_future(
+            self.store.start_attempts([job.delivery.id for job in jobs], self.clock())
+        )
+        try:
+            numbers = await self._start
+        finally:
+            self._start = None
+            self._starting.difference_update(job.delivery.id for job in jobs)
+        for job in jobs:
             number = numbers.get(job.delivery.id)
             if number is None:
                 logger.info("delivery %s changed before its attempt; skipped", job.delivery.id)
                 continue
-            started = dataclasses.replace(job, number=number)
-            task = asyncio.create_task(self._attempt(started), name=f"delivery-{job.delivery.id}")
-            self._inflight[job.delivery.id] = task
-            task.add_done_callback(functools.partial(self._done, job.delivery.id))
-        return len(due)
+            self._launch(_Job(job.delivery, job.rule, job.action, job.event, job.executor, number))
+        self._read_in_background()
+        return len(jobs) + settled
+
+    def _read_in_background(self) -> None:
+        """Top the ready queue up while the requests just started are in flight."""
+        if self._stopping or not self._more or len(self._ready) >= self.concurrency:
+            return
+        if self._prefetch is None or self._prefetch.done():
+            self._prefetch = asyncio.create_task(self._prefetch_due(), name="delivery-read-ahead")
+
+    async def _prefetch_due(self) -> None:
+        try:
+            if await self._read_ahead(self.concurrency) or self._ready:
+                self._wake.set()
+        except StoreError as exc:
+            logger.warning("reading due deliveries ahead failed: %s", exc)
+
+    async def _stop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            await asyncio.gather(self._prefetch, return_exceptions=True)
+            self._prefetch = None
+
+    async def _read_ahead(self, target: int) -> int:
+        """Read and check due deliveries until ``target`` are ready; returns how many
+        were settled without sending instead."""
+        async with self._reading:  # one read at a time: none can queue a row twice
+            want = target - len(self._ready)
+            if want <= 0:
+                return 0
+            now = self.clock()
+            # in flight: 'sending', or settled but not yet committed as such
+            held = {job.delivery.id for job in self._ready} | self._starting
+            held.update(self._inflight)
+            due = await self.store.due_deliveries(now, limit=want, exclude=held)
+            self._more = len(due) >= want
+            if not due:
+                return 0
+            self._disabled = await self.store.disabled_endpoints()
+            events = {
+                s.event.id: s.event
+                for s in await self.store.get_events(sorted({d.event_id for d in due}))
+            }
+            settled = 0
+            for delivery in due:
+                job = await self._prepare(delivery, events.get(delivery.event_id), now)
+                if job is None:
+                    settled += 1
+                else:
+                    self._ready.append(job)
+            return settled
+
+    async def _still_sendable(self, job: _Job) -> bool:
+        """Re-check a job read ahead against what changed since (a 410 from its endpoint)."""
+        action = job.action
+        if isinstance(action, WebhookAction) and action.endpoint in self._disabled:
+            reason = f"endpoint {action.endpoint!r} disabled: {self._disabled[action.endpoint]}"
+            logger.warning("delivery %s: dead without sending: %s", job.delivery.id, reason)
+            await settle_without_sending(
+                self.store, job.delivery.id, DeliveryStatus.DEAD, reason, self.clock()
+            )
+            self.settled[DeliveryStatus.DEAD.value] += 1
+            return False
+        return True
+
+    def _launch(self, job: _Job) -> None:
+        key = job.delivery.id
+        task = asyncio.create_task(self._attempt(job), name=f"delivery-{key}")
+        self._inflight[key] = task
+        self._requesting.add(key)
+        task.add_done_callback(functools.partial(self._done, key))
+
+    def _release(self, key: str) -> None:
+        """The request is over: its slot may take the next delivery."""
+        if key in self._requesting:
+            self._requesting.discard(key)
+            self._wake.set()
 
     def _done(self, key: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)
+        self._release(key)
         self._wake.set()
 
     async def _prepare(
@@ -392,6 +493,9 @@ class DeliveryWorker:
                 "executor %s raised for delivery %s", delivery.action_type, delivery.id
             )
             result = _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
+        # the slot is free, the delivery is not settled: it stays in flight (and out of
+        # reach of the next read) until its outcome is committed
+        self._release(delivery.id)
         try:
             await self._finish(job, result)
         except Exception:
