@@ -25,6 +25,15 @@ SESSION_EXPIRY = 24 * 3600
 CONNECT_TIMEOUT = 10.0
 
 
+def effective_protocol(config: MqttConfig) -> int:
+    """The MQTT version to speak: 4 (3.1.1) or 5.
+
+    The embedded broker (``embedded://``) speaks 3.1.1 only, so it always gets 4,
+    whatever ``protocol`` says.
+    """
+    return 4 if config.embedded else config.protocol
+
+
 def make_client(config: MqttConfig, identifier: str, *, session: bool) -> aiomqtt.Client:
     """An aiomqtt client for ``config``, not yet connected.
 
@@ -49,7 +58,7 @@ def make_client(config: MqttConfig, identifier: str, *, session: bool) -> aiomqt
         "max_inflight_messages": max(config.max_inflight, 20),
         "timeout": CONNECT_TIMEOUT,
     }
-    if config.protocol == 5:
+    if effective_protocol(config) == 5:
         kwargs["protocol"] = aiomqtt.ProtocolVersion.V5
         kwargs["clean_start"] = not session
         if session:

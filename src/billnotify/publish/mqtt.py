@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import time
@@ -38,11 +37,13 @@ from billnotify.errors import BusError
 from billnotify.publish.connection import (
     OFFLINE,
     ONLINE,
+    effective_protocol,
     make_client,
     properties,
     watch_disconnect,
 )
-from billnotify.publish.topics import event_topic, state_topic, status_topic
+from billnotify.publish.state import StatePublisher
+from billnotify.publish.topics import event_topic, status_topic
 from billnotify.publish.window import InflightWindow, Publish, WindowStalled
 
 if TYPE_CHECKING:
@@ -90,17 +91,15 @@ class MqttPublisher:
         self._publish_timeout = publish_timeout or max(30.0, 2 * keepalive)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
-        self._retain = frozenset(config.retain_state)
+        self._state = StatePublisher(config, store)
         self._event_props: Properties | None = None
-        self._state_props: Properties | None = None
-        if config.protocol == 5:
+        if effective_protocol(config) == 5:
             expiry = config.message_expiry
             self._event_props = properties(
                 PacketTypes.PUBLISH,
                 ContentType=CONTENT_TYPE,
                 MessageExpiryInterval=max(1, int(expiry.total_seconds())) if expiry else None,
             )
-            self._state_props = properties(PacketTypes.PUBLISH, ContentType="application/json")
         self.last_published_seq = 0
         """Highest seq published and acknowledged together with every earlier one."""
         self.published_total = 0
@@ -175,7 +174,15 @@ class MqttPublisher:
         client = self._client
         if client is None or not self.connected:
             raise BusError(f"not connected to the MQTT broker {self._where}")
-        await self._send(client, topic, payload, qos, retain)
+        try:
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, timeout=self._publish_timeout
+            )
+        except aiomqtt.MqttError as exc:
+            raise BusError(f"publish to {topic!r} failed: {exc}") from exc
+        except ValueError as exc:  # paho: wildcard in topic, bad qos
+            raise BusError(f"cannot publish to {topic!r}: {exc}") from exc
+        self._acked()
 
     async def republish(self, events: Sequence[StoredEvent]) -> int:
         """Publish ``events`` again (``billnotify replay --to mqtt``).
@@ -302,7 +309,7 @@ class MqttPublisher:
                     if saver is None and acked > self._stored_seq:
                         saver = asyncio.create_task(self._save_position(acked))
                     if loop.time() >= state_due:  # keep retained state flowing in a backlog
-                        await self._publish_state(client, window)
+                        await self._state.publish_page(client, window)
                         state_due = loop.time() + self._idle_interval
                     continue
                 # caught up: settle everything, then sleep until the log grows
@@ -311,7 +318,7 @@ class MqttPublisher:
                     saver = None
                 self.last_published_seq = await window.drain()
                 await self._save_position(self.last_published_seq)
-                while await self._publish_state(client, window):
+                while await self._state.publish_page(client, window):
                     pass
                 state_due = loop.time() + self._idle_interval
                 await self._wait_for_events(window.acked)
@@ -359,38 +366,6 @@ class MqttPublisher:
             timeout=math.inf,  # the window watches for stalls; no timer per message
         )
 
-    async def _publish_state(self, client: aiomqtt.Client, window: InflightWindow) -> bool:
-        """Publish one page of dirty snapshots; whether there was one."""
-        snapshots = await self._store.dirty_snapshots(limit=self._config.batch_size)
-        if not snapshots:
-            return False
-        qos = max(1, self._config.qos)
-        tasks = []
-        for snap in snapshots:
-            if snap.entity not in self._retain:
-                continue
-            topic = state_topic(self._config.prefix, snap.source, snap.entity, snap.id)
-            payload = json.dumps(snap.record, separators=(",", ":"), default=str).encode()
-            tasks.append(
-                await window.submit(None, self._state_publisher(client, topic, payload, qos))
-            )
-        await window.wait(tasks)
-        await asyncio.shield(self._store.clear_dirty(snapshots))
-        return True
-
-    def _state_publisher(
-        self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int
-    ) -> Publish:
-        return functools.partial(
-            client.publish,
-            topic,
-            payload,
-            qos=qos,
-            retain=True,
-            properties=self._state_props,
-            timeout=math.inf,
-        )
-
     async def _wait_for_events(self, sent: int) -> None:
         appended = self._store.appended
         async with appended:
@@ -413,20 +388,6 @@ class MqttPublisher:
         finally:
             await window.close()
         return len(events)
-
-    # -- sending -----------------------------------------------------------------------
-    async def _send(
-        self, client: aiomqtt.Client, topic: str, payload: bytes | str, qos: int, retain: bool
-    ) -> None:
-        try:
-            await client.publish(
-                topic, payload, qos=qos, retain=retain, timeout=self._publish_timeout
-            )
-        except aiomqtt.MqttError as exc:
-            raise BusError(f"publish to {topic!r} failed: {exc}") from exc
-        except ValueError as exc:  # paho: wildcard in topic, bad qos
-            raise BusError(f"cannot publish to {topic!r}: {exc}") from exc
-        self._acked()
 
     def _acked(self) -> None:
         self.published_total += 1

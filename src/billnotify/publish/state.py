@@ -1,0 +1,78 @@
+"""Retained per-record state: ``{prefix}/state/{source}/{entity}/{id}`` (SPEC §3).
+
+The store marks a snapshot *dirty* whenever it is written; a page of dirty snapshots
+is published (retained) for the entities in ``retain_state`` and then cleared, so the
+retained state catches up after an outage instead of being lost with it. Snapshots
+of other entities are cleared without publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+from typing import TYPE_CHECKING
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+
+from billnotify.config.models import MqttConfig
+from billnotify.publish.connection import effective_protocol, properties
+from billnotify.publish.topics import state_topic
+from billnotify.publish.window import InflightWindow
+
+if TYPE_CHECKING:
+    from billnotify.store.base import Store
+
+
+class StatePublisher:
+    """Publishes the store's dirty snapshots as retained messages.
+
+    Args:
+        config: the ``[mqtt]`` table (prefix, qos, retain_state, batch_size).
+        store: where the dirty snapshots are.
+    """
+
+    def __init__(self, config: MqttConfig, store: Store) -> None:
+        self._config = config
+        self._store = store
+        self._retain = frozenset(config.retain_state)
+        # at least QoS 1: a snapshot is cleared only once the broker has it
+        self._qos = max(1, config.qos)
+        self._props = (
+            properties(PacketTypes.PUBLISH, ContentType="application/json")
+            if effective_protocol(config) == 5
+            else None
+        )
+
+    async def publish_page(self, client: aiomqtt.Client, window: InflightWindow) -> bool:
+        """Publish and clear one page of dirty snapshots; whether there was one.
+
+        Raises:
+            Exception: a publish in ``window`` failed (the caller reconnects); the
+                page stays dirty and is published again.
+        """
+        snapshots = await self._store.dirty_snapshots(limit=self._config.batch_size)
+        if not snapshots:
+            return False
+        tasks = []
+        for snap in snapshots:
+            if snap.entity not in self._retain:
+                continue
+            topic = state_topic(self._config.prefix, snap.source, snap.entity, snap.id)
+            payload = json.dumps(snap.record, separators=(",", ":"), default=str).encode()
+            publish = functools.partial(
+                client.publish,
+                topic,
+                payload,
+                qos=self._qos,
+                retain=True,
+                properties=self._props,
+                timeout=math.inf,  # the window watches for stalls
+            )
+            tasks.append(await window.submit(None, publish))
+        await window.wait(tasks)
+        # Shielded: a shutdown must not interrupt a store transaction half-way.
+        await asyncio.shield(self._store.clear_dirty(snapshots))
+        return True
