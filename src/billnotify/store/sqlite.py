@@ -11,13 +11,15 @@ transaction (and everything queued behind it) by a loop iteration per statement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import logging
+import queue
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +48,52 @@ _PARSED_EVENTS = 4096
 """Parsed events kept by seq (the newest read)."""
 
 
+class _StoreThread(threading.Thread):
+    """The one thread that touches the SQLite connection: runs calls in order.
+
+    A call is a queue put one way and a ``call_soon_threadsafe`` back, lighter than an
+    executor's futures, which matters at one call per transaction.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="billnotify-store", daemon=True)
+        self._calls: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn``; the future resolves on the caller's loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, fn))
+        return future
+
+    def stop(self) -> None:
+        """Finish the calls already queued, then end."""
+        self._calls.put(None)
+
+    def run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            loop, future, fn = item
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn()
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: no one waits
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
@@ -69,7 +117,7 @@ class SqliteStore:
         self.path = path
         self.appended = asyncio.Condition()
         self._conn: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._thread: _StoreThread | None = None
         self._lock = asyncio.Lock()
         self._parsed: OrderedDict[int, CloudEvent] = OrderedDict()
 
@@ -79,11 +127,12 @@ class SqliteStore:
         self._parsed.clear()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billnotify-store")
+        self._thread = _StoreThread()
+        self._thread.start()
         try:
             self._conn = await self._call(self._connect)
         except sqlite3.Error as exc:
-            self._thread.shutdown(wait=False)
+            self._thread.stop()
             self._thread = None
             raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
 
@@ -111,9 +160,9 @@ class SqliteStore:
             return
         try:
             if conn is not None:
-                await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+                await thread.call(conn.close)
         finally:
-            thread.shutdown(wait=False)
+            thread.stop()
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -132,7 +181,7 @@ class SqliteStore:
         async with self._lock:
             if self._thread is None:
                 raise StoreError("the state store is not open")
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+            return await self._thread.call(fn)
 
     @property
     def _db(self) -> sqlite3.Connection:
