@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ACTIVE = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.SENDING)
-_PARSED_EVENTS = 4096
-"""Parsed events kept by seq (the newest read)."""
+_PARSED_EVENTS = 1024
+"""Parsed events kept by seq (the newest read): enough for the worker to find the ones
+the rule handler just read, few enough not to grow the heap the collector scans."""
 
 
 class _StoreThread(threading.Thread):
