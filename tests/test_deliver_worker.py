@@ -455,3 +455,70 @@ async def test_run_wakes_on_new_deliveries_and_when_a_retry_comes_due(tmp_path: 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_backlog_read_ahead_is_sent_once_each_within_the_concurrency(rig) -> None:
+    r = await rig(_config(delivery_concurrency=4))
+    await r.emit(*(_event(n) for n in range(40)))
+    worker = r.worker(poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(10):
+        while worker.settled["succeeded"] < 40:
+            await asyncio.sleep(0.01)
+    assert await worker.drain(1) == 0
+    await asyncio.wait_for(task, 5)
+    ids = [delivery_id for delivery_id, _ in r.hook.calls]
+    assert len(ids) == 40 and len(set(ids)) == 40  # nothing read ahead was sent twice
+    assert r.hook.max_running <= 4
+    rows = await r.store.list_deliveries()
+    assert {(d.status, d.attempts) for d in rows} == {(DeliveryStatus.SUCCEEDED, 1)}
+
+
+async def test_a_delivery_settles_only_once_its_outcome_is_committed(rig) -> None:
+    r = await rig()
+    await r.emit(_event(1))
+    worker = r.worker()
+    committed = asyncio.Event()
+    finish = r.store.finish_attempts
+
+    async def slow_finish(ends: Any) -> None:
+        await committed.wait()
+        await finish(ends)
+
+    r.store.finish_attempts = slow_finish  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run_once())
+    async with asyncio.timeout(5):
+        while not r.hook.calls:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the request is over; its outcome is not committed
+    assert worker.in_flight == 1 and worker.settled["succeeded"] == 0
+    assert (await r.only()).status is DeliveryStatus.SENDING
+    committed.set()
+    await asyncio.wait_for(task, 5)
+    assert worker.in_flight == 0 and worker.settled["succeeded"] == 1
+    assert (await r.only()).status is DeliveryStatus.SUCCEEDED
+
+
+async def test_drain_waits_for_a_start_under_way_and_sends_what_it_started(rig) -> None:
+    r = await rig()
+    await r.emit(_event(1))
+    worker = r.worker()
+    gate = asyncio.Event()
+    start = r.store.start_attempts
+
+    async def slow_start(ids: Any, now: datetime) -> dict[str, int]:
+        await gate.wait()
+        return await start(ids, now)
+
+    r.store.start_attempts = slow_start  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.05)  # the start is under way, nothing in flight yet
+    assert worker.in_flight == 0 and not r.hook.calls
+    draining = asyncio.create_task(worker.drain(5))
+    await asyncio.sleep(0.05)
+    assert not draining.done()
+    gate.set()
+    assert await asyncio.wait_for(draining, 5) == 0
+    await asyncio.wait_for(task, 5)
+    assert len(r.hook.calls) == 1  # committed 'sending', so it was attempted, not left behind
+    assert (await r.only()).status is DeliveryStatus.SUCCEEDED

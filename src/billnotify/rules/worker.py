@@ -37,6 +37,7 @@ from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.rules.ledger import settle_without_sending
 from billnotify.rules.matching import effective_dry_run
+from billnotify.rules.outcomes import OutcomeWriter
 from billnotify.rules.policy import AttemptReport, Decision, decide, schedule_for
 from billnotify.rules.reconcile import InvoiceEmailReconciler
 from billnotify.store.base import AttemptEnd, Delivery, DeliveryStatus, Outcome, Store
@@ -68,54 +69,6 @@ class _Crash:
     status_code: int | None = None
     retry_after: float | None = None
     disable_endpoint: bool = False
-
-
-class _OutcomeWriter:
-    """Group commit of attempt outcomes.
-
-    :meth:`write` returns once a transaction holding its outcome has committed. At most
-    one commit runs at a time; outcomes written meanwhile wait for it and then go
-    together in the next one, so the batch grows with the load and an idle worker adds
-    no delay.
-    """
-
-    def __init__(self, store: Store, max_batch: int = 500) -> None:
-        self._store = store
-        self._max_batch = max_batch
-        self._queue: list[tuple[AttemptEnd, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def write(self, end: AttemptEnd) -> None:
-        """Commit ``end``; raises the store's error if its transaction failed.
-
-        A caller cancelled while waiting does not withdraw the outcome: it is still
-        committed (:meth:`flush` waits for that).
-        """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((end, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._commit_all(), name="delivery-outcomes")
-        await future
-
-    async def flush(self) -> None:
-        """Wait until every outcome written so far is committed (or failed)."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-
-    async def _commit_all(self) -> None:
-        while self._queue:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            try:
-                await self._store.finish_attempts([end for end, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
 
 
 class DeliveryWorker:
@@ -183,7 +136,7 @@ class DeliveryWorker:
         """The last read of due deliveries filled its page (there may be more)."""
         self._reading = asyncio.Lock()
         self._prefetch: asyncio.Task[None] | None = None
-        self._outcomes = _OutcomeWriter(store)
+        self._outcomes = OutcomeWriter(store)
         self._wake = asyncio.Event()
         self._stopping = False
         self._drained = asyncio.Event()
