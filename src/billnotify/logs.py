@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 REDACTED = "**********"
-_NOISY = ("aiosqlite", "amqtt", "transitions", "passlib", "asyncio", "aiohttp.access", "mail.log")
+_NOISY = ("amqtt", "transitions", "passlib", "asyncio", "aiohttp.access", "mail.log")
 
 
 class Redactor:

@@ -45,7 +45,7 @@ REFRESH_SECONDS = 0.5
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 """How long a stop may take (the service's shutdown grace is 5 s) before it is cut short."""
-_NOISY = ("amqtt", "transitions", "passlib", "mail.log", "aiosqlite", "asyncio")
+_NOISY = ("amqtt", "transitions", "passlib", "mail.log", "asyncio")
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 

@@ -1,0 +1,399 @@
+"""The delivery ledger and endpoint state, on SQLite."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from billnotify.errors import StoreError
+from billnotify.store.base import (
+    Attempt,
+    AttemptEnd,
+    Delivery,
+    DeliveryStatus,
+    NewDelivery,
+    Outcome,
+)
+from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.SENDING)
+"""Deliveries not settled yet."""
+
+
+class LedgerTables(SqliteBase):
+    """The tables of deliveries, their attempts and disabled endpoints."""
+
+    # -- the delivery ledger ---------------------------------------------------------
+    _DELIVERY_COLS = (
+        "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
+        "status, attempts, created_at, updated_at, next_attempt_at, last_error, "
+        "last_status_code, note"
+    )
+
+    @staticmethod
+    def _delivery(
+        row: sqlite3.Row | tuple[Any, ...], history: list[Attempt] | None = None
+    ) -> Delivery:
+        return Delivery(
+            id=row[0],
+            rule=row[1],
+            action_index=int(row[2]),
+            action_type=row[3],
+            event_id=row[4],
+            event_seq=int(row[5]),
+            exactly_once=bool(row[6]),
+            target=row[7],
+            status=DeliveryStatus(row[8]),
+            attempts=int(row[9]),
+            created_at=_dt(row[10]) or datetime.now(UTC),
+            updated_at=_dt(row[11]) or datetime.now(UTC),
+            next_attempt_at=_dt(row[12]),
+            last_error=row[13],
+            last_status_code=row[14],
+            note=row[15],
+            history=history or [],
+        )
+
+    async def record_deliveries(
+        self,
+        deliveries: Sequence[NewDelivery],
+        consumer: str,
+        position: int,
+        now: datetime,
+        rendered: Mapping[str, str] | None = None,
+    ) -> int:
+        """Insert new deliveries and advance ``consumer`` in one transaction.
+
+        Args:
+            rendered: optional delivery id -> JSON of what would be sent (dry runs).
+        """
+        ts = now.timestamp()
+
+        def work(db: sqlite3.Connection) -> int:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, event_id, "
+                "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
+                "updated_at, rendered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        d.id,
+                        d.rule,
+                        d.action_index,
+                        d.action_type,
+                        d.event_id,
+                        d.event_seq,
+                        int(d.exactly_once),
+                        d.target,
+                        d.status.value,
+                        _ts(d.next_attempt_at) if d.next_attempt_at else ts,
+                        ts,
+                        ts,
+                        (rendered or {}).get(d.id),
+                    )
+                    for d in deliveries
+                ],
+            )
+            inserted = db.total_changes - before
+            self._set_position(db, consumer, position)
+            return inserted
+
+        return await self._write(work)
+
+    async def due_deliveries(
+        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Deliveries whose next attempt is due, except those in ``exclude``."""
+        # One ordered index range per status, merged: ``status IN (...)`` would read and
+        # sort every due row to return the first ``limit``.
+        skip = list(exclude)
+        branch = (
+            f"SELECT * FROM (SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status = ? "
+            f"AND next_attempt_at <= ? AND id NOT IN ({','.join('?' * len(skip))}) "
+            "ORDER BY next_attempt_at, event_seq LIMIT ?)"
+        )
+        ts = now.timestamp()
+        rows = await self._fetch(
+            f"{branch} UNION ALL {branch} ORDER BY next_attempt_at, event_seq LIMIT ?",
+            (
+                *(DeliveryStatus.PENDING, ts, *skip, limit),
+                *(DeliveryStatus.RETRY_SCHEDULED, ts, *skip, limit),
+                limit,
+            ),
+        )
+        return [self._delivery(r) for r in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        """When the next delivery is due."""
+        rows = await self._fetch(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN (?, ?)",
+            (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED),
+        )
+        return _dt(rows[0][0])
+
+    async def start_attempt(self, delivery_id: str, now: datetime) -> int:
+        """Mark ``sending`` and open attempt N (committed before the request)."""
+        ts = now.timestamp()
+
+        def work(db: sqlite3.Connection) -> int | None:
+            row = db.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ? RETURNING attempts",
+                (DeliveryStatus.SENDING, ts, delivery_id),
+            ).fetchone()
+            if row is None:
+                return None
+            number = int(row[0])
+            db.execute(
+                "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
+                (delivery_id, number, ts),
+            )
+            return number
+
+        number = await self._write(work)
+        if number is None:
+            raise StoreError(f"unknown delivery {delivery_id}")
+        return number
+
+    async def start_attempts(self, delivery_ids: Sequence[str], now: datetime) -> dict[str, int]:
+        """Start every still-due delivery of ``delivery_ids`` in one transaction."""
+        ts = now.timestamp()
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return {}
+
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            numbers: dict[str, int] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                    # '+': look rows up by id, not through the due index (every due row)
+                    f"WHERE id IN ({marks}) AND +status IN (?, ?) AND +next_attempt_at <= ? "
+                    "RETURNING id, attempts",
+                    (
+                        DeliveryStatus.SENDING,
+                        ts,
+                        *chunk,
+                        DeliveryStatus.PENDING,
+                        DeliveryStatus.RETRY_SCHEDULED,
+                        ts,
+                    ),
+                ).fetchall()
+                numbers.update((str(r[0]), int(r[1])) for r in rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
+                [(id_, number, ts) for id_, number in numbers.items()],
+            )
+            return numbers
+
+        return await self._write(work)
+
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        number: int,
+        *,
+        now: datetime,
+        outcome: Outcome,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Close an attempt and set the delivery's status."""
+        await self.finish_attempts(
+            [
+                AttemptEnd(
+                    delivery_id,
+                    number,
+                    finished_at=now,
+                    outcome=outcome,
+                    status=status,
+                    next_attempt_at=next_attempt_at,
+                    status_code=status_code,
+                    error=error,
+                )
+            ]
+        )
+
+    async def finish_attempts(self, ends: Sequence[AttemptEnd]) -> None:
+        """Close several attempts and set their deliveries' status in one transaction."""
+        if not ends:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE attempts SET finished_at = ?, outcome = ?, status_code = ?, error = ? "
+                "WHERE delivery_id = ? AND number = ?",
+                [
+                    (
+                        e.finished_at.timestamp(),
+                        e.outcome.value,
+                        e.status_code,
+                        e.error,
+                        e.delivery_id,
+                        e.number,
+                    )
+                    for e in ends
+                ],
+            )
+            db.executemany(
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
+                "last_status_code = ?, updated_at = ? WHERE id = ?",
+                [
+                    (
+                        e.status.value,
+                        _ts(e.next_attempt_at),
+                        e.error,
+                        e.status_code,
+                        e.finished_at.timestamp(),
+                        e.delivery_id,
+                    )
+                    for e in ends
+                ],
+            )
+
+        await self._write(work)
+
+    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
+        """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due."""
+        ts = now.timestamp()
+        note = "interrupted: the process stopped while this attempt was in flight"
+
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            before = db.total_changes
+            db.execute(
+                "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? "
+                "WHERE status = ? AND exactly_once = 1",
+                (DeliveryStatus.UNCERTAIN, note, ts, DeliveryStatus.SENDING),
+            )
+            uncertain = db.total_changes - before
+            db.execute(
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
+                "updated_at = ? WHERE status = ? AND exactly_once = 0",
+                (DeliveryStatus.RETRY_SCHEDULED, ts, note, ts, DeliveryStatus.SENDING),
+            )
+            rescheduled = db.total_changes - before - uncertain
+            db.execute(
+                "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? "
+                "WHERE finished_at IS NULL",
+                (ts, Outcome.UNCERTAIN.value, note),
+            )
+            return uncertain, rescheduled
+
+        return await self._write(work)
+
+    async def list_deliveries(
+        self, statuses: Sequence[DeliveryStatus] | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        """Ledger rows, newest first."""
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            rows = await self._fetch(
+                f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status IN ({marks}) "
+                "ORDER BY created_at DESC, event_seq DESC LIMIT ?",
+                [*(s.value for s in statuses), limit],
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {self._DELIVERY_COLS} FROM deliveries "
+                "ORDER BY created_at DESC, event_seq DESC LIMIT ?",
+                (limit,),
+            )
+        return [self._delivery(r) for r in rows]
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """One delivery with its attempts."""
+        rows = await self._fetch(
+            f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE id = ?", (delivery_id,)
+        )
+        if not rows:
+            return None
+        attempts = await self._fetch(
+            "SELECT number, started_at, finished_at, outcome, status_code, error FROM attempts "
+            "WHERE delivery_id = ? ORDER BY number",
+            (delivery_id,),
+        )
+        history = [
+            Attempt(
+                delivery_id=delivery_id,
+                number=int(a[0]),
+                started_at=_dt(a[1]) or datetime.now(UTC),
+                finished_at=_dt(a[2]),
+                outcome=Outcome(a[3]) if a[3] else None,
+                status_code=a[4],
+                error=a[5],
+            )
+            for a in attempts
+        ]
+        return self._delivery(rows[0], history)
+
+    async def get_rendered(self, delivery_id: str) -> str | None:
+        """What a dry-run delivery would have sent (JSON), if recorded."""
+        rows = await self._fetch("SELECT rendered FROM deliveries WHERE id = ?", (delivery_id,))
+        return rows[0][0] if rows else None
+
+    async def set_delivery_status(
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: datetime,
+        next_attempt_at: datetime | None = None,
+        note: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Change a delivery's status without an attempt."""
+        params = (status.value, _ts(next_attempt_at), note, now.timestamp(), error, delivery_id)
+
+        def work(db: sqlite3.Connection) -> bool:
+            changed = db.execute(
+                "UPDATE deliveries SET status = ?, next_attempt_at = ?, note = ?, updated_at = ?, "
+                "last_error = coalesce(?, last_error) WHERE id = ?",
+                params,
+            ).rowcount
+            return changed > 0
+
+        return await self._write(work)
+
+    async def count_deliveries(self) -> dict[tuple[str, str], int]:
+        """(action_type, status) -> count."""
+        rows = await self._fetch(
+            "SELECT action_type, status, count(*) FROM deliveries GROUP BY action_type, status"
+        )
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def oldest_pending_at(self) -> datetime | None:
+        """Creation time of the oldest delivery not yet settled."""
+        marks = ",".join("?" * len(_ACTIVE))
+        rows = await self._fetch(
+            f"SELECT min(created_at) FROM deliveries WHERE status IN ({marks})",
+            [s.value for s in _ACTIVE],
+        )
+        return _dt(rows[0][0])
+
+    async def disable_endpoint(self, name: str, reason: str, now: datetime) -> None:
+        """Mark a webhook endpoint disabled."""
+        params = (name, now.timestamp(), reason)
+        await self._write(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO endpoints (name, disabled_at, reason) VALUES (?, ?, ?)",
+                params,
+            )
+        )
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        """Disabled endpoints and why."""
+        rows = await self._fetch("SELECT name, reason FROM endpoints")
+        return {r[0]: r[1] for r in rows}
+
+    async def enable_endpoint(self, name: str) -> None:
+        """Re-enable a disabled endpoint."""
+        await self._write(lambda db: db.execute("DELETE FROM endpoints WHERE name = ?", (name,)))

@@ -1,0 +1,312 @@
+"""Snapshots, cursors, the event log and consumer positions, on SQLite."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from billnotify.events import CloudEvent
+from billnotify.store.base import (
+    Snapshot,
+    SnapshotWrite,
+    StoredEvent,
+)
+from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _ts
+
+logger = logging.getLogger(__name__)
+
+_PARSED_EVENTS = 1024
+"""Parsed events kept by seq (the newest read): enough for the worker to find the ones
+the rule handler just read, few enough not to grow the heap the collector scans."""
+
+
+class LogTables(SqliteBase):
+    """The tables change detection and the publishers use."""
+
+    # -- snapshots and cursors -------------------------------------------------------
+    @staticmethod
+    def _snapshot(row: sqlite3.Row | tuple[Any, ...]) -> Snapshot:
+        source, entity, id_, record, marks, due_at, version = row
+        return Snapshot(
+            source=source,
+            entity=entity,
+            id=id_,
+            record=json.loads(record),
+            marks=frozenset(json.loads(marks)),
+            due_at=_dt(due_at),
+            version=version,
+        )
+
+    _SNAP_COLS = "source, entity, id, record, marks, due_at, version"
+
+    async def get_snapshots(
+        self, source: str, entity: str, ids: Sequence[str]
+    ) -> dict[str, Snapshot]:
+        """The stored snapshots of ``ids``."""
+        found: dict[str, Snapshot] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetch(
+                f"SELECT {self._SNAP_COLS} FROM snapshots "
+                f"WHERE source = ? AND entity = ? AND id IN ({marks})",
+                [source, entity, *chunk],
+            )
+            for row in rows:
+                snap = self._snapshot(row)
+                found[snap.id] = snap
+        return found
+
+    async def due_snapshots(
+        self, source: str, entity: str, now: datetime, limit: int = 500
+    ) -> list[Snapshot]:
+        """Snapshots whose time-based check is due."""
+        rows = await self._fetch(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE source = ? AND entity = ? "
+            "AND due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+            (source, entity, now.timestamp(), limit),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    async def count_snapshots(self, source: str, entity: str | None = None) -> int:
+        """How many records of a source (and entity) are tracked."""
+        if entity is None:
+            rows = await self._fetch("SELECT count(*) FROM snapshots WHERE source = ?", (source,))
+        else:
+            rows = await self._fetch(
+                "SELECT count(*) FROM snapshots WHERE source = ? AND entity = ?", (source, entity)
+            )
+        return int(rows[0][0])
+
+    async def iter_snapshots(
+        self, source: str, entity: str, after_id: str = "", limit: int = 500
+    ) -> list[Snapshot]:
+        """A page of snapshots ordered by id."""
+        rows = await self._fetch(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE source = ? AND entity = ? "
+            "AND id > ? ORDER BY id LIMIT ?",
+            (source, entity, after_id, limit),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    async def dirty_snapshots(self, limit: int = 500) -> list[Snapshot]:
+        """Snapshots whose retained state has not been published since they changed."""
+        rows = await self._fetch(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE dirty = 1 LIMIT ?", (limit,)
+        )
+        return [self._snapshot(r) for r in rows]
+
+    async def clear_dirty(self, snapshots: Sequence[Snapshot]) -> None:
+        """Unmark published snapshots unless they were rewritten meanwhile."""
+        if not snapshots:
+            return
+        rows = [(s.source, s.entity, s.id, s.version) for s in snapshots]
+        await self._write(
+            lambda db: db.executemany(
+                "UPDATE snapshots SET dirty = 0 "
+                "WHERE source = ? AND entity = ? AND id = ? AND version = ?",
+                rows,
+            )
+        )
+
+    async def get_cursor(self, source: str, resource: str) -> str | None:
+        """A resource's poll cursor."""
+        rows = await self._fetch(
+            "SELECT value FROM cursors WHERE source = ? AND resource = ?", (source, resource)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def commit(
+        self,
+        source: str,
+        writes: Sequence[SnapshotWrite],
+        events: Sequence[CloudEvent],
+        cursor: tuple[str, str] | None = None,
+    ) -> list[StoredEvent]:
+        """Snapshots, events and cursor in one transaction; see the protocol."""
+        now = _now()
+
+        def work(db: sqlite3.Connection) -> list[StoredEvent]:
+            versions = self._write_snapshots(db, source, writes, now)
+            appended = self._append(db, events, now, versions)
+            if cursor is not None:
+                db.execute(
+                    "INSERT INTO cursors (source, resource, value, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (source, resource) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    (source, cursor[0], cursor[1], now),
+                )
+            return appended
+
+        appended = await self._write(work)
+        if appended:
+            async with self.appended:
+                self.appended.notify_all()
+        return appended
+
+    _CHUNK = 200
+    """Rows per multi-row statement."""
+
+    def _write_snapshots(
+        self,
+        db: sqlite3.Connection,
+        source: str,
+        writes: Sequence[SnapshotWrite],
+        now: float,
+    ) -> dict[str, int]:
+        """Upsert snapshots; returns ``entity/id`` -> the version now stored."""
+        versions: dict[str, int] = {}
+        for start in range(0, len(writes), self._CHUNK):
+            chunk = writes[start : start + self._CHUNK]
+            rows = db.execute(
+                "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
+                "dirty, updated_at) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, 1, 1, ?)"] * len(chunk))
+                + " ON CONFLICT (source, entity, id) DO UPDATE SET record = excluded.record, "
+                "marks = excluded.marks, due_at = excluded.due_at, "
+                "version = snapshots.version + 1, dirty = 1, updated_at = excluded.updated_at "
+                "RETURNING entity, id, version",
+                [
+                    value
+                    for write in chunk
+                    for value in (
+                        source,
+                        write.entity,
+                        write.id,
+                        json.dumps(write.record, separators=(",", ":")),
+                        json.dumps(sorted(write.marks)),
+                        _ts(write.due_at),
+                        now,
+                    )
+                ],
+            ).fetchall()
+            for entity, id_, version in rows:
+                # a record written twice in one commit returns two rows: keep the last
+                key = f"{entity}/{id_}"
+                versions[key] = max(versions.get(key, 0), int(version))
+        return versions
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        events: Sequence[CloudEvent],
+        now: float,
+        versions: dict[str, int],
+    ) -> list[StoredEvent]:
+        """Append the events whose id is new; returns them with their seq, in order."""
+        candidates: list[str] = []
+        for event in events:
+            candidates.append(event.id)
+            version = versions.get(f"{event.entity}/{event.object_id}")
+            if version is not None:
+                candidates.append(f"{event.id}_{version}")
+        taken: set[str] = set()
+        for start in range(0, len(candidates), 500):
+            ids = candidates[start : start + 500]
+            marks = ",".join("?" * len(ids))
+            rows = db.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids).fetchall()
+            taken.update(str(r[0]) for r in rows)
+        fresh: list[CloudEvent] = []
+        for event in events:
+            if event.id in taken:
+                # The same transition happened again (A->B->A->B): a new occurrence, so
+                # salt the id with the snapshot version committed in this same
+                # transaction, which a crash-and-retry reproduces exactly.
+                version = versions.get(f"{event.entity}/{event.object_id}")
+                if version is None:
+                    continue
+                event = event.model_copy(update={"id": f"{event.id}_{version}"})
+                if event.id in taken:
+                    continue
+            taken.add(event.id)
+            fresh.append(event)
+        seqs: dict[str, int] = {}
+        for start in range(0, len(fresh), self._CHUNK):
+            chunk = fresh[start : start + self._CHUNK]
+            rows = db.execute(
+                "INSERT INTO events (id, type, source, subject, time, recorded_at, body) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + " RETURNING id, seq",
+                [
+                    value
+                    for event in chunk
+                    for value in (
+                        event.id,
+                        event.type,
+                        event.source_name,
+                        event.subject,
+                        event.time,
+                        now,
+                        event.to_json(),
+                    )
+                ],
+            ).fetchall()
+            seqs.update((str(r[0]), int(r[1])) for r in rows)
+        return [StoredEvent(seq=seqs[event.id], event=event) for event in fresh]
+
+    # -- the event log ---------------------------------------------------------------
+    def _stored(self, rows: Iterable[sqlite3.Row]) -> list[StoredEvent]:
+        # A logged event never changes, so the one parsed for a reader (the rule handler)
+        # serves the next (the delivery worker) without parsing the JSON again. Events are
+        # frozen models, shared read-only.
+        parsed = self._parsed
+        stored: list[StoredEvent] = []
+        for row in rows:
+            seq = int(row[0])
+            event = parsed.get(seq)
+            if event is None:
+                event = parsed[seq] = CloudEvent.from_json(row[1])
+                if len(parsed) > _PARSED_EVENTS:
+                    parsed.popitem(last=False)
+            stored.append(StoredEvent(seq=seq, event=event))
+        return stored
+
+    async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
+        """Events after ``after_seq``, in order."""
+        rows = await self._fetch(
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        )
+        return self._stored(rows)
+
+    async def list_events(
+        self,
+        *,
+        since: datetime | None = None,
+        type_glob: str | None = None,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Events recorded since ``since`` whose type matches ``type_glob``."""
+        sql = "SELECT seq, body, type FROM events WHERE recorded_at >= ? ORDER BY seq"
+        rows = await self._fetch(sql, (_ts(since) or 0.0,))
+        if type_glob:
+            rows = [r for r in rows if fnmatch.fnmatchcase(r[2], type_glob)]
+        return self._stored(rows[-limit:] if limit else rows)
+
+    async def get_events(self, ids: Sequence[str]) -> list[StoredEvent]:
+        """Events by id, in log order."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self._fetch(
+            f"SELECT seq, body FROM events WHERE id IN ({marks}) ORDER BY seq", list(ids)
+        )
+        return self._stored(rows)
+
+    async def last_seq(self) -> int:
+        """The newest seq, 0 when empty."""
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    async def get_position(self, consumer: str) -> int:
+        """A consumer's position in the log."""
+        rows = await self._fetch("SELECT seq FROM positions WHERE consumer = ?", (consumer,))
+        return int(rows[0][0]) if rows else 0
+
+    async def set_position(self, consumer: str, seq: int) -> None:
+        """Move a consumer's position."""
+        await self._write(lambda db: self._set_position(db, consumer, seq))
