@@ -2,55 +2,36 @@
 
 Unknown keys are rejected so that a typo is an error, not a silently ignored setting.
 Secrets (`api_key`, `password`, `secret`, ...) are :class:`~billnotify.secrets.Secret`
-values resolved from ``env:NAME`` / ``file:/path`` references.
+values resolved from ``env:NAME`` / ``file:/path`` references. Rules and actions live in
+``config/rules.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from billnotify.config.types import (
-    DEFAULT_RETRY_SCHEDULE,
-    EVENT_TYPES,
-    Duration,
+from billnotify.config.base import StrictModel, check_http_url, check_name
+from billnotify.config.rules import (
+    Action,
+    EmailAction,
+    InvoiceActionAction,
+    MqttAction,
+    Rule,
+    WebhookAction,
 )
+from billnotify.config.types import DEFAULT_RETRY_SCHEDULE, Duration
 from billnotify.secrets import Secret
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "default_templates"
 """The templates shipped with the package (the repository's ``templates/``)."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
-    )
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError(
-            "must start with a letter or digit and contain only letters, digits, '_', '.', '-'"
-        )
-    return value
-
-
-def _check_http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
-
-
-class ServiceConfig(_Model):
+class ServiceConfig(StrictModel):
     """``[service]``: the process itself."""
 
     name: str = "billnotify"
@@ -72,7 +53,7 @@ class ServiceConfig(_Model):
     delivery_concurrency: int = Field(default=16, ge=1, le=1000)
     """Delivery attempts in flight at once."""
 
-    _name_ok = field_validator("name")(_check_name)
+    _name_ok = field_validator("name")(check_name)
 
     @field_validator("http")
     @classmethod
@@ -112,7 +93,7 @@ class ServiceConfig(_Model):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class MqttConfig(_Model):
+class MqttConfig(StrictModel):
     """``[mqtt]``: the broker events and state are published to."""
 
     enabled: bool = True
@@ -193,7 +174,7 @@ class MqttConfig(_Model):
         return urlsplit(self.url).port or (8883 if self.tls else 1883)
 
 
-class _SourceBase(_Model):
+class _SourceBase(StrictModel):
     name: str
     """Source name: in events' ``source`` (``billnotify://<name>``) and topics."""
     poll_interval: Duration = timedelta(seconds=30)
@@ -205,7 +186,7 @@ class _SourceBase(_Model):
     max_attempts: int = Field(default=5, ge=1, le=20)
     """Tries per request on 5xx, 429 and connection errors (with backoff)."""
 
-    _name_ok = field_validator("name")(_check_name)
+    _name_ok = field_validator("name")(check_name)
 
 
 class BillingPlatformSource(_SourceBase):
@@ -231,7 +212,7 @@ class BillingPlatformSource(_SourceBase):
     include_unsent: bool = False
     """Also watch the unsent invoice that collects each customer's new charges."""
 
-    _url_ok = field_validator("base_url")(_check_http_url)
+    _url_ok = field_validator("base_url")(check_http_url)
 
 
 class PropertyBillingSource(_SourceBase):
@@ -257,13 +238,13 @@ class PropertyBillingSource(_SourceBase):
     enrich: bool = True
     """Fetch ``Billing/<id>`` for every new or updated header."""
 
-    _url_ok = field_validator("base_url", "auth_url")(_check_http_url)
+    _url_ok = field_validator("base_url", "auth_url")(check_http_url)
 
 
 SourceConfig = Annotated[BillingPlatformSource | PropertyBillingSource, Field(discriminator="kind")]
 
 
-class SmtpConfig(_Model):
+class SmtpConfig(StrictModel):
     """``[smtp]``: the mail server emails are sent through."""
 
     host: str
@@ -288,7 +269,7 @@ class SmtpConfig(_Model):
     """Verify the server's certificate."""
 
 
-class WebhookEndpoint(_Model):
+class WebhookEndpoint(StrictModel):
     """``[[webhooks]]``: an HTTP endpoint that receives signed deliveries."""
 
     name: str
@@ -306,12 +287,12 @@ class WebhookEndpoint(_Model):
     allow_private: bool = False
     """Permit private/loopback addresses and plain http:// (for internal receivers)."""
 
-    _name_ok = field_validator("name")(_check_name)
+    _name_ok = field_validator("name")(check_name)
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        return _check_http_url(value)
+        return check_http_url(value)
 
     @field_validator("secret")
     @classmethod
@@ -337,119 +318,7 @@ class WebhookEndpoint(_Model):
         return value
 
 
-class _ActionBase(_Model):
-    dry_run: bool | None = None
-    """Override the rule's / service's dry run for this action."""
-
-
-class InvoiceActionAction(_ActionBase):
-    """``type = "invoice_action"``: one of seed 002's actions on the event's invoice."""
-
-    type: Literal["invoice_action"]
-    action: Literal[
-        "email",
-        "emailCdrs",
-        "recreate",
-        "updateCallTransactions",
-        "reapplyDiscountPlans",
-        "generateDownloadLink",
-        "linkToXero",
-        "unlinkFromXero",
-    ]
-    """One of the eight actions of seed 002."""
-    params: dict[str, Any] = {}
-    """Action parameters; string values are Jinja templates."""
-    source: str | None = None
-    """The billing_platform source to call (default: the event's source)."""
-
-
-class EmailAction(_ActionBase):
-    """``type = "email"``: an SMTP email rendered from templates."""
-
-    type: Literal["email"]
-    to: list[str] = Field(min_length=1)
-    """Recipients (Jinja strings allowed)."""
-    cc: list[str] = []
-    """Cc recipients."""
-    bcc: list[str] = []
-    """Bcc recipients."""
-    reply_to: str | None = None
-    """Reply-To address."""
-    template: str
-    """Base name: ``templates/<template>.{subject,txt,html}.j2``."""
-    attach: list[Literal["invoice_pdf", "billing_documents"]] = []
-    """PDFs to fetch and attach."""
-    at_least_once: bool = False
-    """An operator alert: retry after a crash rather than wait for an operator."""
-
-
-class WebhookAction(_ActionBase):
-    """``type = "webhook"``: a signed POST to a ``[[webhooks]]`` endpoint."""
-
-    type: Literal["webhook"]
-    endpoint: str
-    """Name of a ``[[webhooks]]`` entry."""
-    body: str | None = None
-    """Template name (``templates/<body>.j2``) for the body; the CloudEvent when unset."""
-    content_type: str = "application/json"
-    """Content-Type of a rendered body."""
-
-
-class MqttAction(_ActionBase):
-    """``type = "mqtt"``: publish a rendered payload to a rendered topic."""
-
-    type: Literal["mqtt"]
-    topic: str
-    """Topic (a Jinja string)."""
-    payload: str = "{{ event | tojson }}"
-    """Payload (a Jinja string)."""
-    qos: Literal[0, 1, 2] = 1
-    """QoS of the message."""
-    retain: bool = False
-    """Publish retained."""
-
-
-Action = Annotated[
-    InvoiceActionAction | EmailAction | WebhookAction | MqttAction, Field(discriminator="type")
-]
-
-
-class Rule(_Model):
-    """``[[rules]]``: which events trigger which actions."""
-
-    name: str
-    """Rule name (part of every delivery's identity: renaming re-delivers)."""
-    on: list[str] = Field(min_length=1)
-    """Event type globs: ``"invoice.*"``, ``"billing_task.status_changed"``, ``"*"``."""
-    when: str | None = None
-    """Jinja expression that must be true, e.g. ``event.data.object.status == 'Failed'``."""
-    actions: list[Action] = Field(min_length=1)
-    """What to do (tables below)."""
-    dry_run: bool = False
-    """Render and record, send nothing, for this rule."""
-    enabled: bool = True
-    """Switch the rule off without deleting it."""
-    sources: list[str] = []
-    """Only events of these sources (all when empty)."""
-
-    _name_ok = field_validator("name")(_check_name)
-
-    @field_validator("on")
-    @classmethod
-    def _check_globs(cls, value: list[str]) -> list[str]:
-        for glob in value:
-            if not any(fnmatch.fnmatchcase(t, glob) for t in EVENT_TYPES):
-                raise ValueError(
-                    f"{glob!r} matches no event type (e.g. 'invoice.*', 'billing_task.created', '*')"
-                )
-        return value
-
-    def matches(self, event_type: str) -> bool:
-        """Whether an event type matches one of the rule's globs."""
-        return any(fnmatch.fnmatchcase(event_type, glob) for glob in self.on)
-
-
-class Config(_Model):
+class Config(StrictModel):
     """The whole ``config.toml``."""
 
     service: ServiceConfig = ServiceConfig()
@@ -490,3 +359,21 @@ class Config(_Model):
         """Where templates are looked up: the configured folder, then the shipped defaults
         (so a folder holding only overrides still finds ``task_failed``, ``slack``, ...)."""
         return [self.templates_path, DEFAULT_TEMPLATES]
+
+
+__all__ = [
+    "Action",
+    "BillingPlatformSource",
+    "Config",
+    "EmailAction",
+    "InvoiceActionAction",
+    "MqttAction",
+    "MqttConfig",
+    "PropertyBillingSource",
+    "Rule",
+    "ServiceConfig",
+    "SmtpConfig",
+    "SourceConfig",
+    "WebhookAction",
+    "WebhookEndpoint",
+]

@@ -83,7 +83,7 @@ def _type(field: FieldInfo) -> str:
         )
     text = text.replace("billnotify.secrets.Secret", "secret").replace("NoneType", "None")
     text = text.replace("<class '", "").replace("'>", "")
-    if text.startswith("list[typing.Annotated[billnotify.config.models.InvoiceActionAction"):
+    if text.startswith("list[typing.Annotated[billnotify.config.rules.InvoiceActionAction"):
         return "list[action] (tables below)"
     return text.replace("|", "\\|")
 
