@@ -10,6 +10,9 @@ Baselines (the same traffic without billnotify)
     ``raw_post_rate``        a bare aiohttp POST loop at a given concurrency
     ``raw_smtp_rate``        a bare aiosmtplib loop over kept-open connections
 
+The product's side
+    ``executor_rate``        one action executor performing the same action over and over
+
 Timing
     ``timed``                ``count`` sends spread over ``workers`` tasks, in sends/s
     ``best_of``              warm up, then alternate the cases for ``rounds`` rounds and
@@ -34,7 +37,10 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from billnotify.actions.base import ActionExecutor
+from billnotify.config.models import Action, Rule
 from billnotify.events import CloudEvent
+from billnotify.store.base import Outcome
 
 Rate = Callable[[], Awaitable[float]]
 """One measured pass: returns its rate (sends/s)."""
@@ -224,3 +230,28 @@ async def raw_smtp_rate(
     finally:
         for client in clients:
             await client.quit()
+
+
+# -- the product's side ------------------------------------------------------------------
+
+
+async def executor_rate(
+    executor: ActionExecutor,
+    action: Action,
+    event: CloudEvent,
+    rule: Rule,
+    count: int,
+    workers: int,
+) -> float:
+    """Attempts/s of ``executor`` performing ``action`` for ``event``, ``count`` times.
+
+    Raises:
+        RuntimeError: an attempt did not succeed (the figure would mean nothing).
+    """
+
+    async def send(n: int) -> None:
+        result = await executor.execute(action, event, rule, delivery_id=f"dlv_{n}", attempt=1)
+        if result.outcome is not Outcome.SUCCESS:
+            raise RuntimeError(f"{action.type} failed: {result.error}")
+
+    return await timed(count, workers, send)

@@ -17,14 +17,13 @@ from bench._peers import (
     FROM,
     TEMPLATES,
     best_of,
+    executor_rate,
     failed_task_event,
     raw_smtp_rate,
     smtp_sink,
-    timed,
 )
 from billnotify.actions.email import EmailExecutor
 from billnotify.config.models import EmailAction, Rule, SmtpConfig
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 
 EMAILS = 600
@@ -38,15 +37,6 @@ RULE = Rule.model_validate(
     }
 )
 EVENT = failed_task_event(contact="Ann Ops <ann@example.com>")
-
-
-async def _executor_rate(executor: EmailExecutor, action: EmailAction) -> float:
-    async def send(n: int) -> None:
-        result = await executor.execute(action, EVENT, RULE, delivery_id=f"dlv_{n}", attempt=1)
-        if result.outcome is not Outcome.SUCCESS:
-            raise RuntimeError(f"email failed: {result.error}")
-
-    return await timed(EMAILS, CONNECTIONS, send)
 
 
 async def run() -> list[BenchResult]:
@@ -70,7 +60,7 @@ async def run() -> list[BenchResult]:
             text=composed.text,
             html=composed.html or "",
         )
-        ours = functools.partial(_executor_rate, executor, action)
+        ours = functools.partial(executor_rate, executor, action, EVENT, RULE, EMAILS, CONNECTIONS)
         try:
             best = await best_of(ROUNDS, {"raw": raw, "executor": ours}, warm_up=[raw, ours])
         finally:

@@ -31,6 +31,7 @@ from bench._peers import (
     FROM,
     SECRET,
     TEMPLATES,
+    Rate,
     best_of,
     failed_task,
     raw_post_rate,
@@ -147,6 +148,31 @@ async def _ledger_rate(
     return len(events) / elapsed
 
 
+async def _race(
+    config: Config,
+    executors: dict[str, ActionExecutor],
+    templates: TemplateRenderer,
+    events: list[CloudEvent],
+    action_type: str,
+    raw: Rate,
+    warm_up: int,
+) -> dict[str, float]:
+    """Best of ``ROUNDS`` for ``raw`` and the ledger path; closes the executors.
+
+    Each side runs once first to warm its pools, the ledger over ``warm_up`` events.
+    """
+    ledger = functools.partial(_ledger_rate, config, executors, templates)
+    try:
+        return await best_of(
+            ROUNDS,
+            {"raw": raw, "ledger": functools.partial(ledger, events, action_type)},
+            warm_up=[raw, functools.partial(ledger, events[:warm_up], action_type)],
+        )
+    finally:
+        for executor in executors.values():
+            await executor.close()
+
+
 # -- the cases ---------------------------------------------------------------------------
 
 
@@ -162,16 +188,7 @@ async def _webhooks(templates: TemplateRenderer) -> BenchResult:
         events = _events(WEBHOOKS)
         body = events[0].to_json().encode()
         raw = functools.partial(raw_post_rate, session, url, body, WEBHOOKS, WEBHOOK_CONCURRENCY)
-        ledger = functools.partial(_ledger_rate, config, executors, templates)
-        try:
-            best = await best_of(
-                ROUNDS,
-                {"raw": raw, "ledger": functools.partial(ledger, events, "webhook")},
-                warm_up=[raw, functools.partial(ledger, events[:500], "webhook")],  # both pools
-            )
-        finally:
-            for executor in executors.values():
-                await executor.close()
+        best = await _race(config, executors, templates, events, "webhook", raw, warm_up=500)
     notes = (
         f"{WEBHOOKS} events -> rules -> worker -> local receiver, delivery_concurrency "
         f"{WEBHOOK_CONCURRENCY}, vs raw aiohttp POSTs, best of {ROUNDS}"
@@ -210,16 +227,7 @@ async def _emails(templates: TemplateRenderer) -> BenchResult:
             text=composed.text,
             html=composed.html or "",
         )
-        ledger = functools.partial(_ledger_rate, config, executors, templates)
-        try:
-            best = await best_of(
-                ROUNDS,
-                {"raw": raw, "ledger": functools.partial(ledger, events, "email")},
-                warm_up=[raw, functools.partial(ledger, events[:100], "email")],
-            )
-        finally:
-            for each in executors.values():
-                await each.close()
+        best = await _race(config, executors, templates, events, "email", raw, warm_up=100)
     notes = (
         f"{EMAILS} events -> rules -> worker -> local aiosmtpd (task_failed, at_least_once), "
         f"{EMAIL_CONCURRENCY} connections = delivery_concurrency, vs raw aiosmtplib, "

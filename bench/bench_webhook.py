@@ -19,14 +19,13 @@ from bench._peers import (
     SECRET,
     TEMPLATES,
     best_of,
+    executor_rate,
     failed_task_event,
     raw_post_rate,
-    timed,
     webhook_receiver,
 )
 from billnotify.actions.webhook import WebhookExecutor
 from billnotify.config.models import Rule, WebhookAction, WebhookEndpoint
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 
 DELIVERIES = 3000
@@ -36,15 +35,6 @@ RULE = Rule.model_validate(
     {"name": "bench", "on": ["*"], "actions": [{"type": "webhook", "endpoint": "sink"}]}
 )
 EVENT = failed_task_event()
-
-
-async def _executor_rate(executor: WebhookExecutor, action: WebhookAction) -> float:
-    async def send(n: int) -> None:
-        result = await executor.execute(action, EVENT, RULE, delivery_id=f"dlv_{n}", attempt=1)
-        if result.outcome is not Outcome.SUCCESS:
-            raise RuntimeError(f"delivery failed: {result.error}")
-
-    return await timed(DELIVERIES, CONCURRENCY, send)
 
 
 async def run() -> list[BenchResult]:
@@ -59,11 +49,12 @@ async def run() -> list[BenchResult]:
         executor = WebhookExecutor([endpoint], TemplateRenderer(TEMPLATES))
         body = EVENT.to_json().encode()
         raw = functools.partial(raw_post_rate, session, url, body, DELIVERIES, CONCURRENCY)
-        plain = functools.partial(
-            _executor_rate, executor, WebhookAction(type="webhook", endpoint="sink")
-        )
-        slack = functools.partial(
-            _executor_rate, executor, WebhookAction(type="webhook", endpoint="sink", body="slack")
+        plain, slack = (
+            functools.partial(executor_rate, executor, action, EVENT, RULE, DELIVERIES, CONCURRENCY)
+            for action in (
+                WebhookAction(type="webhook", endpoint="sink"),
+                WebhookAction(type="webhook", endpoint="sink", body="slack"),
+            )
         )
         try:
             best = await best_of(
