@@ -10,6 +10,19 @@ MQTT
     ``mqtt_prefix`` (function)    a unique topic prefix
     ``mqtt_subscriber`` (function) ``async with mqtt_subscriber(broker, "a/#") as sub``
                                    collects messages; ``await sub.wait_for(pred)``
+
+Billing simulator
+    ``sim`` (function)            a started :class:`~billnotify.simulator.Simulator`;
+                                   a module overrides ``sim_options`` to configure it
+    ``sim_options`` (function)    the simulator's keyword arguments (none by default)
+    ``sleeps`` (function)         an injected ``sleep`` that records the delays
+    ``client`` (function)         a :class:`~billnotify.clients.BillingPlatformClient`
+                                   for ``sim`` that sleeps through ``sleeps``; a module
+                                   overrides ``client_options`` to add arguments
+    ``client_options`` (function) the client's extra keyword arguments (none by default)
+
+Store
+    ``sqlite_store`` (function)   an open SQLite store in the test's temp folder
 """
 
 from __future__ import annotations
@@ -31,14 +44,14 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from billnotify.clients import BillingPlatformClient
+from billnotify.simulator import Simulator
+from servers import Sleeps, free_port
+
 MOSQUITTO = os.environ.get("MOSQUITTO", shutil.which("mosquitto") or "/usr/sbin/mosquitto")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# -- MQTT --------------------------------------------------------------------------------
 
 
 def _port_open(port: int) -> bool:
@@ -301,6 +314,47 @@ def mqtt_subscriber() -> Callable[..., contextlib.AbstractAsyncContextManager[Su
                     await task
 
     return subscribe
+
+
+# -- billing simulator -------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim_options() -> dict[str, Any]:
+    """Keyword arguments of the ``sim`` fixture's simulator; override it in a module."""
+    return {}
+
+
+@pytest.fixture
+async def sim(sim_options: dict[str, Any]) -> AsyncIterator[Simulator]:
+    """A billing simulator serving on a free loopback port (``sim_options`` applied)."""
+    async with Simulator(**sim_options) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    """An injected ``sleep`` that records the delays instead of waiting."""
+    return Sleeps()
+
+
+@pytest.fixture
+def client_options() -> dict[str, Any]:
+    """Extra keyword arguments of the ``client`` fixture's client; override it in a module."""
+    return {}
+
+
+@pytest.fixture
+async def client(
+    sim: Simulator, sleeps: Sleeps, client_options: dict[str, Any]
+) -> AsyncIterator[BillingPlatformClient]:
+    """A billing-platform client for ``sim`` (5 s timeout) that sleeps through ``sleeps``."""
+    options: dict[str, Any] = {"api_key": sim.api_key, "sleep": sleeps, "timeout": 5}
+    async with BillingPlatformClient(sim.billing_base_url, **(options | client_options)) as c:
+        yield c
+
+
+# -- store -------------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Real servers on loopback for the action tests: an SMTP sink and a webhook receiver.
+"""Real servers on loopback for the tests (an SMTP sink, a webhook receiver) and helpers.
 
 ``SmtpSink`` is aiosmtpd's threaded controller with a handler that records every
 accepted message and can refuse recipients, answer DATA with a chosen reply, or stall
@@ -11,6 +11,9 @@ before answering DATA (a server that took the message and never said so).
     /redirect           302 to /ok
     /drip               200, then one byte per second for ever
     /flaky              503 (Retry-After: 1) the first time, 200 afterwards
+
+Helpers: ``free_port()``; ``wait_for(predicate)`` waits on a condition with a deadline;
+``Sleeps`` is an injected ``sleep`` that records the delays instead of waiting.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
+
+
+class Sleeps(list[float]):
+    """An injected ``sleep`` that records the delays instead of waiting."""
+
+    async def __call__(self, delay: float) -> None:
+        self.append(delay)
 
 
 # -- SMTP --------------------------------------------------------------------------------

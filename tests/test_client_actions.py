@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,36 +11,12 @@ import pytest
 from billnotify import errors
 from billnotify.clients import ActionResult, BillingPlatformClient, DownloadLink, Invoice
 from billnotify.simulator import Simulator
-
-
-class Sleeps(list[float]):
-    """An injected ``sleep`` that records the delays instead of waiting."""
-
-    async def __call__(self, delay: float) -> None:
-        self.append(delay)
+from servers import Sleeps
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-async def client(sim: Simulator, sleeps: Sleeps) -> AsyncIterator[BillingPlatformClient]:
-    async with BillingPlatformClient(
-        sim.billing_base_url, "sim-key", sleep=sleeps, rng=random.Random(3), timeout=5
-    ) as c:
-        yield c
+def client_options() -> dict[str, Any]:
+    return {"rng": random.Random(3)}
 
 
 @pytest.fixture

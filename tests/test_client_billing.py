@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,44 +17,19 @@ from billnotify.simulator import ManualClock, Simulator
 START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)
 
 
-class Sleeps(list[float]):
-    """An injected ``sleep`` that records the delays instead of waiting."""
-
-    async def __call__(self, delay: float) -> None:
-        self.append(delay)
-
-
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(START)
 
 
 @pytest.fixture
-async def sim(clock: ManualClock) -> AsyncIterator[Simulator]:
-    simulator = Simulator(page_max=50, clock=clock)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
+def sim_options(clock: ManualClock) -> dict[str, Any]:
+    return {"page_max": 50, "clock": clock}
 
 
 @pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-async def client(sim: Simulator, sleeps: Sleeps) -> AsyncIterator[BillingPlatformClient]:
-    async with BillingPlatformClient(
-        sim.billing_base_url,
-        Secret("sim-key"),
-        sleep=sleeps,
-        rng=random.Random(7),
-        max_attempts=3,
-        timeout=5,
-    ) as c:
-        yield c
+def client_options() -> dict[str, Any]:
+    return {"api_key": Secret("sim-key"), "rng": random.Random(7), "max_attempts": 3}
 
 
 def add_tasks(sim: Simulator, count: int, **fields: Any) -> list[str]:

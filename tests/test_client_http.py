@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,39 +24,20 @@ from aiohttp import web
 from billnotify import errors
 from billnotify.clients import BillingPlatformClient, ConnectError, JsonTransport
 from billnotify.simulator import Simulator
+from servers import Sleeps
 
 TASKS = "/backend/api/v1/billingTasks"
 KEY = "sim-key"
 
 
-class Sleeps(list[float]):
-    """An injected ``sleep`` that records the delays instead of waiting."""
-
-    async def __call__(self, delay: float) -> None:
-        self.append(delay)
+@pytest.fixture
+def sim_options() -> dict[str, Any]:
+    return {"page_max": 50}
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(page_max=50)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-async def client(sim: Simulator, sleeps: Sleeps) -> AsyncIterator[BillingPlatformClient]:
-    async with BillingPlatformClient(
-        sim.billing_base_url, KEY, sleep=sleeps, rng=random.Random(11), max_attempts=4, timeout=5
-    ) as c:
-        yield c
+def client_options() -> dict[str, Any]:
+    return {"rng": random.Random(11), "max_attempts": 4}
 
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]

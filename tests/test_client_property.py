@@ -17,17 +17,11 @@ from billnotify.clients import BillingHeader, PropertyBillingClient
 from billnotify.clients.property_billing import find_document_ids
 from billnotify.secrets import Secret
 from billnotify.simulator import ManualClock, Simulator
+from servers import Sleeps
 
 START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)
 PROPERTY = "2eff1042c50c1eda889e61573e3c194c"
 OTHER = "0123456789abcdef0123456789abcdef"
-
-
-class Sleeps(list[float]):
-    """An injected ``sleep`` that records the delays instead of waiting."""
-
-    async def __call__(self, delay: float) -> None:
-        self.append(delay)
 
 
 @pytest.fixture
@@ -36,18 +30,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def sim(clock: ManualClock) -> AsyncIterator[Simulator]:
-    simulator = Simulator(clock=clock, token_ttl=300.0)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
+def sim_options(clock: ManualClock) -> dict[str, Any]:
+    return {"clock": clock, "token_ttl": 300.0}
 
 
 def make_client(
