@@ -20,6 +20,7 @@ Billing simulator
                                    for ``sim`` that sleeps through ``sleeps``; a module
                                    overrides ``client_options`` to add arguments
     ``client_options`` (function) the client's extra keyword arguments (none by default)
+    ``http`` (function)           an aiohttp session that sends ``sim``'s bearer key
 
 Store
     ``sqlite_store`` (function)   an open SQLite store in the test's temp folder
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
 
@@ -352,6 +354,13 @@ async def client(
     options: dict[str, Any] = {"api_key": sim.api_key, "sleep": sleeps, "timeout": 5}
     async with BillingPlatformClient(sim.billing_base_url, **(options | client_options)) as c:
         yield c
+
+
+@pytest.fixture
+async def http(sim: Simulator) -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp session that sends ``sim``'s bearer key with every request."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {sim.api_key}"}) as s:
+        yield s
 
 
 # -- store -------------------------------------------------------------------------------

@@ -27,14 +27,6 @@ INVOICES = "/backend/api/v1/invoices"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
 async def make_executor(
     sim: Simulator, tmp_path: Any
 ) -> AsyncIterator[Callable[..., InvoiceActionExecutor]]:

@@ -35,14 +35,6 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
 async def executor(tmp_path: Path, sink: SmtpSink, sim: Simulator) -> AsyncIterator[EmailExecutor]:
     (tmp_path / "doc.subject.j2").write_text("Documents for {{ event.subject }}")
     (tmp_path / "doc.txt.j2").write_text("Attached.\n")

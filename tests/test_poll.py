@@ -8,6 +8,7 @@ import collections
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,11 +38,8 @@ def source_config(sim: Simulator, **extra: object) -> BillingPlatformSource:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(page_max=50)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim_options() -> dict[str, Any]:
+    return {"page_max": 50}
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +25,8 @@ async def _noop_sleep(_: float) -> None:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(token_ttl=60.0, clock=ManualClock())
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim_options() -> dict[str, Any]:
+    return {"token_ttl": 60.0, "clock": ManualClock()}
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,6 @@ import pytest
 from billnotify.simulator import ManualClock, Simulator
 
 START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
-AUTH = {"Authorization": "Bearer sim-key"}
 
 
 @pytest.fixture
@@ -21,17 +19,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def sim(clock: ManualClock) -> AsyncIterator[Simulator]:
-    simulator = Simulator(clock=clock, page_max=5)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        yield session
+def sim_options(clock: ManualClock) -> dict[str, Any]:
+    return {"clock": clock, "page_max": 5}
 
 
 async def get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,17 +16,8 @@ XERO = "550e8400-e29b-41d4-a716-446655440000"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(clock=ManualClock(START))
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"Authorization": "Bearer sim-key"}) as session:
-        yield session
+def sim_options() -> dict[str, Any]:
+    return {"clock": ManualClock(START)}
 
 
 async def act(

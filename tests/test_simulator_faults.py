@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,17 +18,8 @@ TASKS = "/backend/api/v1/billingTasks"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(clock=ManualClock(START))
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"Authorization": "Bearer sim-key"}) as session:
-        yield session
+def sim_options() -> dict[str, Any]:
+    return {"clock": ManualClock(START)}
 
 
 async def status_of(http: aiohttp.ClientSession, url: str) -> int:

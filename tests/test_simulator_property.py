@@ -24,15 +24,13 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def sim(clock: ManualClock) -> AsyncIterator[Simulator]:
-    simulator = Simulator(clock=clock, token_ttl=60, administrator_ids=("1234", "77"))
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim_options(clock: ManualClock) -> dict[str, Any]:
+    return {"clock": clock, "token_ttl": 60, "administrator_ids": ("1234", "77")}
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session without the billing platform's key: this API wants a token."""
     async with aiohttp.ClientSession() as session:
         yield session
 
