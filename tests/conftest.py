@@ -12,6 +12,8 @@ MQTT
                                    collects messages; ``await sub.wait_for(pred)``
 
 Billing simulator
+    ``clock`` (function)          a :class:`~billnotify.simulator.ManualClock` at the
+                                   test module's ``START``
     ``sim`` (function)            a started :class:`~billnotify.simulator.Simulator`;
                                    a module overrides ``sim_options`` to configure it
     ``sim_options`` (function)    the simulator's keyword arguments (none by default)
@@ -47,7 +49,7 @@ import aiomqtt
 import pytest
 
 from billnotify.clients import BillingPlatformClient
-from billnotify.simulator import Simulator
+from billnotify.simulator import ManualClock, Simulator
 from servers import Sleeps, free_port
 
 MOSQUITTO = os.environ.get("MOSQUITTO", shutil.which("mosquitto") or "/usr/sbin/mosquitto")
@@ -319,6 +321,12 @@ def mqtt_subscriber() -> Callable[..., contextlib.AbstractAsyncContextManager[Su
 
 
 # -- billing simulator -------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> ManualClock:
+    """A manual clock at the requesting module's ``START`` (a module using it defines one)."""
+    return ManualClock(request.module.START)
 
 
 @pytest.fixture

@@ -14,12 +14,7 @@ from billnotify.clients import BillingPlatformClient, BillingTask, Invoice
 from billnotify.secrets import Secret
 from billnotify.simulator import ManualClock, Simulator
 
-START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
+START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 
 
 @pytest.fixture

@@ -19,14 +19,9 @@ from billnotify.secrets import Secret
 from billnotify.simulator import ManualClock, Simulator
 from servers import Sleeps
 
-START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)
+START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 PROPERTY = "2eff1042c50c1eda889e61573e3c194c"
 OTHER = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
 
 
 @pytest.fixture

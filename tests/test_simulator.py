@@ -10,12 +10,7 @@ import pytest
 
 from billnotify.simulator import ManualClock, Simulator
 
-START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
+START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ import pytest
 
 from billnotify.simulator import ManualClock, Simulator
 
-START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
+START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 APPROVED = ["Raised", "Approved"]
 XERO = "550e8400-e29b-41d4-a716-446655440000"
 
 
 @pytest.fixture
-def sim_options() -> dict[str, Any]:
-    return {"clock": ManualClock(START)}
+def sim_options(clock: ManualClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 async def act(

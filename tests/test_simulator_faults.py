@@ -13,13 +13,13 @@ import pytest
 
 from billnotify.simulator import Faults, ManualClock, Simulator
 
-START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
+START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 TASKS = "/backend/api/v1/billingTasks"
 
 
 @pytest.fixture
-def sim_options() -> dict[str, Any]:
-    return {"clock": ManualClock(START)}
+def sim_options(clock: ManualClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 async def status_of(http: aiohttp.ClientSession, url: str) -> int:

@@ -14,13 +14,8 @@ import pytest
 
 from billnotify.simulator import ManualClock, Simulator
 
-START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
+START = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 PROP = "2eff1042c50c1eda889e61573e3c194c"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
 
 
 @pytest.fixture
