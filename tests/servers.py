@@ -13,7 +13,8 @@ before answering DATA (a server that took the message and never said so).
     /flaky              503 (Retry-After: 1) the first time, 200 afterwards
 
 Helpers: ``free_port()``; ``wait_for(predicate)`` waits on a condition with a deadline;
-``Sleeps`` is an injected ``sleep`` that records the delays instead of waiting.
+``Sleeps`` is an injected ``sleep`` that records the delays instead of waiting; ``Clock``
+is an injected ``now()`` that a test moves by hand.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -55,6 +57,25 @@ class Sleeps(list[float]):
 
     async def __call__(self, delay: float) -> None:
         self.append(delay)
+
+
+class Clock:
+    """An injected ``now()`` that only moves when the test moves it.
+
+    Args:
+        now: the time it starts at; ``clock.now += timedelta(...)`` or
+            ``clock.advance(seconds)`` moves it.
+    """
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
+        self.now += timedelta(seconds=seconds)
 
 
 # -- SMTP --------------------------------------------------------------------------------

@@ -28,17 +28,10 @@ from billnotify.rules.worker import DeliveryWorker
 from billnotify.simulator import Simulator
 from billnotify.store import Delivery, DeliveryStatus, SqliteStore
 from billnotify.templating import TemplateRenderer
+from servers import Clock
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 INVOICES = "/backend/api/v1/invoices/"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -72,6 +65,14 @@ class Rig:
         await self.handler.catch_up()
         return invoice
 
+    async def approve_through(self, fault: str, **fields: Any) -> dict[str, Any]:
+        """Approve an invoice and attempt its email once over a connection that ``fault``
+        cuts (``reset_after``: after the platform acted; ``reset``: before)."""
+        invoice = await self.approve(**fields)
+        self.sim.faults.add(INVOICES, fault, method="POST")
+        await self.worker.run_once()
+        return invoice
+
     async def delivery(self) -> Delivery:
         (row,) = await self.store.list_deliveries()
         return row
@@ -81,51 +82,48 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with Simulator() as sim:
-        config = parse_config(
-            {
-                "sources": [
-                    {
-                        "name": "acme",
-                        "kind": "billing_platform",
-                        "base_url": sim.billing_base_url,
-                        "api_key": sim.api_key,
-                        "timeout": "5s",
-                    }
-                ],
-                "rules": [
-                    {
-                        "name": "email-approved-invoices",
-                        "on": ["invoice.status_changed"],
-                        "when": "'Approved' in event.data.added",
-                        "actions": [
-                            {
-                                "type": "invoice_action",
-                                "action": "email",
-                                "params": {"billStyle": "Full"},
-                            }
-                        ],
-                    }
-                ],
-            },
-            base_dir=tmp_path,
-        )
-        client = BillingPlatformClient(sim.billing_base_url, sim.api_key, timeout=5)
-        templates = TemplateRenderer(tmp_path)
-        executors: dict[str, Any] = {
-            "invoice_action": InvoiceActionExecutor({"acme": client}, templates)
-        }
-        clock = Clock()
-        async with SqliteStore(tmp_path / "state.db") as store:
-            worker = DeliveryWorker(
-                config, store, executors, clock, billing_clients={"acme": client}
-            )
-            handler = RuleHandler(config, store, templates, executors, clock)
-            try:
-                yield Rig(sim, store, client, config, clock, handler, worker)
-            finally:
-                await client.close()
+async def rig(tmp_path: Path, sim: Simulator) -> AsyncIterator[Rig]:
+    config = parse_config(
+        {
+            "sources": [
+                {
+                    "name": "acme",
+                    "kind": "billing_platform",
+                    "base_url": sim.billing_base_url,
+                    "api_key": sim.api_key,
+                    "timeout": "5s",
+                }
+            ],
+            "rules": [
+                {
+                    "name": "email-approved-invoices",
+                    "on": ["invoice.status_changed"],
+                    "when": "'Approved' in event.data.added",
+                    "actions": [
+                        {
+                            "type": "invoice_action",
+                            "action": "email",
+                            "params": {"billStyle": "Full"},
+                        }
+                    ],
+                }
+            ],
+        },
+        base_dir=tmp_path,
+    )
+    client = BillingPlatformClient(sim.billing_base_url, sim.api_key, timeout=5)
+    templates = TemplateRenderer(tmp_path)
+    executors: dict[str, Any] = {
+        "invoice_action": InvoiceActionExecutor({"acme": client}, templates)
+    }
+    clock = Clock(T0)
+    async with SqliteStore(tmp_path / "state.db") as store:
+        worker = DeliveryWorker(config, store, executors, clock, billing_clients={"acme": client})
+        handler = RuleHandler(config, store, templates, executors, clock)
+        try:
+            yield Rig(sim, store, client, config, clock, handler, worker)
+        finally:
+            await client.close()
 
 
 async def test_an_approved_invoice_is_emailed_once(rig: Rig) -> None:
@@ -141,9 +139,7 @@ async def test_an_approved_invoice_is_emailed_once(rig: Rig) -> None:
 
 
 async def test_answer_lost_after_the_platform_acted_is_reconciled_as_delivered(rig: Rig) -> None:
-    invoice = await rig.approve()
-    rig.sim.faults.add(INVOICES, "reset_after", method="POST")
-    await rig.worker.run_once()
+    invoice = await rig.approve_through("reset_after")
     row = await rig.delivery()
     assert row.status is DeliveryStatus.UNCERTAIN
     assert rig.emails(invoice) == 1
@@ -160,9 +156,7 @@ async def test_answer_lost_after_the_platform_acted_is_reconciled_as_delivered(r
 
 
 async def test_connection_lost_before_the_platform_acted_is_sent_once(rig: Rig) -> None:
-    invoice = await rig.approve()
-    rig.sim.faults.add(INVOICES, "reset", method="POST")
-    await rig.worker.run_once()
+    invoice = await rig.approve_through("reset")
     assert (await rig.delivery()).status is DeliveryStatus.UNCERTAIN
     assert rig.emails(invoice) == 0
 
@@ -197,9 +191,7 @@ async def test_platform_errors_are_classified(rig: Rig) -> None:
 
 
 async def test_uncertain_without_an_invoice_number_waits_for_an_operator(rig: Rig) -> None:
-    invoice = await rig.approve(invoiceNumber="")
-    rig.sim.faults.add(INVOICES, "reset_after", method="POST")
-    await rig.worker.run_once()
+    invoice = await rig.approve_through("reset_after", invoiceNumber="")
     rig.clock.now += timedelta(hours=1)
     assert await rig.worker.reconcile() == 0
     assert (await rig.delivery()).status is DeliveryStatus.UNCERTAIN

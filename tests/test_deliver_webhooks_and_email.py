@@ -27,6 +27,7 @@ from billnotify.rules.engine import RuleHandler
 from billnotify.rules.worker import DeliveryWorker
 from billnotify.store import Delivery, DeliveryStatus, SqliteStore
 from billnotify.templating import TemplateRenderer
+from servers import Clock
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -54,14 +55,6 @@ class Sink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -148,7 +141,7 @@ async def rig(tmp_path: Path, unused_tcp_port: int) -> AsyncIterator[Rig]:
         "webhook": WebhookExecutor(config.webhooks, templates),
         "email": EmailExecutor(config.smtp, templates),
     }
-    clock = Clock()
+    clock = Clock(T0)
     try:
         async with SqliteStore(tmp_path / "state.db") as store:
             worker = DeliveryWorker(config, store, executors, clock)

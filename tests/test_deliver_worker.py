@@ -23,20 +23,10 @@ from billnotify.rules.engine import RuleHandler
 from billnotify.rules.worker import DeliveryWorker
 from billnotify.store import DeliveryStatus, Outcome, SqliteStore
 from billnotify.templating import TemplateRenderer
+from servers import Clock
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -129,7 +119,7 @@ def _event(n: int, entity: str = "billing_task") -> CloudEvent:
 @dataclass
 class Rig:
     store: SqliteStore
-    clock: FakeClock
+    clock: Clock
     config: Config
     hook: FakeExecutor
     mail: FakeExecutor
@@ -167,7 +157,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
         stores.append(store)
         return Rig(
             store,
-            FakeClock(),
+            Clock(T0),
             config or _config(),
             FakeExecutor("webhook"),
             FakeExecutor("invoice_action", once=True),
