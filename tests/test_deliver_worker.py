@@ -139,6 +139,14 @@ class Rig:
     def worker(self, config: Config | None = None, **kw: Any) -> DeliveryWorker:
         return DeliveryWorker(config or self.config, self.store, self.executors, self.clock, **kw)
 
+    async def invoice_action_answered(self, result: AttemptResult):
+        """One invoice event whose invoice action one worker pass answers with ``result``;
+        returns its delivery."""
+        self.mail.results = [result]
+        await self.emit(_event(1, "invoice"))
+        await self.worker().run_once()
+        return await self.only()
+
     async def only(self, status: DeliveryStatus | None = None):
         rows = await self.store.list_deliveries([status] if status else None)
         assert len(rows) == 1, rows
@@ -226,10 +234,9 @@ async def test_retry_after_wins_over_a_shorter_slot(rig) -> None:
 
 async def test_other_actions_use_the_default_schedule(rig) -> None:
     r = await rig()
-    r.mail.results = [AttemptResult(Outcome.RETRYABLE, 500, "500601 Email sending failed")]
-    await r.emit(_event(1, "invoice"))
-    await r.worker().run_once()
-    row = await r.only()
+    row = await r.invoice_action_answered(
+        AttemptResult(Outcome.RETRYABLE, 500, "500601 Email sending failed")
+    )
     assert row.status is DeliveryStatus.RETRY_SCHEDULED
     assert row.next_attempt_at == T0 + timedelta(seconds=5)
 
@@ -252,10 +259,9 @@ async def test_410_disables_the_endpoint_and_later_deliveries_die_unsent(rig) ->
 
 async def test_permanent_failure_is_dead_at_once(rig) -> None:
     r = await rig()
-    r.mail.results = [AttemptResult(Outcome.PERMANENT, 400, "400702 Invalid email address")]
-    await r.emit(_event(1, "invoice"))
-    await r.worker().run_once()
-    row = await r.only()
+    row = await r.invoice_action_answered(
+        AttemptResult(Outcome.PERMANENT, 400, "400702 Invalid email address")
+    )
     assert row.status is DeliveryStatus.DEAD and row.last_error == "400702 Invalid email address"
 
 
@@ -355,7 +361,8 @@ async def test_no_more_than_the_concurrency_run_at_once(rig) -> None:
     await asyncio.wait_for(task, 5)
 
 
-async def test_drain_waits_for_quick_attempts_and_cuts_slow_ones(rig) -> None:
+async def _held_attempt(rig) -> tuple[Rig, DeliveryWorker, asyncio.Task[None]]:
+    """A running worker whose one attempt has started and waits at the executor's gate."""
     r = await rig()
     r.hook.gate = asyncio.Event()
     await r.emit(_event(1))
@@ -364,22 +371,20 @@ async def test_drain_waits_for_quick_attempts_and_cuts_slow_ones(rig) -> None:
     async with asyncio.timeout(5):
         while not r.hook.calls:
             await asyncio.sleep(0.01)
+    return r, worker, task
+
+
+async def test_drain_waits_for_quick_attempts_and_cuts_slow_ones(rig) -> None:
+    r, worker, task = await _held_attempt(rig)
     assert await worker.drain(0.05) == 1
     await asyncio.wait_for(task, 5)
     assert (await r.only()).status is DeliveryStatus.SENDING  # left for recovery
 
-    r2 = await rig()
-    r2.hook.gate = asyncio.Event()
-    await r2.emit(_event(1))
-    worker2 = r2.worker()
-    task2 = asyncio.create_task(worker2.run())
-    async with asyncio.timeout(5):
-        while not r2.hook.calls:
-            await asyncio.sleep(0.01)
-    asyncio.get_running_loop().call_later(0.05, r2.hook.gate.set)
-    assert await worker2.drain(5) == 0
-    await asyncio.wait_for(task2, 5)
-    assert (await r2.only()).status is DeliveryStatus.SUCCEEDED
+    r, worker, task = await _held_attempt(rig)
+    asyncio.get_running_loop().call_later(0.05, r.hook.gate.set)
+    assert await worker.drain(5) == 0
+    await asyncio.wait_for(task, 5)
+    assert (await r.only()).status is DeliveryStatus.SUCCEEDED
 
 
 async def test_an_injected_sleep_walks_the_schedule_in_virtual_time(rig) -> None:
@@ -464,18 +469,24 @@ async def test_a_backlog_read_ahead_is_sent_once_each_within_the_concurrency(rig
     assert {(d.status, d.attempts) for d in rows} == {(DeliveryStatus.SUCCEEDED, 1)}
 
 
+def _held(store: SqliteStore, method: str) -> asyncio.Event:
+    """Make ``store.<method>`` wait until the returned event is set."""
+    gate = asyncio.Event()
+    original = getattr(store, method)
+
+    async def held(*args: Any) -> Any:
+        await gate.wait()
+        return await original(*args)
+
+    setattr(store, method, held)
+    return gate
+
+
 async def test_a_delivery_settles_only_once_its_outcome_is_committed(rig) -> None:
     r = await rig()
     await r.emit(_event(1))
     worker = r.worker()
-    committed = asyncio.Event()
-    finish = r.store.finish_attempts
-
-    async def slow_finish(ends: Any) -> None:
-        await committed.wait()
-        await finish(ends)
-
-    r.store.finish_attempts = slow_finish  # type: ignore[method-assign]
+    committed = _held(r.store, "finish_attempts")
     task = asyncio.create_task(worker.run_once())
     async with asyncio.timeout(5):
         while not r.hook.calls:
@@ -493,14 +504,7 @@ async def test_drain_waits_for_a_start_under_way_and_sends_what_it_started(rig) 
     r = await rig()
     await r.emit(_event(1))
     worker = r.worker()
-    gate = asyncio.Event()
-    start = r.store.start_attempts
-
-    async def slow_start(ids: Any, now: datetime) -> dict[str, int]:
-        await gate.wait()
-        return await start(ids, now)
-
-    r.store.start_attempts = slow_start  # type: ignore[method-assign]
+    gate = _held(r.store, "start_attempts")
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.05)  # the start is under way, nothing in flight yet
     assert worker.in_flight == 0 and not r.hook.calls
