@@ -12,6 +12,9 @@ before answering DATA (a server that took the message and never said so).
     /drip               200, then one byte per second for ever
     /flaky              503 (Retry-After: 1) the first time, 200 afterwards
 
+Configs: ``sim_source(sim)`` is a billing-platform source polling a simulator;
+``toml_config(raw)`` writes a config dict as TOML; ``PYTHON`` runs ``billnotify``.
+
 Helpers: ``free_port()``; ``wait_for(predicate)`` waits on a condition with a deadline;
 ``Sleeps`` is an injected ``sleep`` that records the delays instead of waiting; ``Clock``
 is an injected ``now()`` that a test moves by hand.
@@ -20,20 +23,30 @@ is an injected ``now()`` that a test moves by hand.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
+import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from billnotify.simulator import Simulator
+
+VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+"""The interpreter of the project's venv (where ``billnotify`` is installed)."""
 
 
 def free_port() -> int:
@@ -76,6 +89,61 @@ class Clock:
     def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward."""
         self.now += timedelta(seconds=seconds)
+
+
+# -- configs -----------------------------------------------------------------------------
+
+
+def sim_source(sim: Simulator, name: str = "acme", **fields: Any) -> dict[str, Any]:
+    """A ``billing_platform`` source polling ``sim`` with its key (``fields`` added)."""
+    return {
+        "name": name,
+        "kind": "billing_platform",
+        "base_url": sim.billing_base_url,
+        "api_key": sim.api_key,
+        **fields,
+    }
+
+
+def toml_config(raw: dict[str, Any]) -> str:
+    """A config as TOML, for tests that start ``billnotify run`` with a file.
+
+    A small writer: tables, arrays of tables one level deep (``[[rules.actions]]``),
+    inline tables and arrays of values; it checks its output reads back as ``raw``.
+    """
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(v)
+
+    lines: list[str] = []
+    for table, body in raw.items():
+        rows = body if isinstance(body, list) else [body]
+        for row in rows:
+            lines.append(f"[[{table}]]" if isinstance(body, list) else f"[{table}]")
+            nested = {
+                k: v for k, v in row.items() if isinstance(v, list) and v and isinstance(v[0], dict)
+            }
+            for key, v in row.items():
+                if key not in nested:
+                    lines.append(f"{key} = {value(v)}")
+            for key, items in nested.items():
+                for item in items:
+                    lines.append(f"[[{table}.{key}]]")
+                    lines += [f"{k} = {value(x)}" for k, x in item.items()]
+            lines.append("")
+    text = "\n".join(lines)
+    assert tomllib.loads(text) == raw, text  # the writer is only as good as this check
+    return text
 
 
 # -- SMTP --------------------------------------------------------------------------------

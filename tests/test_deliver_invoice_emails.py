@@ -28,7 +28,7 @@ from billnotify.rules.worker import DeliveryWorker
 from billnotify.simulator import Simulator
 from billnotify.store import Delivery, DeliveryStatus, SqliteStore
 from billnotify.templating import TemplateRenderer
-from servers import Clock
+from servers import Clock, sim_source
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 INVOICES = "/backend/api/v1/invoices/"
@@ -85,15 +85,7 @@ class Rig:
 async def rig(tmp_path: Path, sim: Simulator) -> AsyncIterator[Rig]:
     config = parse_config(
         {
-            "sources": [
-                {
-                    "name": "acme",
-                    "kind": "billing_platform",
-                    "base_url": sim.billing_base_url,
-                    "api_key": sim.api_key,
-                    "timeout": "5s",
-                }
-            ],
+            "sources": [sim_source(sim, timeout="5s")],
             "rules": [
                 {
                     "name": "email-approved-invoices",

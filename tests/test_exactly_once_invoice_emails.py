@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from billnotify.simulator import Simulator
+from servers import PYTHON, sim_source, toml_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -34,45 +34,34 @@ INVOICES = 200
 KILLS = 6
 EMAILS_BETWEEN_KILLS = 15
 ACTION_DELAY = 0.25
-VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
-PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
 
 def _write_config(folder: Path, sim: Simulator) -> Path:
     (folder / "templates").mkdir()
+    raw = {
+        "service": {
+            "name": "exactly-once",
+            "state": "state.db",
+            "http": "",
+            "log_level": "info",
+            "delivery_concurrency": 4,
+            "shutdown_grace": "5s",
+        },
+        "mqtt": {"enabled": False},
+        "sources": [sim_source(sim, poll_interval="1s", watch=["invoices"], timeout="2s")],
+        "rules": [
+            {
+                "name": "email-approved-invoices",
+                "on": ["invoice.status_changed"],
+                "when": "'Approved' in event.data.added",
+                "actions": [
+                    {"type": "invoice_action", "action": "email", "params": {"billStyle": "Full"}}
+                ],
+            }
+        ],
+    }
     path = folder / "config.toml"
-    path.write_text(
-        f"""
-[service]
-name = "exactly-once"
-state = "state.db"
-http = ""
-log_level = "info"
-delivery_concurrency = 4
-shutdown_grace = "5s"
-
-[mqtt]
-enabled = false
-
-[[sources]]
-name = "acme"
-kind = "billing_platform"
-base_url = "{sim.billing_base_url}"
-api_key = "{sim.api_key}"
-poll_interval = "1s"
-watch = ["invoices"]
-timeout = "2s"
-
-[[rules]]
-name = "email-approved-invoices"
-on = ["invoice.status_changed"]
-when = "'Approved' in event.data.added"
-[[rules.actions]]
-type = "invoice_action"
-action = "email"
-params = {{ billStyle = "Full" }}
-"""
-    )
+    path.write_text(toml_config(raw))
     return path
 
 

@@ -18,6 +18,7 @@ from billnotify.simulator import Simulator
 from billnotify.sources import Poller, build_billing_syncs
 from billnotify.sources.base import PollStats
 from billnotify.store import SqliteStore
+from servers import sim_source
 
 
 async def _noop_sleep(_: float) -> None:
@@ -25,16 +26,7 @@ async def _noop_sleep(_: float) -> None:
 
 
 def source_config(sim: Simulator, **extra: object) -> BillingPlatformSource:
-    return BillingPlatformSource.model_validate(
-        {
-            "name": "acme",
-            "kind": "billing_platform",
-            "base_url": sim.billing_base_url,
-            "api_key": "sim-key",
-            "overlap": "2s",
-            **extra,
-        }
-    )
+    return BillingPlatformSource.model_validate(sim_source(sim, overlap="2s", **extra))
 
 
 @pytest.fixture

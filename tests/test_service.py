@@ -18,9 +18,7 @@ import secrets
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +33,8 @@ from billnotify.config import Config, parse_config
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
 from conftest import free_port as free_tcp_port
+from servers import PYTHON, sim_source, toml_config
 
-VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
-PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 TASKS_PATH = "/backend/api/v1/billingTasks"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-test-signing-key-0123456789").decode()
 FAMILIES = (
@@ -172,16 +169,9 @@ def raw_config(
             "reconnect_max": "500ms",
         },
         "sources": [
-            {
-                "name": "acme",
-                "kind": "billing_platform",
-                "base_url": sim.billing_base_url,
-                "api_key": sim.api_key,
-                "poll_interval": "200ms",
-                "watch": ["billing_tasks"],
-                "timeout": "2s",
-                "max_attempts": 1,
-            }
+            sim_source(
+                sim, poll_interval="200ms", watch=["billing_tasks"], timeout="2s", max_attempts=1
+            )
         ],
     }
     if webhook_url is not None:
@@ -300,43 +290,6 @@ async def stop_gracefully(proc: subprocess.Popen[bytes], within: float) -> tuple
     proc.send_signal(signal.SIGTERM)
     status = await asyncio.to_thread(proc.wait, within + 10)
     return status, time.monotonic() - began
-
-
-def toml_config(raw: dict[str, Any]) -> str:
-    """A (small) TOML writer for the configs these tests use."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return str(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        raise TypeError(v)
-
-    lines: list[str] = []
-    for table, body in raw.items():
-        rows = body if isinstance(body, list) else [body]
-        for row in rows:
-            lines.append(f"[[{table}]]" if isinstance(body, list) else f"[{table}]")
-            nested = {
-                k: v for k, v in row.items() if isinstance(v, list) and v and isinstance(v[0], dict)
-            }
-            for key, v in row.items():
-                if key not in nested:
-                    lines.append(f"{key} = {value(v)}")
-            for key, items in nested.items():
-                for item in items:
-                    lines.append(f"[[{table}.{key}]]")
-                    lines += [f"{k} = {value(x)}" for k, x in item.items()]
-            lines.append("")
-    text = "\n".join(lines)
-    assert tomllib.loads(text) == raw, text  # the writer is only as good as this check
-    return text
 
 
 # -- 1. readiness ------------------------------------------------------------------------

@@ -17,33 +17,19 @@ from pathlib import Path
 import pytest
 
 from billnotify.simulator import Simulator
+from servers import sim_source, toml_config
 
 TASKS = 150
 ROUNDS = 22
 
 
 def _write_config(path: Path, sim: Simulator) -> None:
-    path.write_text(
-        f"""
-[service]
-name = "killtest"
-state = "state.db"
-http = ""
-log_level = "warning"
-
-[mqtt]
-enabled = false
-
-[[sources]]
-name = "acme"
-kind = "billing_platform"
-base_url = "{sim.billing_base_url}"
-api_key = "sim-key"
-poll_interval = "200ms"
-overlap = "2s"
-watch = ["billing_tasks"]
-"""
-    )
+    raw = {
+        "service": {"name": "killtest", "state": "state.db", "http": "", "log_level": "warning"},
+        "mqtt": {"enabled": False},
+        "sources": [sim_source(sim, poll_interval="200ms", overlap="2s", watch=["billing_tasks"])],
+    }
+    path.write_text(toml_config(raw))
 
 
 def _query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
