@@ -4,6 +4,8 @@
 accepted message and can refuse recipients, answer DATA with a chosen reply, or stall
 before answering DATA (a server that took the message and never said so).
 
+``serving(app)`` serves any aiohttp app on a free loopback port for a ``with`` block.
+
 ``WebhookReceiver`` is an aiohttp app with one behaviour per path:
 
     /ok                 200 and records the request
@@ -23,6 +25,7 @@ is an injected ``now()`` that a test moves by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -30,7 +33,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
@@ -41,6 +44,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from yarl import URL
 
 from billnotify.simulator import Simulator
 
@@ -281,6 +285,26 @@ class SmtpSink:
             self.controller.stop(no_assert=True)
 
 
+# -- HTTP --------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yields ``http://127.0.0.1:PORT``.
+
+    Args:
+        app: the application.
+        **runner_options: further arguments of :class:`aiohttp.web.AppRunner`.
+    """
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 # -- webhooks ----------------------------------------------------------------------------
 
 
@@ -302,7 +326,7 @@ class WebhookReceiver:
         self.hits: list[Hit] = []
         self.drips = 0
         self._flaky_seen = False
-        self._runner: web.AppRunner | None = None
+        self._serving: contextlib.AsyncExitStack | None = None
         self.port = 0
         app = web.Application()
         app.router.add_post("/ok", self._ok)
@@ -318,19 +342,16 @@ class WebhookReceiver:
 
     async def start(self) -> WebhookReceiver:
         """Start serving on a free port."""
-        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self._serving = contextlib.AsyncExitStack()
+        base = await self._serving.enter_async_context(serving(self.app, handler_cancellation=True))
+        self.port = int(URL(base).port or 0)
         return self
 
     async def stop(self) -> None:
         """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._serving is not None:
+            await self._serving.aclose()
+            self._serving = None
 
     async def _record(self, request: web.Request) -> None:
         body = await request.read()

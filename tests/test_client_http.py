@@ -8,10 +8,10 @@ app defined here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -24,7 +24,7 @@ from aiohttp import web
 from billnotify import errors
 from billnotify.clients import BillingPlatformClient, ConnectError, JsonTransport
 from billnotify.simulator import Simulator
-from servers import Sleeps
+from servers import Sleeps, free_port, serving
 
 TASKS = "/backend/api/v1/billingTasks"
 KEY = "sim-key"
@@ -46,26 +46,14 @@ Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Route], Awaitable[str]]]:
     """Start a one-route server answering every path; returns its base URL."""
-    runners: list[web.AppRunner] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def start(handler: Route) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}/backend/api/v1/"
+        async def start(handler: Route) -> str:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handler)
+            return await servers.enter_async_context(serving(app)) + "/backend/api/v1/"
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield start
 
 
 # -- retries ---------------------------------------------------------------------------------

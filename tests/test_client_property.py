@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from billnotify.clients import BillingHeader, PropertyBillingClient
 from billnotify.clients.property_billing import find_document_ids
 from billnotify.secrets import Secret
 from billnotify.simulator import ManualClock, Simulator
-from servers import Sleeps
+from servers import Sleeps, serving
 
 START = datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC)  # where the `clock` fixture starts
 PROPERTY = "2eff1042c50c1eda889e61573e3c194c"
@@ -237,7 +238,7 @@ class Fake:
         self.base = ""
         self.seen: list[dict[str, str]] = []
         self.logins: list[Any] = []
-        self.runners: list[web.AppRunner] = []
+        self.servers = contextlib.AsyncExitStack()
 
     async def start(self, token_body: str, ctype: str = "text/plain") -> None:
         async def auth(request: web.Request) -> web.Response:
@@ -251,11 +252,7 @@ class Fake:
         app = web.Application()
         app.router.add_post("/auth", auth)
         app.router.add_get("/api/v1/BillingHeaders/{p}", api)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.runners.append(runner)
-        self.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self.base = await self.servers.enter_async_context(serving(app))
 
     def client(self, sleeps: Sleeps, clock: Callable[[], float]) -> PropertyBillingClient:
         return PropertyBillingClient(
@@ -272,9 +269,8 @@ class Fake:
 @pytest.fixture
 async def fake() -> AsyncIterator[Fake]:
     server = Fake()
-    yield server
-    for runner in server.runners:
-        await runner.cleanup()
+    async with server.servers:
+        yield server
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,11 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from standardwebhooks import Webhook
 
 from billnotify.actions.email import EmailExecutor
@@ -27,7 +24,7 @@ from billnotify.rules.engine import RuleHandler
 from billnotify.rules.worker import DeliveryWorker
 from billnotify.store import Delivery, DeliveryStatus, SqliteStore
 from billnotify.templating import TemplateRenderer
-from servers import Clock
+from servers import Clock, SmtpSink, serving
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -46,21 +43,10 @@ class Receiver:
         return web.Response(status=status, headers=headers, text="ok")
 
 
-class Sink:
-    """aiosmtpd handler keeping every message."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
 @dataclass
 class Rig:
     receiver: Receiver
-    sink: Sink
+    sink: SmtpSink
     store: SqliteStore
     clock: Clock
     handler: RuleHandler
@@ -121,37 +107,32 @@ def _config(hook_url: str, smtp_port: int, base_dir: Path) -> Config:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, unused_tcp_port: int) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     (tmp_path / "task_failed.subject.j2").write_text("Task {{ object.id }} {{ object.status }}")
     (tmp_path / "task_failed.txt.j2").write_text("Task {{ object.id }} failed.\n")
     (tmp_path / "task_failed.html.j2").write_text("<p>Task {{ object.id }} failed.</p>\n")
-    receiver, sink = Receiver(), Sink()
+    receiver, sink = Receiver(), SmtpSink().start()
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    smtpd = Controller(sink, hostname="127.0.0.1", port=unused_tcp_port)
-    smtpd.start()
-    config = _config(f"http://127.0.0.1:{port}/hook", unused_tcp_port, tmp_path)
-    templates = TemplateRenderer(tmp_path)
-    executors: dict[str, Any] = {
-        "webhook": WebhookExecutor(config.webhooks, templates),
-        "email": EmailExecutor(config.smtp, templates),
-    }
-    clock = Clock(T0)
     try:
-        async with SqliteStore(tmp_path / "state.db") as store:
-            worker = DeliveryWorker(config, store, executors, clock)
-            handler = RuleHandler(config, store, templates, executors, clock)
-            yield Rig(receiver, sink, store, clock, handler, worker)
+        async with serving(app) as base:
+            config = _config(f"{base}/hook", sink.port, tmp_path)
+            templates = TemplateRenderer(tmp_path)
+            executors: dict[str, Any] = {
+                "webhook": WebhookExecutor(config.webhooks, templates),
+                "email": EmailExecutor(config.smtp, templates),
+            }
+            clock = Clock(T0)
+            try:
+                async with SqliteStore(tmp_path / "state.db") as store:
+                    worker = DeliveryWorker(config, store, executors, clock)
+                    handler = RuleHandler(config, store, templates, executors, clock)
+                    yield Rig(receiver, sink, store, clock, handler, worker)
+            finally:
+                for executor in executors.values():
+                    await executor.close()
     finally:
-        for executor in executors.values():
-            await executor.close()
-        smtpd.stop()
-        await runner.cleanup()
+        sink.stop()
 
 
 async def test_a_rule_sends_a_signed_webhook_and_an_email(rig: Rig) -> None:
@@ -165,7 +146,8 @@ async def test_a_rule_sends_a_signed_webhook_and_an_email(rig: Rig) -> None:
     assert headers["webhook-id"] == hook.id
     payload = Webhook(SECRET).verify(body, headers)  # raises unless the signature is right
     assert payload["type"] == "billing_task.status_changed"
-    (message,) = rig.sink.messages
+    (received,) = rig.sink.messages
+    message = received.message
     assert message["Subject"] == "Task 1 Failed" and message["To"] == "ops@example.com"
 
 

@@ -33,7 +33,7 @@ from billnotify.config import Config, parse_config
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
 from conftest import free_port as free_tcp_port
-from servers import PYTHON, sim_source, toml_config
+from servers import PYTHON, serving, sim_source, toml_config
 
 TASKS_PATH = "/backend/api/v1/billingTasks"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-test-signing-key-0123456789").decode()
@@ -78,16 +78,12 @@ class Receiver:
         self.delay = delay
         self.started: list[dict[str, str]] = []
         self.answered: list[dict[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        self._serving = contextlib.AsyncExitStack()
+        self.url = ""
 
     @property
     def in_flight(self) -> int:
         return len(self.started) - len(self.answered)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
 
     async def _hook(self, request: web.Request) -> web.Response:
         await request.read()
@@ -101,16 +97,11 @@ class Receiver:
     async def __aenter__(self) -> Receiver:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.url = await self._serving.enter_async_context(serving(app)) + "/hook"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await self._serving.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -124,13 +115,8 @@ async def echoing_platform() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", refuse)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/backend/api/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/backend/api/v1"
 
 
 @contextlib.asynccontextmanager
