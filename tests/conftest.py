@@ -24,6 +24,12 @@ Billing simulator
     ``client_options`` (function) the client's extra keyword arguments (none by default)
     ``http`` (function)           an aiohttp session that sends ``sim``'s bearer key
 
+Action peers (see ``servers.py``)
+    ``sink`` (function)           a started :class:`~servers.SmtpSink`
+    ``receiver`` (function)       a started :class:`~servers.WebhookReceiver`
+    ``closing`` (function)        ``closing(thing)`` returns ``thing`` and awaits
+                                   ``thing.close()`` at teardown (executors, clients)
+
 Store
     ``sqlite_store`` (function)   an open SQLite store in the test's temp folder
 """
@@ -42,7 +48,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import aiomqtt
@@ -50,7 +56,7 @@ import pytest
 
 from billnotify.clients import BillingPlatformClient
 from billnotify.simulator import ManualClock, Simulator
-from servers import Sleeps, free_port
+from servers import Sleeps, SmtpSink, WebhookReceiver, free_port
 
 MOSQUITTO = os.environ.get("MOSQUITTO", shutil.which("mosquitto") or "/usr/sbin/mosquitto")
 
@@ -369,6 +375,44 @@ async def http(sim: Simulator) -> AsyncIterator[aiohttp.ClientSession]:
     """An aiohttp session that sends ``sim``'s bearer key with every request."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {sim.api_key}"}) as s:
         yield s
+
+
+# -- action peers ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """An SMTP server on a free loopback port, recording what it accepts."""
+    server = SmtpSink().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver on a free loopback port (paths in ``servers.py``)."""
+    server = await WebhookReceiver().start()
+    yield server
+    await server.stop()
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[Callable[[_C], _C]]:
+    """``closing(thing)``: ``thing``, whose ``close()`` is awaited at teardown."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        def close_later(thing: _C) -> _C:
+            stack.push_async_callback(thing.close)
+            return thing
+
+        yield close_later
 
 
 # -- store -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,21 +27,18 @@ INVOICES = "/backend/api/v1/invoices"
 
 
 @pytest.fixture
-async def make_executor(
-    sim: Simulator, tmp_path: Any
-) -> AsyncIterator[Callable[..., InvoiceActionExecutor]]:
-    clients: list[BillingPlatformClient] = []
-
+def make_executor(
+    sim: Simulator, tmp_path: Any, closing: Any
+) -> Callable[..., InvoiceActionExecutor]:
     def make(base_url: str | None = None, timeout: float = 5.0) -> InvoiceActionExecutor:
-        client = BillingPlatformClient(
-            base_url or sim.billing_base_url, sim.api_key, max_attempts=1, timeout=timeout
+        client = closing(
+            BillingPlatformClient(
+                base_url or sim.billing_base_url, sim.api_key, max_attempts=1, timeout=timeout
+            )
         )
-        clients.append(client)
         return InvoiceActionExecutor({"acme": client}, TemplateRenderer(tmp_path))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def action(name: str = "email", **overrides: Any) -> InvoiceActionAction:

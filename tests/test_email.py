@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,27 +71,17 @@ def email_action(**overrides: Any) -> EmailAction:
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    server = SmtpSink().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def make_executor(tmp_path: Path) -> AsyncIterator[Callable[..., EmailExecutor]]:
-    made: list[EmailExecutor] = []
+def make_executor(tmp_path: Path, closing: Any) -> Callable[..., EmailExecutor]:
     write_templates(tmp_path)
 
     def make(config: SmtpConfig | None, **kwargs: Any) -> EmailExecutor:
-        executor = EmailExecutor(
-            config, TemplateRenderer(tmp_path), clock=lambda: 1_795_000_000.0, **kwargs
+        return closing(
+            EmailExecutor(
+                config, TemplateRenderer(tmp_path), clock=lambda: 1_795_000_000.0, **kwargs
+            )
         )
-        made.append(executor)
-        return executor
 
-    yield make
-    for executor in made:
-        await executor.close()
+    return make
 
 
 async def send(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,13 @@ from test_email import send, smtp_config, write_templates
 
 
 @pytest.fixture
-async def make_executor(tmp_path: Path) -> AsyncIterator[Callable[..., EmailExecutor]]:
-    made: list[EmailExecutor] = []
+def make_executor(tmp_path: Path, closing: Any) -> Callable[..., EmailExecutor]:
     write_templates(tmp_path)
 
     def make(config: SmtpConfig) -> EmailExecutor:
-        executor = EmailExecutor(config, TemplateRenderer(tmp_path))
-        made.append(executor)
-        return executor
+        return closing(EmailExecutor(config, TemplateRenderer(tmp_path)))
 
-    yield make
-    for executor in made:
-        await executor.close()
+    return make
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -56,26 +56,13 @@ def action(**overrides: Any) -> WebhookAction:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = await WebhookReceiver().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def make_executor() -> AsyncIterator[Callable[..., WebhookExecutor]]:
-    made: list[WebhookExecutor] = []
-
+def make_executor(closing: Any) -> Callable[..., WebhookExecutor]:
     def make(
         *endpoints: WebhookEndpoint, clock: Callable[[], float] = time.time
     ) -> WebhookExecutor:
-        executor = WebhookExecutor(endpoints, TemplateRenderer(TEMPLATES), clock=clock)
-        made.append(executor)
-        return executor
+        return closing(WebhookExecutor(endpoints, TemplateRenderer(TEMPLATES), clock=clock))
 
-    yield make
-    for executor in made:
-        await executor.close()
+    return make
 
 
 async def deliver(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ EVENT = CloudEvent(
     time="2026-11-21T10:15:02Z",
     data={"object": {"id": "1"}},
 )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = await WebhookReceiver().start()
-    yield server
-    await server.stop()
 
 
 async def attempt(tmp_path: Path, url: str, *, allow_private: bool) -> tuple[Outcome, str]:
