@@ -31,7 +31,7 @@ Action peers (see ``servers.py``)
                                    ``thing.close()`` at teardown (executors, clients)
 
 Store
-    ``sqlite_store`` (function)   an open SQLite store in the test's temp folder
+    ``store`` (function)          an open SQLite store in the test's temp folder
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ import pytest
 
 from billnotify.clients import BillingPlatformClient
 from billnotify.simulator import ManualClock, Simulator
+from billnotify.store import SqliteStore
 from servers import Sleeps, SmtpSink, WebhookReceiver, free_port
 
 MOSQUITTO = os.environ.get("MOSQUITTO", shutil.which("mosquitto") or "/usr/sbin/mosquitto")
@@ -419,13 +420,7 @@ async def closing() -> AsyncIterator[Callable[[_C], _C]]:
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[Any]:
-    """An open :class:`~billnotify.store.SqliteStore` in the test's temp folder."""
-    from billnotify.store import SqliteStore
-
-    store = SqliteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An open :class:`~billnotify.store.SqliteStore` (``state.db`` in the temp folder)."""
+    async with SqliteStore(tmp_path / "state.db") as opened:
+        yield opened

@@ -56,7 +56,7 @@ async def publisher(broker: Any, prefix: str, store: Any) -> AsyncIterator[MqttP
 
 
 async def test_a_rendered_payload_reaches_the_rendered_topic(
-    tmp_path: Path, mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: Any
+    tmp_path: Path, mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: Any
 ) -> None:
     act = action(
         topic=mqtt_prefix + "/alerts/{{ source }}/{{ event.type }}",
@@ -65,7 +65,7 @@ async def test_a_rendered_payload_reaches_the_rendered_topic(
     )
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/alerts/#") as sub,
-        publisher(mosquitto, mqtt_prefix, sqlite_store) as pub,
+        publisher(mosquitto, mqtt_prefix, store) as pub,
     ):
         executor = MqttExecutor(pub, TemplateRenderer(tmp_path))
         result = await executor.execute(act, EVENT, RULE, delivery_id="dlv_m", attempt=1)
@@ -76,7 +76,7 @@ async def test_a_rendered_payload_reaches_the_rendered_topic(
     assert sub.on(topic)[0].retain is False  # live delivery; retain applies to later subscribers
 
 
-async def test_the_default_payload_is_the_event(tmp_path: Path, sqlite_store: Any) -> None:
+async def test_the_default_payload_is_the_event(tmp_path: Path, store: Any) -> None:
     rendered = await MqttExecutor(None, TemplateRenderer(tmp_path)).render(
         action(topic="a/{{ object.id }}"), EVENT, RULE
     )
@@ -86,10 +86,10 @@ async def test_the_default_payload_is_the_event(tmp_path: Path, sqlite_store: An
 
 
 async def test_not_connected_is_retryable(
-    tmp_path: Path, mosquitto: Any, mqtt_prefix: str, sqlite_store: Any
+    tmp_path: Path, mosquitto: Any, mqtt_prefix: str, store: Any
 ) -> None:
     config = MqttConfig(url=mosquitto.url(), prefix=mqtt_prefix, client_id=f"{mqtt_prefix}-idle")
-    idle = MqttPublisher(config, sqlite_store)  # never started
+    idle = MqttPublisher(config, store)  # never started
     result = await MqttExecutor(idle, TemplateRenderer(tmp_path)).execute(
         action(), EVENT, RULE, delivery_id="dlv_m", attempt=1
     )

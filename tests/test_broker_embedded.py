@@ -70,7 +70,7 @@ async def test_stop_is_idempotent() -> None:
     await broker.stop()
 
 
-async def test_publisher_with_protocol_4(sqlite_store: SqliteStore) -> None:
+async def test_publisher_with_protocol_4(store: SqliteStore) -> None:
     event = build_event(
         source="acme",
         entity="billing_task",
@@ -80,7 +80,7 @@ async def test_publisher_with_protocol_4(sqlite_store: SqliteStore) -> None:
         time=datetime(2026, 1, 1, tzinfo=UTC),
         data={"object": {"id": "1"}},
     )
-    await sqlite_store.commit("acme", [], [event])
+    await store.commit("acme", [], [event])
     async with EmbeddedBroker(port=0) as broker:
         config = MqttConfig(  # protocol 5 (the default) is taken down to 3.1.1
             url=f"embedded://127.0.0.1:{broker.port}",
@@ -89,7 +89,7 @@ async def test_publisher_with_protocol_4(sqlite_store: SqliteStore) -> None:
         )
         async with aiomqtt.Client("127.0.0.1", broker.port, protocol=V311) as sub:
             await sub.subscribe("demo/#", qos=1)
-            publisher = MqttPublisher(config, sqlite_store)
+            publisher = MqttPublisher(config, store)
             task = asyncio.create_task(publisher.run())
             topics = []
             try:

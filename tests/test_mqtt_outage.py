@@ -61,7 +61,7 @@ class PersistentSubscriber:
 
 @pytest.mark.slow
 async def test_broker_outage_loses_nothing(
-    make_mosquitto: Any, mqtt_prefix: str, sqlite_store: SqliteStore
+    make_mosquitto: Any, mqtt_prefix: str, store: SqliteStore
 ) -> None:
     broker = make_mosquitto()
     subscriber = PersistentSubscriber(broker, f"{mqtt_prefix}/events/#", f"{mqtt_prefix}-sub")
@@ -74,7 +74,7 @@ async def test_broker_outage_loses_nothing(
         max_inflight=100,
         batch_size=500,
     )
-    publisher = MqttPublisher(config, sqlite_store)
+    publisher = MqttPublisher(config, store)
     pub_task = asyncio.create_task(publisher.run())
     expected: list[str] = []
 
@@ -92,7 +92,7 @@ async def test_broker_outage_loses_nothing(
                 )
                 for n in range(first, min(first + 100, stop))
             ]
-            stored = await sqlite_store.commit("acme", [], events)
+            stored = await store.commit("acme", [], events)
             expected.extend(s.event.id for s in stored)
             await asyncio.sleep(0)
 
@@ -111,9 +111,9 @@ async def test_broker_outage_loses_nothing(
         broker.start()
 
         await subscriber.wait_for_count(TOTAL, timeout=30)
-        last = await sqlite_store.last_seq()
+        last = await store.last_seq()
         async with asyncio.timeout(10):
-            while await sqlite_store.get_position(POSITION) != last:
+            while await store.get_position(POSITION) != last:
                 await asyncio.sleep(0.05)
     finally:
         for task in (pub_task, sub_task):

@@ -34,12 +34,6 @@ def sim_options() -> dict[str, Any]:
     return {"page_max": 50}
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(tmp_path / "state.db") as s:
-        yield s
-
-
 class Harness:
     def __init__(self, sim: Simulator, store: SqliteStore, **extra: object) -> None:
         self.config = source_config(sim, **extra)

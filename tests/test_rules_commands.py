@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,12 +93,6 @@ def _event(n: int, **data: Any) -> CloudEvent:
         time=T0,
         data={"object": {"id": str(n)}, **data},
     )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(tmp_path / "state.db") as s:
-        yield s
 
 
 async def _seed(store: SqliteStore, tmp: Path, *events: CloudEvent) -> RuleHandler:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from billnotify.actions.base import AttemptResult, Rendered
 from billnotify.config.loader import parse_config
@@ -85,12 +82,6 @@ def _event(n: int, type_: str = "billing_task.created", **data: Any) -> CloudEve
         time=T0,
         data={"object": {"id": str(n)}, **data},
     )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(tmp_path / "state.db") as s:
-        yield s
 
 
 def _handler(store: SqliteStore, config: Config, tmp: Path, **kw: Any) -> RuleHandler:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -31,12 +30,6 @@ def _event(object_id: str, key: str = "k", type_: str = "billing_task.created"):
         time=NOW,
         data={"object": {"id": object_id}},
     )
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    async with SqliteStore(tmp_path / "state.db") as s:
-        yield s
 
 
 async def test_commit_writes_snapshots_events_and_cursor_together(store: SqliteStore) -> None:
