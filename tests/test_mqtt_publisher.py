@@ -70,25 +70,25 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 async def test_events_are_published_to_their_topics_as_cloudevents(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
     before = [
         make_event("billing_task", "1234", "created"),
         make_event("billing_task", "1234", "status_changed", 1),
         make_event("invoice", "A/7+#", "paid"),
     ]
-    stored = await sqlite_store.commit("acme", [], before)
-    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), sqlite_store)
+    stored = await store.commit("acme", [], before)
+    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
         running(publisher),
     ):
         await sub.wait_for(lambda msgs: len(msgs) == 3)
         # appended while the publisher waits: it is woken, not polling
-        later = await sqlite_store.commit("acme", [], [make_event("billing_run", "9", "completed")])
+        later = await store.commit("acme", [], [make_event("billing_run", "9", "completed")])
         await sub.wait_for(lambda msgs: len(msgs) == 4)
         last = later[0].seq
-        await wait_until(lambda: _position_is(sqlite_store, last))
+        await wait_until(lambda: _position_is(store, last))
         assert publisher.last_published_seq == last
 
     topics = [m.topic.value for m in sub.messages]
@@ -116,22 +116,22 @@ async def _position_is(store: SqliteStore, seq: int) -> bool:
 
 
 async def test_resumes_from_the_stored_position(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    first = await sqlite_store.commit("acme", [], [make_event("invoice", "1", "created")])
-    await sqlite_store.set_position(POSITION, first[0].seq)
-    await sqlite_store.commit("acme", [], [make_event("invoice", "2", "created")])
-    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), sqlite_store)
+    first = await store.commit("acme", [], [make_event("invoice", "1", "created")])
+    await store.set_position(POSITION, first[0].seq)
+    await store.commit("acme", [], [make_event("invoice", "2", "created")])
+    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub, running(publisher):
         await sub.wait_for(lambda msgs: len(msgs) >= 1)
-        await wait_until(lambda: _position_is(sqlite_store, first[0].seq + 1))
+        await wait_until(lambda: _position_is(store, first[0].seq + 1))
     assert [m.topic.value for m in sub.messages] == [f"{mqtt_prefix}/events/acme/invoice/2/created"]
 
 
 async def test_retained_state_only_for_configured_entities(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    await sqlite_store.commit(
+    await store.commit(
         "acme",
         [
             SnapshotWrite("billing_task", "1", {"id": "1", "status": "Running"}),
@@ -140,16 +140,14 @@ async def test_retained_state_only_for_configured_entities(
         ],
         [],
     )
-    publisher = MqttPublisher(
-        mqtt_config(mosquitto.url(), mqtt_prefix), sqlite_store, idle_interval=0.05
-    )
+    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store, idle_interval=0.05)
     async with running(publisher):
-        await wait_until(lambda: _no_dirty(sqlite_store))
+        await wait_until(lambda: _no_dirty(store))
         # a later change of the same record replaces the retained state
-        await sqlite_store.commit(
+        await store.commit(
             "acme", [SnapshotWrite("billing_task", "1", {"id": "1", "status": "Completed"})], []
         )
-        await wait_until(lambda: _no_dirty(sqlite_store))
+        await wait_until(lambda: _no_dirty(store))
 
     task_topic = f"{mqtt_prefix}/state/acme/billing_task/1"
     run_topic = f"{mqtt_prefix}/state/acme/billing_run/7"
@@ -171,10 +169,10 @@ async def _no_dirty(store: SqliteStore) -> bool:
 
 
 async def test_online_then_offline_on_clean_shutdown(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
     status = f"{mqtt_prefix}/status"
-    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), sqlite_store)
+    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     async with mqtt_subscriber(mosquitto, status) as sub:
         async with running(publisher):
             await sub.wait_for(lambda msgs: sub.payloads(status) == [b"online"])
@@ -239,15 +237,15 @@ async def test_last_will_says_offline_when_the_process_is_killed(
 
 
 async def test_mqtt5_content_type_and_message_expiry(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    await sqlite_store.commit("acme", [], [make_event("billing_task", "5", "created")])
+    await store.commit("acme", [], [make_event("billing_task", "5", "created")])
     config = mqtt_config(
         mosquitto.url(), mqtt_prefix, protocol=5, message_expiry=timedelta(hours=1)
     )
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
-        running(MqttPublisher(config, sqlite_store)),
+        running(MqttPublisher(config, store)),
     ):
         await sub.wait_for(lambda msgs: len(msgs) == 1)
     props = sub.messages[0].properties
@@ -257,13 +255,13 @@ async def test_mqtt5_content_type_and_message_expiry(
 
 
 async def test_mqtt311_publisher(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    await sqlite_store.commit("acme", [], [make_event("billing_task", "5", "created")])
+    await store.commit("acme", [], [make_event("billing_task", "5", "created")])
     config = mqtt_config(mosquitto.url(), mqtt_prefix, protocol=4)
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/#", protocol=4) as sub,
-        running(MqttPublisher(config, sqlite_store)),
+        running(MqttPublisher(config, store)),
     ):
         await sub.wait_for(
             lambda msgs: len(sub.on(f"{mqtt_prefix}/events/acme/billing_task/5/created")) == 1
@@ -272,9 +270,9 @@ async def test_mqtt311_publisher(
 
 
 async def test_publish_api_for_rules(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), sqlite_store)
+    publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     with pytest.raises(BusError, match="not connected"):
         await publisher.publish(f"{mqtt_prefix}/alerts", b"x")
     async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/alerts/#") as sub, running(publisher):
@@ -287,18 +285,18 @@ async def test_publish_api_for_rules(
 
 
 async def test_republish_with_and_without_a_running_publisher(
-    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    stored = await sqlite_store.commit(
+    stored = await store.commit(
         "acme", [], [make_event("invoice", str(i), "created") for i in range(5)]
     )
     config = mqtt_config(mosquitto.url(), mqtt_prefix)
     async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub:
         # no run(): a short-lived connection of its own
-        assert await MqttPublisher(config, sqlite_store).republish(stored[:2]) == 2
+        assert await MqttPublisher(config, store).republish(stored[:2]) == 2
         await sub.wait_for(lambda msgs: len(msgs) == 2)
-        assert await sqlite_store.get_position(POSITION) == 0
-        publisher = MqttPublisher(config, sqlite_store)
+        assert await store.get_position(POSITION) == 0
+        publisher = MqttPublisher(config, store)
         async with running(publisher):
             await sub.wait_for(lambda msgs: len(msgs) == 7)
             assert await publisher.republish(stored[4:]) == 1
@@ -306,17 +304,17 @@ async def test_republish_with_and_without_a_running_publisher(
     assert sub.messages[-1].topic.value == f"{mqtt_prefix}/events/acme/invoice/4/created"
 
 
-async def test_republish_without_a_broker_raises_bus_error(sqlite_store: SqliteStore) -> None:
+async def test_republish_without_a_broker_raises_bus_error(store: SqliteStore) -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = MqttConfig(url=f"mqtt://127.0.0.1:{port}", prefix="nobody")
-    stored = await sqlite_store.commit("acme", [], [make_event("invoice", "1", "created")])
+    stored = await store.commit("acme", [], [make_event("invoice", "1", "created")])
     with pytest.raises(BusError):
-        await MqttPublisher(config, sqlite_store).republish(stored)
+        await MqttPublisher(config, store).republish(stored)
 
 
-async def test_reconnects_with_capped_exponential_backoff(sqlite_store: SqliteStore) -> None:
+async def test_reconnects_with_capped_exponential_backoff(store: SqliteStore) -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -328,7 +326,7 @@ async def test_reconnects_with_capped_exponential_backoff(sqlite_store: SqliteSt
             raise asyncio.CancelledError
 
     config = MqttConfig(url=f"mqtt://127.0.0.1:{port}", reconnect_max=timedelta(seconds=5))
-    publisher = MqttPublisher(config, sqlite_store, sleep=sleep)
+    publisher = MqttPublisher(config, store, sleep=sleep)
     with pytest.raises(asyncio.CancelledError):
         await publisher.run()
     assert delays == [0.5, 1, 2, 4, 5, 5, 5]
@@ -337,10 +335,10 @@ async def test_reconnects_with_capped_exponential_backoff(sqlite_store: SqliteSt
 
 
 async def test_reconnects_after_the_broker_restarts(
-    make_mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    make_mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
     broker = make_mosquitto()
-    publisher = MqttPublisher(mqtt_config(broker.url(), mqtt_prefix), sqlite_store)
+    publisher = MqttPublisher(mqtt_config(broker.url(), mqtt_prefix), store)
     async with running(publisher):
         broker.stop()
         async with asyncio.timeout(10):
@@ -351,8 +349,8 @@ async def test_reconnects_after_the_broker_restarts(
         broker.start()
         await publisher.wait_connected(10)
         assert publisher.reconnects == 1
-        await sqlite_store.commit("acme", [], [make_event("invoice", "1", "created")])
+        await store.commit("acme", [], [make_event("invoice", "1", "created")])
         async with mqtt_subscriber(broker, f"{mqtt_prefix}/#") as sub:
             # the status is retained (persistence on): online again after the restart
             await sub.wait_for(lambda msgs: sub.payloads(f"{mqtt_prefix}/status") == [b"online"])
-            await wait_until(lambda: _position_is(sqlite_store, 1))
+            await wait_until(lambda: _position_is(store, 1))

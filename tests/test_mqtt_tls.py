@@ -59,12 +59,12 @@ async def _commit_one(store: SqliteStore) -> None:
 
 
 async def test_tls_with_a_private_ca(
-    mosquitto_tls: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto_tls: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    await _commit_one(sqlite_store)
+    await _commit_one(store)
     config = tls_config(mosquitto_tls, mosquitto_tls.tls_port, mqtt_prefix)
     assert config.tls
-    publisher = MqttPublisher(config, sqlite_store)
+    publisher = MqttPublisher(config, store)
     async with (
         mqtt_subscriber(mosquitto_tls, f"{mqtt_prefix}/#") as sub,
         running(publisher),
@@ -77,11 +77,11 @@ async def test_tls_with_a_private_ca(
 
 @_PAHO_TLS_LEAK
 async def test_tls_rejects_a_server_the_ca_did_not_sign(
-    mosquitto_tls: Any, mqtt_prefix: str, sqlite_store: SqliteStore
+    mosquitto_tls: Any, mqtt_prefix: str, store: SqliteStore
 ) -> None:
     # no ca_file: the system CAs do not know the trustme CA
     config = tls_config(mosquitto_tls, mosquitto_tls.tls_port, mqtt_prefix, ca_file=None)
-    publisher = MqttPublisher(config, sqlite_store)
+    publisher = MqttPublisher(config, store)
     async with running(publisher):
         with pytest.raises(BusError, match="not connected"):
             await publisher.wait_connected(1.5)
@@ -89,9 +89,9 @@ async def test_tls_rejects_a_server_the_ca_did_not_sign(
 
 
 async def test_client_certificate(
-    mosquitto_tls: Any, mqtt_prefix: str, mqtt_subscriber: Any, sqlite_store: SqliteStore
+    mosquitto_tls: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:
-    await _commit_one(sqlite_store)
+    await _commit_one(store)
     files = mosquitto_tls.tls
     config = tls_config(
         mosquitto_tls,
@@ -100,7 +100,7 @@ async def test_client_certificate(
         cert_file=str(files.client_cert),
         key_file=str(files.client_key),
     )
-    publisher = MqttPublisher(config, sqlite_store)
+    publisher = MqttPublisher(config, store)
     async with (
         mqtt_subscriber(mosquitto_tls, f"{mqtt_prefix}/events/#") as sub,
         running(publisher),
@@ -111,10 +111,10 @@ async def test_client_certificate(
 
 @_PAHO_TLS_LEAK
 async def test_client_certificate_required(
-    mosquitto_tls: Any, mqtt_prefix: str, sqlite_store: SqliteStore
+    mosquitto_tls: Any, mqtt_prefix: str, store: SqliteStore
 ) -> None:
     config = tls_config(mosquitto_tls, mosquitto_tls.mtls_port, mqtt_prefix)
-    publisher = MqttPublisher(config, sqlite_store)
+    publisher = MqttPublisher(config, store)
     async with running(publisher):
         with pytest.raises(BusError, match="not connected"):
             await publisher.wait_connected(1.5)
@@ -122,13 +122,13 @@ async def test_client_certificate_required(
 
 
 async def test_missing_tls_files_are_a_bus_error(
-    mosquitto_tls: Any, mqtt_prefix: str, sqlite_store: SqliteStore
+    mosquitto_tls: Any, mqtt_prefix: str, store: SqliteStore
 ) -> None:
     config = tls_config(
         mosquitto_tls, mosquitto_tls.tls_port, mqtt_prefix, ca_file="/nonexistent/ca.pem"
     )
     with pytest.raises(BusError, match="TLS"):
-        await MqttPublisher(config, sqlite_store).run()
+        await MqttPublisher(config, store).run()
 
 
 def test_tls_insecure_skips_only_the_hostname_check(mosquitto_tls: Any) -> None:
