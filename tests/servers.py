@@ -17,7 +17,8 @@ before answering DATA (a server that took the message and never said so).
 Configs: ``sim_source(sim)`` is a billing-platform source polling a simulator;
 ``toml_config(raw)`` writes a config dict as TOML; ``PYTHON`` runs ``billnotify``.
 
-Helpers: ``free_port()``; ``wait_for(predicate)`` waits on a condition with a deadline;
+Helpers: ``free_port()``; ``running(service)`` runs ``service.run()`` for a ``with``
+block; ``wait_for(predicate)`` waits on a condition with a deadline;
 ``Sleeps`` is an injected ``sleep`` that records the delays instead of waiting; ``Clock``
 is an injected ``now()`` that a test moves by hand.
 """
@@ -67,6 +68,27 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    service: Any, *, connected: float | None = None
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``service.run()`` in a task for the block; cancel it (a clean stop) on exit.
+
+    Args:
+        service: anything with ``async def run()`` (a publisher, a worker).
+        connected: first wait up to this many seconds for ``service.wait_connected``.
+    """
+    task = asyncio.create_task(service.run())
+    try:
+        if connected is not None:
+            await service.wait_connected(connected)
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Sleeps(list[float]):

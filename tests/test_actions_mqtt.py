@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from billnotify.events import CloudEvent
 from billnotify.publish.mqtt import MqttPublisher
 from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
+from servers import running
 
 RULE = Rule.model_validate(
     {"name": "relay", "on": ["*"], "actions": [{"type": "mqtt", "topic": "x"}]}
@@ -45,14 +45,8 @@ async def publisher(broker: Any, prefix: str, store: Any) -> AsyncIterator[MqttP
         reconnect_max=timedelta(seconds=1),
     )
     pub = MqttPublisher(config, store)
-    task = asyncio.create_task(pub.run())
-    try:
-        await pub.wait_connected(10)
+    async with running(pub, connected=10):
         yield pub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_rendered_payload_reaches_the_rendered_topic(

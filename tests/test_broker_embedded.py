@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from billnotify.events import build_event
 from billnotify.publish import MqttPublisher
 from billnotify.publish.broker import EmbeddedBroker
 from billnotify.store import SqliteStore
+from servers import running
 
 V311 = aiomqtt.ProtocolVersion.V311
 
@@ -89,19 +89,12 @@ async def test_publisher_with_protocol_4(store: SqliteStore) -> None:
         )
         async with aiomqtt.Client("127.0.0.1", broker.port, protocol=V311) as sub:
             await sub.subscribe("demo/#", qos=1)
-            publisher = MqttPublisher(config, store)
-            task = asyncio.create_task(publisher.run())
             topics = []
-            try:
-                async with asyncio.timeout(10):
-                    async for message in sub.messages:
-                        topics.append(message.topic.value)
-                        if "demo/events/acme/billing_task/1/created" in topics:
-                            break
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            async with running(MqttPublisher(config, store)), asyncio.timeout(10):
+                async for message in sub.messages:
+                    topics.append(message.topic.value)
+                    if "demo/events/acme/billing_task/1/created" in topics:
+                        break
         assert topics[0] == "demo/status"
 
 

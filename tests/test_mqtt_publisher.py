@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from billnotify.events import CloudEvent, build_event
 from billnotify.publish import MqttPublisher
 from billnotify.publish.mqtt import CONTENT_TYPE, POSITION
 from billnotify.store import SnapshotWrite, SqliteStore
+from servers import running
 
 
 def make_event(entity: str, object_id: str, action: str, n: int = 0) -> CloudEvent:
@@ -47,21 +46,6 @@ def mqtt_config(url: str, prefix: str, **overrides: Any) -> MqttConfig:
     return MqttConfig(**values)
 
 
-@contextlib.asynccontextmanager
-async def running(
-    publisher: MqttPublisher, timeout: float = 10.0
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Run the publisher in a task; cancel it (clean shutdown) on exit."""
-    task = asyncio.create_task(publisher.run())
-    try:
-        await publisher.wait_connected(timeout)
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     """Poll an async predicate until it holds (store state has no notification)."""
     async with asyncio.timeout(timeout):
@@ -81,7 +65,7 @@ async def test_events_are_published_to_their_topics_as_cloudevents(
     publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
-        running(publisher),
+        running(publisher, connected=10),
     ):
         await sub.wait_for(lambda msgs: len(msgs) == 3)
         # appended while the publisher waits: it is woken, not polling
@@ -122,7 +106,10 @@ async def test_resumes_from_the_stored_position(
     await store.set_position(POSITION, first[0].seq)
     await store.commit("acme", [], [make_event("invoice", "2", "created")])
     publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
-    async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub, running(publisher):
+    async with (
+        mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
+        running(publisher, connected=10),
+    ):
         await sub.wait_for(lambda msgs: len(msgs) >= 1)
         await wait_until(lambda: _position_is(store, first[0].seq + 1))
     assert [m.topic.value for m in sub.messages] == [f"{mqtt_prefix}/events/acme/invoice/2/created"]
@@ -141,7 +128,7 @@ async def test_retained_state_only_for_configured_entities(
         [],
     )
     publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store, idle_interval=0.05)
-    async with running(publisher):
+    async with running(publisher, connected=10):
         await wait_until(lambda: _no_dirty(store))
         # a later change of the same record replaces the retained state
         await store.commit(
@@ -174,7 +161,7 @@ async def test_online_then_offline_on_clean_shutdown(
     status = f"{mqtt_prefix}/status"
     publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     async with mqtt_subscriber(mosquitto, status) as sub:
-        async with running(publisher):
+        async with running(publisher, connected=10):
             await sub.wait_for(lambda msgs: sub.payloads(status) == [b"online"])
             assert publisher.connected
         await sub.wait_for(lambda msgs: sub.payloads(status) == [b"online", b"offline"])
@@ -245,7 +232,7 @@ async def test_mqtt5_content_type_and_message_expiry(
     )
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
-        running(MqttPublisher(config, store)),
+        running(MqttPublisher(config, store), connected=10),
     ):
         await sub.wait_for(lambda msgs: len(msgs) == 1)
     props = sub.messages[0].properties
@@ -261,7 +248,7 @@ async def test_mqtt311_publisher(
     config = mqtt_config(mosquitto.url(), mqtt_prefix, protocol=4)
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/#", protocol=4) as sub,
-        running(MqttPublisher(config, store)),
+        running(MqttPublisher(config, store), connected=10),
     ):
         await sub.wait_for(
             lambda msgs: len(sub.on(f"{mqtt_prefix}/events/acme/billing_task/5/created")) == 1
@@ -275,7 +262,10 @@ async def test_publish_api_for_rules(
     publisher = MqttPublisher(mqtt_config(mosquitto.url(), mqtt_prefix), store)
     with pytest.raises(BusError, match="not connected"):
         await publisher.publish(f"{mqtt_prefix}/alerts", b"x")
-    async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/alerts/#") as sub, running(publisher):
+    async with (
+        mqtt_subscriber(mosquitto, f"{mqtt_prefix}/alerts/#") as sub,
+        running(publisher, connected=10),
+    ):
         await publisher.publish(f"{mqtt_prefix}/alerts/ops", "task failed", qos=1)
         await publisher.publish(f"{mqtt_prefix}/alerts/kept", b"kept", qos=0, retain=True)
         with pytest.raises(BusError):
@@ -297,7 +287,7 @@ async def test_republish_with_and_without_a_running_publisher(
         await sub.wait_for(lambda msgs: len(msgs) == 2)
         assert await store.get_position(POSITION) == 0
         publisher = MqttPublisher(config, store)
-        async with running(publisher):
+        async with running(publisher, connected=10):
             await sub.wait_for(lambda msgs: len(msgs) == 7)
             assert await publisher.republish(stored[4:]) == 1
             await sub.wait_for(lambda msgs: len(msgs) == 8)
@@ -339,7 +329,7 @@ async def test_reconnects_after_the_broker_restarts(
 ) -> None:
     broker = make_mosquitto()
     publisher = MqttPublisher(mqtt_config(broker.url(), mqtt_prefix), store)
-    async with running(publisher):
+    async with running(publisher, connected=10):
         broker.stop()
         async with asyncio.timeout(10):
             while publisher.connected:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +13,7 @@ from billnotify.errors import BusError
 from billnotify.events import build_event
 from billnotify.publish import MqttPublisher
 from billnotify.store import SqliteStore
+from servers import running
 
 # paho leaks the socket of a failed TLS handshake (closed by the GC, with a warning).
 _PAHO_TLS_LEAK = pytest.mark.filterwarnings(
@@ -34,17 +33,6 @@ def tls_config(broker: Any, port: int, prefix: str, **overrides: Any) -> MqttCon
     return MqttConfig(**values)
 
 
-@contextlib.asynccontextmanager
-async def running(publisher: MqttPublisher) -> Any:
-    task = asyncio.create_task(publisher.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def _commit_one(store: SqliteStore) -> None:
     event = build_event(
         source="acme",
@@ -56,6 +44,14 @@ async def _commit_one(store: SqliteStore) -> None:
         data={"object": {"id": "42"}},
     )
     await store.commit("acme", [], [event])
+
+
+async def _never_connects(config: MqttConfig, store: SqliteStore) -> None:
+    publisher = MqttPublisher(config, store)
+    async with running(publisher):
+        with pytest.raises(BusError, match="not connected"):
+            await publisher.wait_connected(1.5)
+    gc.collect()  # the leaked socket is reported now, under the test's filter
 
 
 async def test_tls_with_a_private_ca(
@@ -81,11 +77,7 @@ async def test_tls_rejects_a_server_the_ca_did_not_sign(
 ) -> None:
     # no ca_file: the system CAs do not know the trustme CA
     config = tls_config(mosquitto_tls, mosquitto_tls.tls_port, mqtt_prefix, ca_file=None)
-    publisher = MqttPublisher(config, store)
-    async with running(publisher):
-        with pytest.raises(BusError, match="not connected"):
-            await publisher.wait_connected(1.5)
-    gc.collect()  # the leaked socket is reported now, under this test's filter
+    await _never_connects(config, store)
 
 
 async def test_client_certificate(
@@ -114,11 +106,7 @@ async def test_client_certificate_required(
     mosquitto_tls: Any, mqtt_prefix: str, store: SqliteStore
 ) -> None:
     config = tls_config(mosquitto_tls, mosquitto_tls.mtls_port, mqtt_prefix)
-    publisher = MqttPublisher(config, store)
-    async with running(publisher):
-        with pytest.raises(BusError, match="not connected"):
-            await publisher.wait_connected(1.5)
-    gc.collect()  # the leaked socket is reported now, under this test's filter
+    await _never_connects(config, store)
 
 
 async def test_missing_tls_files_are_a_bus_error(
