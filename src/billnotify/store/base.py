@@ -13,12 +13,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from billnotify.events import CloudEvent, digest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The last-seen state of one record."""
 
@@ -31,7 +31,7 @@ class Snapshot:
     version: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SnapshotWrite:
     """A snapshot to store (the version is the store's business)."""
 
@@ -42,7 +42,7 @@ class SnapshotWrite:
     due_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event and its position (``seq``, increasing) in the log."""
 
@@ -76,7 +76,7 @@ def delivery_id(rule: str, action_index: int, event_id: str) -> str:
     return "dlv_" + digest(rule, str(action_index), event_id)[:32]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewDelivery:
     """A delivery to record before it is attempted."""
 
@@ -98,7 +98,7 @@ class NewDelivery:
         return delivery_id(self.rule, self.action_index, self.event_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try of a delivery."""
 
@@ -111,7 +111,7 @@ class Attempt:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttemptEnd:
     """How one attempt ended, for :meth:`Store.finish_attempts`."""
 
@@ -126,7 +126,7 @@ class AttemptEnd:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """A row of the delivery ledger."""
 
@@ -148,6 +148,37 @@ class Delivery:
     note: str | None = None
     """An operator's or the reconciler's note (``resolve``, ``reconciled: delivered``)."""
     history: list[Attempt] = field(default_factory=list)
+
+
+class DueDelivery(NamedTuple):
+    """A due delivery as the worker reads it, with its event (:meth:`Store.read_due`).
+
+    A plain tuple of strings and numbers: the worker holds many ahead of need, and the
+    garbage collector need not track them.
+    """
+
+    id: str
+    rule: str
+    action_index: int
+    action_type: str
+    event_id: str
+    exactly_once: bool
+    target: str
+    event: str | None
+    """The event's JSON as logged (None: it is no longer in the log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DueBatch:
+    """What the delivery worker reads in one trip (:meth:`Store.read_due`).
+
+    Attributes:
+        deliveries: due deliveries, oldest first.
+        disabled: disabled webhook endpoint name -> reason.
+    """
+
+    deliveries: list[DueDelivery]
+    disabled: dict[str, str]
 
 
 class Store(Protocol):
@@ -258,6 +289,12 @@ class Store(Protocol):
     ) -> list[Delivery]:
         """Pending / retry_scheduled deliveries whose time has come, oldest first,
         leaving out the ids in ``exclude`` (ones the caller already holds)."""
+
+    async def read_due(
+        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> DueBatch:
+        """:meth:`due_deliveries` with the JSON of their events, and
+        :meth:`disabled_endpoints`, read together (one trip to the database)."""
 
     async def next_due_at(self) -> datetime | None:
         """When the next pending or scheduled delivery is due."""

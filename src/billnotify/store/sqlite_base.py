@@ -16,14 +16,12 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from billnotify.errors import StoreError
-from billnotify.events import CloudEvent
 from billnotify.store.schema import SCHEMA, SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -102,12 +100,10 @@ class SqliteBase:
         self._conn: sqlite3.Connection | None = None
         self._thread: _StoreThread | None = None
         self._lock = asyncio.Lock()
-        self._parsed: OrderedDict[int, CloudEvent] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
         """Open the file, switch on WAL and create the schema."""
-        self._parsed.clear()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._thread = _StoreThread()

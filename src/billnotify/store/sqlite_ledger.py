@@ -14,6 +14,8 @@ from billnotify.store.base import (
     AttemptEnd,
     Delivery,
     DeliveryStatus,
+    DueBatch,
+    DueDelivery,
     NewDelivery,
     Outcome,
 )
@@ -105,28 +107,82 @@ class LedgerTables(SqliteBase):
 
         return await self._write(work)
 
-    async def due_deliveries(
-        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
-    ) -> list[Delivery]:
-        """Deliveries whose next attempt is due, except those in ``exclude``."""
+    def _due_query(
+        self, columns: str, now: datetime, limit: int, exclude: Collection[str]
+    ) -> tuple[str, tuple[Any, ...]]:
         # One ordered index range per status, merged: ``status IN (...)`` would read and
         # sort every due row to return the first ``limit``.
         skip = list(exclude)
         branch = (
-            f"SELECT * FROM (SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status = ? "
-            f"AND next_attempt_at <= ? AND id NOT IN ({','.join('?' * len(skip))}) "
+            f"SELECT * FROM (SELECT {columns}, next_attempt_at AS due_at, event_seq AS seq "
+            "FROM deliveries WHERE status = ? AND next_attempt_at <= ? "
+            f"AND id NOT IN ({','.join('?' * len(skip))}) "
             "ORDER BY next_attempt_at, event_seq LIMIT ?)"
         )
         ts = now.timestamp()
-        rows = await self._fetch(
-            f"{branch} UNION ALL {branch} ORDER BY next_attempt_at, event_seq LIMIT ?",
+        return (
+            f"{branch} UNION ALL {branch} ORDER BY due_at, seq LIMIT ?",
             (
                 *(DeliveryStatus.PENDING, ts, *skip, limit),
                 *(DeliveryStatus.RETRY_SCHEDULED, ts, *skip, limit),
                 limit,
             ),
         )
+
+    async def due_deliveries(
+        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Deliveries whose next attempt is due, except those in ``exclude``."""
+        rows = await self._fetch(*self._due_query(self._DELIVERY_COLS, now, limit, exclude))
         return [self._delivery(r) for r in rows]
+
+    async def read_due(
+        self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> DueBatch:
+        """Due deliveries with their events' JSON, and the disabled endpoints, in one trip."""
+        db = self._db
+        sql, params = self._due_query(
+            "id, rule, action_index, action_type, event_id, exactly_once, target",
+            now,
+            limit,
+            exclude,
+        )
+
+        def read() -> DueBatch:
+            due = db.execute(sql, params).fetchall()
+            ids = list({row[4] for row in due})
+            bodies: dict[str, str] = (
+                dict(
+                    db.execute(
+                        f"SELECT id, body FROM events WHERE id IN ({','.join('?' * len(ids))})",
+                        ids,
+                    ).fetchall()
+                )
+                if ids
+                else {}
+            )
+            disabled = db.execute("SELECT name, reason FROM endpoints").fetchall()
+            return DueBatch(
+                [
+                    DueDelivery(
+                        id=row[0],
+                        rule=row[1],
+                        action_index=row[2],
+                        action_type=row[3],
+                        event_id=row[4],
+                        exactly_once=bool(row[5]),
+                        target=row[6],
+                        event=bodies.get(row[4]),
+                    )
+                    for row in due
+                ],
+                dict(disabled),
+            )
+
+        try:
+            return await self._call(read)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store read failed: {exc}") from exc
 
     async def next_due_at(self) -> datetime | None:
         """When the next delivery is due."""

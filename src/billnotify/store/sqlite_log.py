@@ -20,10 +20,6 @@ from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _ts
 
 logger = logging.getLogger(__name__)
 
-_PARSED_EVENTS = 1024
-"""Parsed events kept by seq (the newest read): enough for the worker to find the ones
-the rule handler just read, few enough not to grow the heap the collector scans."""
-
 
 class LogTables(SqliteBase):
     """The tables change detection and the publishers use."""
@@ -250,21 +246,12 @@ class LogTables(SqliteBase):
         return [StoredEvent(seq=seqs[event.id], event=event) for event in fresh]
 
     # -- the event log ---------------------------------------------------------------
-    def _stored(self, rows: Iterable[sqlite3.Row]) -> list[StoredEvent]:
-        # A logged event never changes, so the one parsed for a reader (the rule handler)
-        # serves the next (the delivery worker) without parsing the JSON again. Events are
-        # frozen models, shared read-only.
-        parsed = self._parsed
-        stored: list[StoredEvent] = []
-        for row in rows:
-            seq = int(row[0])
-            event = parsed.get(seq)
-            if event is None:
-                event = parsed[seq] = CloudEvent.from_json(row[1])
-                if len(parsed) > _PARSED_EVENTS:
-                    parsed.popitem(last=False)
-            stored.append(StoredEvent(seq=seq, event=event))
-        return stored
+    @staticmethod
+    def _stored(rows: Iterable[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
+        # Parsed for each reader, never kept: the rule handler reads an event once and
+        # the worker reads its JSON (a parsed event kept around would only give the
+        # collector more to scan).
+        return [StoredEvent(seq=int(row[0]), event=CloudEvent.from_json(row[1])) for row in rows]
 
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events after ``after_seq``, in order."""
