@@ -47,7 +47,7 @@ class Evaluator(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Planned:
     """A delivery to record, with what must be noted beside it.
 
@@ -146,22 +146,27 @@ class RuleHandler:
     async def process_batch(self) -> int:
         """Read, plan and record one batch; returns how many events it held."""
         position = await self.store.get_position(self.consumer)
+        planned, first, last, count = await self._plan_batch(position)
+        if not count:
+            return 0
+        # the batch's parsed events are gone by now: none is held while the store writes
+        new = await self.record(planned, last)
+        self.events_processed += count
+        logger.debug(
+            "rules: events %d..%d -> %d deliveries (%d new)", first, last, len(planned), new
+        )
+        return count
+
+    async def _plan_batch(self, position: int) -> tuple[list[Planned], int, int, int]:
+        """Read the batch after ``position`` and plan it: (planned, first seq, last seq,
+        events)."""
         batch = await self.store.read_events(position, limit=self.batch_size)
         if not batch:
-            return 0
+            return [], position, position, 0
         planned: list[Planned] = []
         for stored in batch:
             planned.extend(await self.plan(stored))
-        new = await self.record(planned, batch[-1].seq)
-        self.events_processed += len(batch)
-        logger.debug(
-            "rules: events %d..%d -> %d deliveries (%d new)",
-            batch[0].seq,
-            batch[-1].seq,
-            len(planned),
-            new,
-        )
-        return len(batch)
+        return planned, batch[0].seq, batch[-1].seq, len(batch)
 
     # -- planning --------------------------------------------------------------------
     async def plan(self, stored: StoredEvent) -> list[Planned]:

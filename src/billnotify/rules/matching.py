@@ -26,7 +26,7 @@ Evaluate = Callable[[str, dict[str, Any]], bool]
 """Evaluates a Jinja expression against a context (``TemplateRenderer.evaluate``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """One action an event triggers.
 

@@ -3,31 +3,45 @@
 An attempt's outcome must be committed before the worker counts the delivery as
 settled. Committing each one in its own transaction would make the store the
 bottleneck; :class:`OutcomeWriter` commits the outcomes that arrive close together in one
-:meth:`~billnotify.store.base.Store.finish_attempts` transaction instead, and each writer
-still waits for the commit that holds its outcome.
+:meth:`~billnotify.store.base.Store.finish_attempts` transaction instead, and tells each
+writer once the commit that holds its outcome is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
 from billnotify.store.base import AttemptEnd, Store
+
+logger = logging.getLogger(__name__)
+
+Committed = Callable[[BaseException | None], object]
+"""Called once the outcome's transaction is over: with None, or with why it failed."""
 
 
 class OutcomeWriter:
     """Group commit of attempt outcomes.
 
-    :meth:`write` returns once a transaction holding its outcome has committed. At most
-    one commit runs at a time; outcomes written meanwhile wait for it and then go
-    together in the next one, so the batch grows with the load and an idle worker adds
-    no delay.
+    :meth:`put` queues an outcome and returns at once; its callback runs once a
+    transaction holding it has committed (or failed). :meth:`write` waits for that
+    instead. At most one commit runs at a time; outcomes queued meanwhile wait for it and
+    then go together in the next one, so the batch grows with the load and an idle worker
+    adds no delay.
     """
 
     def __init__(self, store: Store, max_batch: int = 500) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._queue: list[tuple[AttemptEnd, asyncio.Future[None]]] = []
+        self._queue: list[tuple[AttemptEnd, Committed]] = []
         self._flusher: asyncio.Task[None] | None = None
+
+    def put(self, end: AttemptEnd, then: Committed) -> None:
+        """Queue ``end`` for the next commit; ``then`` is called once it is over."""
+        self._queue.append((end, then))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._commit_all(), name="delivery-outcomes")
 
     async def write(self, end: AttemptEnd) -> None:
         """Commit ``end``; raises the store's error if its transaction failed.
@@ -36,13 +50,11 @@ class OutcomeWriter:
         committed (:meth:`flush` waits for that).
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((end, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._commit_all(), name="delivery-outcomes")
+        self.put(end, lambda error: _resolve(future, error))
         await future
 
     async def flush(self) -> None:
-        """Wait until every outcome written so far is committed (or failed)."""
+        """Wait until every outcome queued so far is committed (or failed)."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.wait({self._flusher})  # neither cancels it nor raises
 
@@ -50,13 +62,22 @@ class OutcomeWriter:
         while self._queue:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
+            error: BaseException | None = None
             try:
                 await self._store.finish_attempts([end for end, _ in batch])
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                error = exc
+            for _, then in batch:
+                try:
+                    then(error)
+                except Exception:
+                    logger.exception("handling a committed delivery outcome failed")
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(None)

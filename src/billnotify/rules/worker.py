@@ -2,7 +2,7 @@
 
 Each attempt follows one path::
 
-    pending / retry_scheduled --start_attempt (committed)--> sending --execute-->
+    pending / retry_scheduled --start_attempts (committed)--> sending --execute-->
         succeeded | retry_scheduled | dead | uncertain
 
 ``sending`` is committed **before** the request goes out, so a process killed mid-send
@@ -10,14 +10,25 @@ leaves evidence: at the next start :meth:`DeliveryWorker.recover` turns exactly-
 rows into ``uncertain`` (never sent twice) and others into due-now (retried). How an
 attempt's result becomes the next status is :func:`billnotify.rules.policy.decide`.
 
-Both writes are batched without loosening that order: the deliveries taken in one pass
-are started in one transaction (committed before any of their requests), and outcomes
-that arrive while a commit is under way are committed together in the next one
-(group commit). An attempt counts as settled, and leaves the in-flight set, only once
-its outcome is committed; :meth:`DeliveryWorker.drain` waits for pending outcomes.
+How the work flows:
 
-Nothing is sent for a delivery whose rule or event disappeared, whose webhook endpoint
-was disabled (410 Gone), or that is dry-run under the current config.
+- a :class:`~billnotify.rules.due.DueQueue` reads due deliveries ahead, in the
+  background, and settles those that must not be sent;
+- the worker starts them in groups: one transaction commits ``sending`` for a group
+  before any of its requests goes out; once committed every one of them is attempted,
+  even if a drain began meanwhile;
+- a fixed pool of ``delivery_concurrency`` slots takes started deliveries one after the
+  other and runs their attempts;
+- outcomes are committed in groups (:class:`~billnotify.rules.outcomes.OutcomeWriter`);
+  a delivery counts as settled, and leaves the in-flight set, only once its outcome is
+  committed, and :meth:`DeliveryWorker.drain` waits for that.
+
+So that a slot that frees never waits for a transaction, at-least-once deliveries are
+started up to one group ahead: at most ``delivery_concurrency`` of them committed
+``sending`` and waiting for a slot. A process killed then leaves them ``sending`` and
+recovery makes them due again, which is what at-least-once allows. Exactly-once
+deliveries are started only for a slot that is free, so recovery turns into
+``uncertain`` only deliveries whose request was about to go out or had gone.
 """
 
 from __future__ import annotations
@@ -30,34 +41,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from billnotify.actions.base import ActionExecutor
+from billnotify.actions.base import ActionExecutor, AttemptResult
 from billnotify.clients.billing_platform import BillingPlatformClient
-from billnotify.config.models import Action, Config, Rule, WebhookAction
+from billnotify.config.models import Config, WebhookAction
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
-from billnotify.rules.ledger import settle_without_sending
-from billnotify.rules.matching import effective_dry_run
+from billnotify.rules.due import DueQueue, Job
 from billnotify.rules.outcomes import OutcomeWriter
-from billnotify.rules.policy import AttemptReport, Decision, decide, schedule_for
+from billnotify.rules.policy import AttemptReport, Decision, decide
 from billnotify.rules.reconcile import InvoiceEmailReconciler
-from billnotify.store.base import AttemptEnd, Delivery, DeliveryStatus, Outcome, Store
+from billnotify.store.base import AttemptEnd, DeliveryStatus, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[object]]
 
-
-@dataclass(frozen=True)
-class _Job:
-    """A delivery to attempt (its ``sending`` committed before the attempt runs)."""
-
-    delivery: Delivery
-    rule: Rule
-    action: Action
-    event: CloudEvent
-    executor: ActionExecutor
-    number: int
+_MIN_READ = 32
+"""Due deliveries read at least per trip (a small concurrency would read a few at a time)."""
 
 
 @dataclass(frozen=True)
@@ -120,24 +121,33 @@ class DeliveryWorker:
         self.attempts: dict[str, int] = {o.value: 0 for o in Outcome}
         self.settled: dict[str, int] = {s.value: 0 for s in DeliveryStatus}
         self.recovered: tuple[int, int] = (0, 0)
-        self._rules = {rule.name: rule for rule in config.rules}
-        self._disabled: dict[str, str] = {}
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        """Every attempt task, from its start until its outcome is committed."""
-        self._requesting: set[str] = set()
-        """Attempts whose request is under way: these are what the concurrency limits."""
-        self._ready: collections.deque[_Job] = collections.deque()
-        """Due deliveries read and checked ahead, not started yet."""
+        self._ahead = self.concurrency
+        """At-least-once deliveries started ahead of the free slots, at most."""
+        self._read_size = max(2 * self.concurrency, _MIN_READ)
+        self._due = DueQueue(
+            config,
+            store,
+            executors,
+            clock,
+            held=self._held,
+            settled=self.settled,
+            on_ready=self._wake_up,
+        )
         self._starting: set[str] = set()
-        """Taken from ``_ready``, their ``sending`` not committed yet."""
-        self._start: asyncio.Task[dict[str, int]] | None = None
-        """The transaction committing ``sending`` for ``_starting`` (drain waits for it)."""
-        self._more = True
-        """The last read of due deliveries filled its page (there may be more)."""
-        self._reading = asyncio.Lock()
-        self._prefetch: asyncio.Task[None] | None = None
+        """Taken from the due queue, their ``sending`` not committed yet."""
+        self._started: collections.deque[Job] = collections.deque()
+        """``sending`` committed, waiting for a slot."""
+        self._requesting: set[str] = set()
+        """Attempts whose request is under way (each holds a slot)."""
+        self._inflight: set[str] = set()
+        """Attempts taken by a slot, until their outcome is committed."""
+        self._slots: list[asyncio.Task[None]] = []
+        self._idle_slots: collections.deque[asyncio.Future[Job]] = collections.deque()
+        self._disabling: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeWriter(store)
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set when an attempt settled or a start ended (drain re-checks what is left)."""
         self._stopping = False
         self._drained = asyncio.Event()
 
@@ -149,7 +159,7 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         """New deliveries were recorded: look at the ledger now."""
-        self._more = True
+        self._due.more = True
         self._wake.set()
 
     async def recover(self) -> tuple[int, int]:
@@ -164,6 +174,7 @@ class DeliveryWorker:
     async def run(self) -> None:
         """Recover, then attempt deliveries as they come due until :meth:`drain`."""
         await self.recover()
+        self._open_slots()
         failures = 0
         # reconciliation talks to the platform, which may be slow: never in this loop
         reconciling = (
@@ -188,9 +199,8 @@ class DeliveryWorker:
         finally:
             if self._stopping:
                 await self._drained.wait()
-            await self._stop_prefetch()
-            for task in self._inflight.values():
-                task.cancel()
+            await self._due.stop()
+            await self._close_slots()
             await self._outcomes.flush()
             if reconciling is not None:
                 reconciling.cancel()
@@ -200,46 +210,48 @@ class DeliveryWorker:
         """Stop taking work; wait up to ``grace`` for in-flight attempts.
 
         Attempts still running after ``grace`` are cancelled: their rows stay
-        ``sending`` and the next start recovers them.
+        ``sending`` and the next start recovers them, as do deliveries started but not
+        attempted yet.
 
         Returns:
             How many attempts were cut off.
         """
         self._stopping = True
         self._wake.set()
-        await self._stop_prefetch()
+        await self._due.stop()
         seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(seconds, 0.0)
-        if self._inflight:
+        if self._busy():
             logger.info(
-                "draining %d in-flight deliveries (up to %.1fs)", len(self._inflight), seconds
+                "draining %d in-flight deliveries (up to %.1fs)",
+                len(self._inflight) + len(self._started) + len(self._starting),
+                seconds,
             )
-        # a start under way when we were called adds attempts once it commits: loop
-        while loop.time() < deadline:
-            waiting = [*self._inflight.values(), *([self._start] if self._start else [])]
-            if not waiting:
-                break
-            await asyncio.wait(waiting, timeout=deadline - loop.time())
-        pending = list(self._inflight.values())
-        for task in pending:
+        # a start under way when we were called adds attempts once it commits: wait for it
+        await self._until_quiet(max(seconds, 0.0))
+        cut = self._requesting | self._starting | {job.delivery.id for job in self._started}
+        await self._close_slots()
+        for task in list(self._disabling):
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await self._outcomes.flush()  # outcomes of attempts cut off while committing
-        if pending:
-            logger.warning("%d deliveries left 'sending' for recovery at next start", len(pending))
+        await asyncio.gather(*self._disabling, return_exceptions=True)
+        await self._outcomes.flush()  # outcomes of attempts that ended before the cut
+        if cut:
+            logger.warning("%d deliveries left 'sending' for recovery at next start", len(cut))
         self._drained.set()
-        return len(pending)
+        return len(cut)
 
     async def run_once(self) -> int:
         """Start every due delivery (up to the concurrency) and wait for them (tests)."""
+        self._open_slots()
         started = 0
-        while len(self._requesting) < self.concurrency and (taken := await self._fill()):
-            started += taken
-        await self._stop_prefetch()
-        tasks = list(self._inflight.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            while len(self._requesting) + len(self._started) < self.concurrency and (
+                taken := await self._fill()
+            ):
+                started += taken
+            await self._due.stop()
+            await self._until_quiet(None)
+        finally:
+            await self._close_slots()
         return started
 
     async def reconcile(self) -> int:
@@ -259,8 +271,8 @@ class DeliveryWorker:
             await self.sleep(self.reconcile_interval)
 
     async def _idle_delay(self) -> float:
-        if len(self._requesting) >= self.concurrency:
-            return self.poll_interval  # a finishing attempt wakes us
+        if len(self._requesting) >= self.concurrency or self._started:
+            return self.poll_interval  # a slot that frees wakes us
         due = await self.store.next_due_at()
         if due is None:
             return self.poll_interval
@@ -268,6 +280,13 @@ class DeliveryWorker:
 
     async def _idle(self, delay: float) -> None:
         if self._wake.is_set():
+            return
+        if self.sleep is asyncio.sleep:  # a timer instead of two tasks per wait
+            timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             return
         waker = asyncio.ensure_future(self._wake.wait())
         sleeper = asyncio.ensure_future(self.sleep(delay))
@@ -278,166 +297,143 @@ class DeliveryWorker:
                 task.cancel()
             await asyncio.gather(waker, sleeper, return_exceptions=True)
 
-    async def _fill(self) -> int:
-        """Start due deliveries into free slots; returns how many were taken or settled.
+    def _wake_up(self) -> None:
+        self._wake.set()
 
-        Due deliveries are read (with their events) and checked ahead of need, in the
-        background, so a slot that frees only waits for the transaction that marks its
-        successor ``sending``.
-        """
-        free = self.concurrency - len(self._requesting)
-        if free <= 0 or self._stopping:
+    def _held(self) -> set[str]:
+        """Ids a read must leave out: starting, or in flight until committed settled."""
+        return self._starting | self._inflight
+
+    def _busy(self) -> bool:
+        return bool(self._starting or self._started or self._inflight)
+
+    async def _until_quiet(self, timeout: float | None) -> bool:
+        """Wait until nothing is starting, started or in flight; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._busy():
+            self._changed.clear()
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return not self._busy()
+        return True
+
+    async def _fill(self) -> int:
+        """Start due deliveries for the free slots (and ahead of them, see the module
+        docstring); returns how many were taken or settled."""
+        if self._stopping:
+            return 0
+        free = self.concurrency - len(self._requesting) - len(self._started)
+        room = free + self._ahead
+        if room <= 0:
             return 0
         settled = 0
-        if not self._ready:
-            settled += await self._read_ahead(self.concurrency + free)
-        jobs: list[_Job] = []
-        while self._ready and len(jobs) < free:
-            job = self._ready.popleft()
+        if not self._due:
+            settled += await self._due.read(max(room, self._read_size))
+        jobs: list[Job] = []
+        while self._due and len(jobs) < room:
+            if len(jobs) >= free and self._due.peek().delivery.exactly_once:
+                break  # exactly-once deliveries start only for a free slot
+            job = self._due.pop()
             if job.delivery.id in self._inflight:
                 continue  # cannot happen (reads leave out what is held); never twice
-            if await self._still_sendable(job):
+            if await self._due.still_sendable(job):
                 jobs.append(job)
                 self._starting.add(job.delivery.id)
             else:
                 settled += 1
         if not jobs:
             return settled
-        # 'sending' for the whole group in one transaction, before any request goes out;
-        # once committed every one of them is attempted, even if a drain began meanwhile
-        self._start = asyncio.ensure_future(
-            self.store.start_attempts([job.delivery.id for job in jobs], self.clock())
-        )
         try:
-            numbers = await self._start
+            numbers = await self.store.start_attempts(
+                [job.delivery.id for job in jobs], self.clock()
+            )
         finally:
-            self._start = None
             self._starting.difference_update(job.delivery.id for job in jobs)
+            self._changed.set()
         for job in jobs:
             number = numbers.get(job.delivery.id)
             if number is None:
                 logger.info("delivery %s changed before its attempt; skipped", job.delivery.id)
                 continue
-            self._launch(_Job(job.delivery, job.rule, job.action, job.event, job.executor, number))
-        self._read_in_background()
+            job.number = number
+            self._dispatch(job)
+        if not self._stopping:
+            self._due.read_in_background(self._read_size)
         return len(jobs) + settled
 
-    def _read_in_background(self) -> None:
-        """Top the ready queue up while the requests just started are in flight."""
-        if self._stopping or not self._more or len(self._ready) >= self.concurrency:
-            return
-        if self._prefetch is None or self._prefetch.done():
-            self._prefetch = asyncio.create_task(self._prefetch_due(), name="delivery-read-ahead")
+    # -- the slots ---------------------------------------------------------------------
+    def _open_slots(self) -> None:
+        if not self._slots:
+            self._slots = [
+                asyncio.create_task(self._slot(), name=f"delivery-slot-{n}")
+                for n in range(self.concurrency)
+            ]
 
-    async def _prefetch_due(self) -> None:
-        try:
-            if await self._read_ahead(self.concurrency) or self._ready:
-                self._wake.set()
-        except StoreError as exc:
-            logger.warning("reading due deliveries ahead failed: %s", exc)
+    async def _close_slots(self) -> None:
+        slots, self._slots = self._slots, []
+        for task in slots:
+            task.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+        self._idle_slots.clear()
 
-    async def _stop_prefetch(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.cancel()
-            await asyncio.gather(self._prefetch, return_exceptions=True)
-            self._prefetch = None
+    def _dispatch(self, job: Job) -> None:
+        """Hand a started job to an idle slot, or queue it for the next one that frees."""
+        while self._idle_slots:
+            waiter = self._idle_slots.popleft()
+            if not waiter.done():
+                self._take(job)
+                waiter.set_result(job)
+                return
+        self._started.append(job)
 
-    async def _read_ahead(self, target: int) -> int:
-        """Read and check due deliveries until ``target`` are ready; returns how many
-        were settled without sending instead."""
-        async with self._reading:  # one read at a time: none can queue a row twice
-            want = target - len(self._ready)
-            if want <= 0:
-                return 0
-            now = self.clock()
-            # in flight: 'sending', or settled but not yet committed as such
-            held = {job.delivery.id for job in self._ready} | self._starting
-            held.update(self._inflight)
-            due = await self.store.due_deliveries(now, limit=want, exclude=held)
-            self._more = len(due) >= want
-            if not due:
-                return 0
-            self._disabled = await self.store.disabled_endpoints()
-            events = {
-                s.event.id: s.event
-                for s in await self.store.get_events(sorted({d.event_id for d in due}))
-            }
-            settled = 0
-            for delivery in due:
-                job = await self._prepare(delivery, events.get(delivery.event_id), now)
-                if job is None:
-                    settled += 1
-                else:
-                    self._ready.append(job)
-            return settled
-
-    async def _still_sendable(self, job: _Job) -> bool:
-        """Re-check a job read ahead against what changed since (a 410 from its endpoint)."""
-        action = job.action
-        if isinstance(action, WebhookAction) and action.endpoint in self._disabled:
-            reason = f"endpoint {action.endpoint!r} disabled: {self._disabled[action.endpoint]}"
-            logger.warning("delivery %s: dead without sending: %s", job.delivery.id, reason)
-            await settle_without_sending(
-                self.store, job.delivery.id, DeliveryStatus.DEAD, reason, self.clock()
-            )
-            self.settled[DeliveryStatus.DEAD.value] += 1
-            return False
-        return True
-
-    def _launch(self, job: _Job) -> None:
+    def _take(self, job: Job) -> None:
         key = job.delivery.id
-        task = asyncio.create_task(self._attempt(job), name=f"delivery-{key}")
-        self._inflight[key] = task
         self._requesting.add(key)
-        task.add_done_callback(functools.partial(self._done, key))
+        self._inflight.add(key)
 
-    def _release(self, key: str) -> None:
-        """The request is over: its slot may take the next delivery."""
-        if key in self._requesting:
-            self._requesting.discard(key)
-            self._wake.set()
+    async def _slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._started:
+                job = self._started.popleft()
+                self._take(job)
+            else:
+                waiter: asyncio.Future[Job] = loop.create_future()
+                self._idle_slots.append(waiter)
+                job = await waiter
+            await self._attempt(job)
+            if len(self._started) <= self._ahead // 2:
+                self._wake.set()  # time to start the next group
 
-    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(key, None)
-        self._release(key)
-        self._wake.set()
+    async def _attempt(self, job: Job) -> None:
+        delivery = job.delivery
+        result: AttemptReport
+        try:
+            event = CloudEvent.from_json(job.event)
+        except ValueError as exc:
+            why = f"event {delivery.event_id} in the log cannot be read: {exc}"
+            result = AttemptResult(Outcome.PERMANENT, error=" ".join(why.split())[:500])
+        else:
+            result = await self._execute(job, event)
+        # the slot is free, the delivery is not settled: it stays in flight (and out of
+        # reach of the next read) until its outcome is committed
+        self._requesting.discard(delivery.id)
+        try:
+            self._conclude(job, result)
+        except Exception:
+            logger.exception("cannot record the outcome of delivery %s", delivery.id)
+            self._forget(delivery.id)
 
-    async def _prepare(
-        self, delivery: Delivery, event: CloudEvent | None, now: datetime
-    ) -> _Job | None:
-        """Check a due delivery; None when it is not to be sent (it is settled here)."""
-        rule = self._rules.get(delivery.rule)
-        action = _action_at(rule, delivery)
-        executor = self.executors.get(delivery.action_type)
-        reason: str | None = None
-        if rule is None or action is None:
-            reason = f"rule {delivery.rule!r} action {delivery.action_index} no longer exists"
-        elif event is None:
-            reason = f"event {delivery.event_id} is not in the log"
-        elif executor is None:
-            reason = f"no executor for {delivery.action_type!r} actions"
-        elif isinstance(action, WebhookAction) and action.endpoint in self._disabled:
-            reason = f"endpoint {action.endpoint!r} disabled: {self._disabled[action.endpoint]}"
-        if reason is not None:
-            logger.warning("delivery %s: dead without sending: %s", delivery.id, reason)
-            await settle_without_sending(self.store, delivery.id, DeliveryStatus.DEAD, reason, now)
-            self.settled[DeliveryStatus.DEAD.value] += 1
-            return None
-        assert rule is not None and action is not None and event is not None
-        assert executor is not None
-        if effective_dry_run(self.config.service.dry_run, rule, action):
-            await self.store.set_delivery_status(
-                delivery.id, DeliveryStatus.DRY_RUN, now=now, note="dry run: not sent"
-            )
-            self.settled[DeliveryStatus.DRY_RUN.value] += 1
-            return None
-        return _Job(delivery, rule, action, event, executor, number=0)
-
-    async def _attempt(self, job: _Job) -> None:
+    async def _execute(self, job: Job, event: CloudEvent) -> AttemptReport:
         delivery = job.delivery
         try:
-            result: AttemptReport = await job.executor.execute(
-                job.action, job.event, job.rule, delivery_id=delivery.id, attempt=job.number
+            return await job.executor.execute(
+                job.action, event, job.rule, delivery_id=delivery.id, attempt=job.number
             )
         except asyncio.CancelledError:
             raise  # drained or shut down: the row stays 'sending' for recovery
@@ -445,63 +441,95 @@ class DeliveryWorker:
             logger.exception(
                 "executor %s raised for delivery %s", delivery.action_type, delivery.id
             )
-            result = _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
-        # the slot is free, the delivery is not settled: it stays in flight (and out of
-        # reach of the next read) until its outcome is committed
-        self._release(delivery.id)
-        try:
-            await self._finish(job, result)
-        except Exception:
-            logger.exception("cannot record the outcome of delivery %s", delivery.id)
+            return _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
 
-    async def _finish(self, job: _Job, result: AttemptReport) -> None:
+    # -- outcomes ----------------------------------------------------------------------
+    def _conclude(self, job: Job, result: AttemptReport) -> None:
+        """Decide the delivery's next state and queue it for the next group commit."""
         delivery, now = job.delivery, self.clock()
-        decision: Decision = decide(
+        decision = decide(
             result,
             attempt=job.number,
             exactly_once=delivery.exactly_once,
-            schedule=schedule_for(self.config, job.action),
+            schedule=job.schedule,
             now=now,
         )
         outcome = Outcome(result.outcome)
-        await self._outcomes.write(
-            AttemptEnd(
-                delivery.id,
-                job.number,
-                finished_at=now,
-                outcome=outcome,
-                status=decision.status,
-                next_attempt_at=decision.next_attempt_at,
-                status_code=result.status_code,
-                error=decision.error,
-            )
+        end = AttemptEnd(
+            delivery.id,
+            job.number,
+            finished_at=now,
+            outcome=outcome,
+            status=decision.status,
+            next_attempt_at=decision.next_attempt_at,
+            status_code=result.status_code,
+            error=decision.error,
         )
+        self._outcomes.put(
+            end, functools.partial(self._committed, job, result, outcome, decision, now)
+        )
+
+    def _committed(
+        self,
+        job: Job,
+        result: AttemptReport,
+        outcome: Outcome,
+        decision: Decision,
+        now: datetime,
+        error: BaseException | None,
+    ) -> None:
+        """The outcome's transaction is over: count the delivery settled (if committed)."""
+        delivery = job.delivery
+        if error is not None:
+            logger.error("cannot record the outcome of delivery %s", delivery.id, exc_info=error)
+            self._forget(delivery.id)
+            return
         self.attempts[outcome.value] += 1
         self.settled[decision.status.value] += 1
-        log = logger.info if decision.status is DeliveryStatus.SUCCEEDED else logger.warning
-        log(
-            "delivery %s (%s %s) attempt %d: %s -> %s%s",
-            delivery.id,
-            delivery.rule,
-            delivery.target or delivery.action_type,
-            job.number,
-            outcome.value,
-            decision.status.value,
-            f": {decision.error}" if decision.error else "",
-        )
+        succeeded = decision.status is DeliveryStatus.SUCCEEDED
+        level = logging.INFO if succeeded else logging.WARNING
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "delivery %s (%s %s) attempt %d: %s -> %s%s",
+                delivery.id,
+                delivery.rule,
+                delivery.target or delivery.action_type,
+                job.number,
+                outcome.value,
+                decision.status.value,
+                f": {decision.error}" if decision.error else "",
+            )
         gone = decision.disable_endpoint or (
             outcome is Outcome.PERMANENT and result.status_code == 410
         )
         if gone and isinstance(job.action, WebhookAction):
-            reason = f"410 Gone on delivery {delivery.id}"
-            await self.store.disable_endpoint(job.action.endpoint, reason, now)
-            self._disabled[job.action.endpoint] = reason
-            logger.error("webhook endpoint %s disabled: %s", job.action.endpoint, reason)
+            task = asyncio.create_task(
+                self._disable(job.action.endpoint, delivery.id, now), name="disable-endpoint"
+            )
+            self._disabling.add(task)
+            task.add_done_callback(self._disabling.discard)
+            return
+        self._forget(delivery.id, due_again=decision.status is DeliveryStatus.RETRY_SCHEDULED)
 
+    async def _disable(self, endpoint: str, delivery_id: str, now: datetime) -> None:
+        reason = f"410 Gone on delivery {delivery_id}"
+        try:
+            await self.store.disable_endpoint(endpoint, reason, now)
+            self._due.disabled[endpoint] = reason
+            logger.error("webhook endpoint %s disabled: %s", endpoint, reason)
+        except StoreError as exc:
+            logger.error("cannot disable webhook endpoint %s: %s", endpoint, exc)
+        finally:
+            self._forget(delivery_id)
 
-def _action_at(rule: Rule | None, delivery: Delivery) -> Action | None:
-    """The action a delivery was recorded for, if the config still has it unchanged."""
-    if rule is None or not 0 <= delivery.action_index < len(rule.actions):
-        return None
-    action = rule.actions[delivery.action_index]
-    return action if action.type == delivery.action_type else None
+    def _forget(self, key: str, *, due_again: bool = True) -> None:
+        """The delivery is settled (or given up on): out of the in-flight set.
+
+        Args:
+            due_again: it may come due again (a retry), which the loop must see.
+        """
+        self._inflight.discard(key)
+        self._changed.set()
+        if due_again:
+            self._wake.set()
