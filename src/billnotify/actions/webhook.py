@@ -9,7 +9,8 @@ not followed. The whole attempt (resolve, connect, send, read the status and at 
 
 Each endpoint gets its own :class:`aiohttp.ClientSession` (connection pooling), created
 on first use and guarded by :class:`~billnotify.actions.ssrf.GuardedResolver` unless the
-endpoint sets ``allow_private``.
+endpoint sets ``allow_private``. What every attempt to an endpoint shares (its signing
+key, URL check, fixed headers, deadline) is worked out once, on its first attempt.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from billnotify import __version__
 from billnotify.actions.base import (
@@ -34,7 +38,7 @@ from billnotify.actions.base import (
     classify,
     failure,
 )
-from billnotify.actions.signing import signature_headers, signing_key
+from billnotify.actions.signing import Signer, signing_key
 from billnotify.actions.ssrf import GuardedResolver, blocked_cause, check_url
 from billnotify.clients.codec import parse_retry_after
 from billnotify.config.models import Action, Rule, WebhookAction, WebhookEndpoint
@@ -50,6 +54,27 @@ MAX_RESPONSE_BYTES = 64 * 1024
 _SNIPPET = 1000
 _REDACT = ("authorization", "cookie", "token", "secret", "key", "auth", "password")
 _RESERVED = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What every attempt to one endpoint (with one content type) shares.
+
+    Attributes:
+        unsafe: why the URL is refused (each attempt fails with it), if it is.
+        invalid: why a configured header is refused, if one is.
+        headers: the fixed headers (without the three signature headers).
+        timeout: the whole attempt's deadline (aiohttp's ``total``: connect, send, read
+            the status and the body).
+    """
+
+    endpoint: WebhookEndpoint
+    url: URL
+    signer: Signer
+    headers: dict[str, str]
+    timeout: aiohttp.ClientTimeout
+    unsafe: str | None
+    invalid: str | None
 
 
 class WebhookExecutor:
@@ -77,6 +102,7 @@ class WebhookExecutor:
     ) -> None:
         self._endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self._keys = {name: signing_key(e.secret) for name, e in self._endpoints.items()}
+        self._targets: dict[tuple[str, str], _Target] = {}
         self._templates = templates
         self._clock = clock
         self._max_bytes = max_response_bytes
@@ -120,14 +146,22 @@ class WebhookExecutor:
             webhook = _webhook(action)
             endpoint = self._endpoint(webhook)
             body, content_type = self._body(webhook, event, rule)
-            check_url(endpoint.url, allow_private=endpoint.allow_private)
-            headers = self._headers(endpoint, content_type)
-            result = await self._post(endpoint, body, headers, delivery_id)
+            target = self._target(endpoint, content_type)
+            if target.unsafe is not None:
+                raise UnsafeDestinationError(target.unsafe)
+            if target.invalid is not None:
+                raise InvalidMessageError(target.invalid)
+            result = await self._post(target, body, delivery_id)
         except Exception as exc:
             result = failure(exc)
-        logger.debug(
-            "webhook %s attempt %d: %s %s", delivery_id, attempt, result.outcome, result.error or ""
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "webhook %s attempt %d: %s %s",
+                delivery_id,
+                attempt,
+                result.outcome,
+                result.error or "",
+            )
         return result
 
     async def close(self) -> None:
@@ -160,6 +194,34 @@ class WebhookExecutor:
                 raise InvalidMessageError(f"header {name!r} contains a line break")
         return headers
 
+    def _target(self, endpoint: WebhookEndpoint, content_type: str) -> _Target:
+        target = self._targets.get((endpoint.name, content_type))
+        if target is None:
+            unsafe = invalid = None
+            headers: dict[str, str] = {}
+            try:
+                check_url(endpoint.url, allow_private=endpoint.allow_private)
+            except UnsafeDestinationError as exc:
+                unsafe = str(exc)
+            try:
+                headers = self._headers(endpoint, content_type)
+            except InvalidMessageError as exc:
+                invalid = str(exc)
+            target = _Target(
+                endpoint,
+                URL(endpoint.url),
+                Signer(self._keys[endpoint.name]),
+                headers,
+                # no rounding up to whole seconds: the deadline is the endpoint's
+                aiohttp.ClientTimeout(
+                    total=endpoint.timeout.total_seconds(), ceil_threshold=math.inf
+                ),
+                unsafe,
+                invalid,
+            )
+            self._targets[(endpoint.name, content_type)] = target
+        return target
+
     def _session(self, endpoint: WebhookEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)
         if session is None or session.closed:
@@ -174,24 +236,22 @@ class WebhookExecutor:
             self._sessions[endpoint.name] = session
         return session
 
-    async def _post(
-        self, endpoint: WebhookEndpoint, body: bytes, headers: dict[str, str], delivery_id: str
-    ) -> AttemptResult:
+    async def _post(self, target: _Target, body: bytes, delivery_id: str) -> AttemptResult:
         timestamp = int(self._clock())
-        headers = {
-            **headers,
-            **signature_headers(self._keys[endpoint.name], delivery_id, timestamp, body),
-        }
-        deadline = endpoint.timeout.total_seconds()
-        session = self._session(endpoint)
+        headers = target.headers.copy()
+        headers["webhook-id"] = delivery_id
+        headers["webhook-timestamp"] = str(timestamp)
+        headers["webhook-signature"] = target.signer.sign(delivery_id, timestamp, body)
+        session = self._session(target.endpoint)
         status: int | None = None
         try:
-            async with (
-                asyncio.timeout(deadline),
-                session.post(
-                    endpoint.url, data=body, headers=headers, allow_redirects=False
-                ) as resp,
-            ):
+            async with session.post(
+                target.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=target.timeout,
+            ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 location = resp.headers.get("Location")
@@ -199,10 +259,11 @@ class WebhookExecutor:
                 content = await _read_capped(resp, self._max_bytes)
         except TimeoutError:
             got = f" (HTTP {status} received, body unfinished)" if status else ""
+            deadline = target.timeout.total or 0.0
             raise SendFailedError(
                 f"no complete answer within {deadline:g}s{got}", sent=True
             ) from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
             blocked = blocked_cause(exc)
             if blocked is not None:
                 raise UnsafeDestinationError(str(blocked)) from None
@@ -247,6 +308,9 @@ def _webhook(action: Action) -> WebhookAction:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    length = resp.content_length
+    if length is not None and length <= limit:
+        return await resp.content.readexactly(length)  # the usual small answer
     chunks: list[bytes] = []
     total = 0
     async for chunk in resp.content.iter_any():
