@@ -12,20 +12,26 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from billnotify.simulator import Simulator
-from servers import sim_source, toml_config
+from servers import free_port, sim_source, toml_config
 
 TASKS = 150
 ROUNDS = 22
 
 
-def _write_config(path: Path, sim: Simulator) -> None:
+def _write_config(path: Path, sim: Simulator, http_port: int) -> None:
     raw = {
-        "service": {"name": "killtest", "state": "state.db", "http": "", "log_level": "warning"},
+        "service": {
+            "name": "killtest",
+            "state": "state.db",
+            "http": f"127.0.0.1:{http_port}",
+            "log_level": "warning",
+        },
         "mqtt": {"enabled": False},
         "sources": [sim_source(sim, poll_interval="200ms", overlap="2s", watch=["billing_tasks"])],
     }
@@ -45,8 +51,9 @@ def _query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[ob
 
 
 class Service:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, http_port: int) -> None:
         self.config = config
+        self.http_port = http_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
 
@@ -63,8 +70,20 @@ class Service:
         self.proc.wait(10)
         self.kills += 1
 
-    def stop(self) -> int:
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    async def stop(self) -> int:
+        """SIGTERM once the service is up (a graceful stop, not a kill during start-up)."""
         assert self.proc is not None
+        deadline = time.monotonic() + 30
+        while not self.healthy():
+            assert time.monotonic() < deadline, "the service never came up"
+            await asyncio.sleep(0.05)
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
 
@@ -90,9 +109,10 @@ async def test_sigkill_during_a_burst_logs_every_change_exactly_once(tmp_path: P
     await sim.start()
     config = tmp_path / "config.toml"
     db = tmp_path / "state.db"
-    _write_config(config, sim)
+    http_port = free_port()
+    _write_config(config, sim, http_port)
     ids = [sim.state.add_billing_task(status="Pending", priority="0")["id"] for _ in range(TASKS)]
-    service = Service(config)
+    service = Service(config, http_port)
     service.start()
     try:
 
@@ -118,7 +138,7 @@ async def test_sigkill_during_a_burst_logs_every_change_exactly_once(tmp_path: P
             if service.kills < round_:  # at least one kill per round
                 service.kill()
                 service.start()
-        assert service.stop() == 0
+        assert await service.stop() == 0
     finally:
         if service.proc and service.proc.poll() is None:
             service.proc.kill()

@@ -156,6 +156,9 @@ def _setup_logging(config: Config) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Until the event loop installs its handlers, SIGTERM stops start-up cleanly (as
+    # KeyboardInterrupt, exit 0) instead of killing the process with status -15.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     config = _load(args)
     _setup_logging(config)
     return asyncio.run(run_service(config))
