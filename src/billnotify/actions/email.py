@@ -10,6 +10,10 @@ id, the same on every attempt, so a receiving system can spot a repeat.
 Attachments: ``invoice_pdf`` (the event's invoice, from its billing platform) and
 ``billing_documents`` (every ``BE`` + 8 digits document id in the event's billing data,
 from its property billing source).
+
+Parsing header values is most of what building a message costs, so the values that
+repeat from one message to the next (the sender, recipients, the rule, the ``Date`` of
+the current second) are parsed once and their header objects reused.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from typing import Any
@@ -45,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 DOCUMENT_ID = re.compile(r"^BE\d{8}$")
 """A property billing document reference (seed 003)."""
+
+_CACHED = 1024
+"""Parsed addresses and header values kept for reuse, at most (then forgotten at once)."""
 
 
 @dataclass
@@ -104,6 +111,10 @@ class EmailExecutor:
         self._billing = billing_clients or {}
         self._property = property_clients or {}
         self._clock = clock
+        self._addresses_of: dict[tuple[str, str], list[Address]] = {}
+        self._headers = _HeaderCache()
+        self._html: dict[str, bool] = {}
+        """Template -> whether its HTML part exists (templates are read once, at start)."""
 
     # -- the executor interface --------------------------------------------------------
 
@@ -201,7 +212,7 @@ class EmailExecutor:
         if self._smtp is None:
             raise NotApplicableError("no [smtp] server is configured")
         context = build_context(event, rule)
-        sender = _parse(self._smtp.from_, "from")
+        sender = self._parse(self._smtp.from_, "from")
         if len(sender) != 1:
             raise InvalidMessageError(f"[smtp] from must be one address, not {self._smtp.from_!r}")
         to = self._addresses(action.to, "to", context)
@@ -214,6 +225,9 @@ class EmailExecutor:
         subject = templates.render_file(f"{action.template}.subject.j2", context).strip()
         _check_header("subject", subject)
         html_name = f"{action.template}.html.j2"
+        html = self._html.get(html_name)
+        if html is None:
+            html = self._html[html_name] = templates.exists(html_name)
         return Composed(
             sender=sender[0],
             to=to,
@@ -222,7 +236,7 @@ class EmailExecutor:
             reply_to=reply_to,
             subject=subject,
             text=templates.render_file(f"{action.template}.txt.j2", context),
-            html=templates.render_file(html_name, context) if templates.exists(html_name) else None,
+            html=templates.render_file(html_name, context) if html else None,
             attachments=self._attachment_names(action, event),
         )
 
@@ -236,19 +250,20 @@ class EmailExecutor:
         rule: Rule,
     ) -> EmailMessage:
         """The MIME message: text (+ HTML alternative) (+ PDF attachments)."""
+        header = self._headers.get
         message = EmailMessage()
-        message["From"] = composed.sender
-        message["To"] = composed.to
+        message["From"] = header("From", [composed.sender])
+        message["To"] = header("To", composed.to)
         if composed.cc:
-            message["Cc"] = composed.cc
+            message["Cc"] = header("Cc", composed.cc)
         if composed.reply_to:
-            message["Reply-To"] = composed.reply_to
+            message["Reply-To"] = header("Reply-To", composed.reply_to)
         message["Subject"] = composed.subject
-        message["Date"] = formatdate(self._clock(), usegmt=True)
+        message["Date"] = header("Date", formatdate(self._clock(), usegmt=True))
         message["Message-ID"] = f"<{delivery_id}@{composed.sender.domain or 'billnotify'}>"
-        message["Auto-Submitted"] = "auto-generated"
+        message["Auto-Submitted"] = header("Auto-Submitted", "auto-generated")
         message["X-Billnotify-Event"] = event.id
-        message["X-Billnotify-Rule"] = rule.name
+        message["X-Billnotify-Rule"] = header("X-Billnotify-Rule", rule.name)
         message.set_content(composed.text)
         if composed.html is not None:
             message.add_alternative(composed.html, subtype="html")
@@ -262,8 +277,19 @@ class EmailExecutor:
         addresses: list[Address] = []
         for value in values:
             rendered = self._templates.render_string(value, context, label=f"{field_name} address")
-            addresses.extend(_parse(rendered.strip(), field_name))
+            addresses.extend(self._parse(rendered.strip(), field_name))
         return addresses
+
+    def _parse(self, value: str, field_name: str) -> list[Address]:
+        """:func:`_parse`, remembered (recipients mostly repeat)."""
+        key = (value, field_name)
+        found = self._addresses_of.get(key)
+        if found is None:
+            found = _parse(value, field_name)  # raises before anything is kept
+            if len(self._addresses_of) >= _CACHED:
+                self._addresses_of.clear()
+            self._addresses_of[key] = found
+        return list(found)
 
     # -- attachments ---------------------------------------------------------------------
 
@@ -308,6 +334,29 @@ class EmailExecutor:
         if not found:
             raise NotApplicableError(f"no billing documents found for {event.subject}")
         return [(f"{doc}.pdf", await client.billing_document(doc)) for doc in found]
+
+
+class _HeaderCache:
+    """Header objects of values that repeat, parsed once and shared by messages.
+
+    A header object is immutable; assigning one to a message stores it as it is, where a
+    plain value would be parsed again for every message.
+    """
+
+    def __init__(self, limit: int = _CACHED) -> None:
+        self._limit = limit
+        self._made: dict[tuple[str, str], BaseHeader] = {}
+
+    def get(self, name: str, value: str | list[Address]) -> BaseHeader:
+        """The header object for ``name: value``."""
+        text = value if isinstance(value, str) else ", ".join(str(a) for a in value)
+        made = self._made.get((name, text))
+        if made is None:
+            made = policy.default.header_factory(name, value)
+            if len(self._made) >= self._limit:
+                self._made.clear()
+            self._made[(name, text)] = made
+        return made
 
 
 def document_ids(data: Any) -> list[str]:
