@@ -19,7 +19,7 @@ from billnotify.store.base import (
     NewDelivery,
     Outcome,
 )
-from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
+from billnotify.store.sqlite_base import _ROWS, SqliteBase, _dt, _json_rows, _ts, _values
 
 logger = logging.getLogger(__name__)
 
@@ -75,32 +75,36 @@ class LedgerTables(SqliteBase):
             rendered: optional delivery id -> JSON of what would be sent (dry runs).
         """
         ts = now.timestamp()
+        notes = rendered or {}
 
         def work(db: sqlite3.Connection) -> int:
             before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, event_id, "
-                "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
-                "updated_at, rendered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        d.id,
-                        d.rule,
-                        d.action_index,
-                        d.action_type,
-                        d.event_id,
-                        d.event_seq,
-                        int(d.exactly_once),
-                        d.target,
-                        d.status.value,
-                        _ts(d.next_attempt_at) if d.next_attempt_at else ts,
-                        ts,
-                        ts,
-                        (rendered or {}).get(d.id),
-                    )
-                    for d in deliveries
-                ],
-            )
+            for start in range(0, len(deliveries), _ROWS):
+                chunk = deliveries[start : start + _ROWS]
+                db.execute(
+                    "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, "
+                    "event_id, event_seq, exactly_once, target, status, next_attempt_at, "
+                    f"created_at, updated_at, rendered) VALUES {_values(13, len(chunk))}",
+                    [
+                        value
+                        for d in chunk
+                        for value in (
+                            d.id,
+                            d.rule,
+                            d.action_index,
+                            d.action_type,
+                            d.event_id,
+                            d.event_seq,
+                            int(d.exactly_once),
+                            d.target,
+                            d.status.value,
+                            _ts(d.next_attempt_at) if d.next_attempt_at else ts,
+                            ts,
+                            ts,
+                            notes.get(d.id),
+                        )
+                    ],
+                )
             inserted = db.total_changes - before
             self._set_position(db, consumer, position)
             return inserted
@@ -149,18 +153,14 @@ class LedgerTables(SqliteBase):
         )
 
         def read() -> DueBatch:
-            due = db.execute(sql, params).fetchall()
-            ids = list({row[4] for row in due})
-            bodies: dict[str, str] = (
-                dict(
-                    db.execute(
-                        f"SELECT id, body FROM events WHERE id IN ({','.join('?' * len(ids))})",
-                        ids,
-                    ).fetchall()
-                )
-                if ids
-                else {}
+            due = _json_rows(
+                db,
+                "id, rule, action_index, action_type, event_id, exactly_once, target, body, n",
+                f"SELECT d.*, e.body, row_number() OVER (ORDER BY d.due_at, d.seq) AS n "
+                f"FROM ({sql}) AS d LEFT JOIN events AS e ON e.id = d.event_id",
+                params,
             )
+            due.sort(key=lambda row: int(row[8]))
             disabled = db.execute("SELECT name, reason FROM endpoints").fetchall()
             return DueBatch(
                 [
@@ -172,7 +172,7 @@ class LedgerTables(SqliteBase):
                         event_id=row[4],
                         exactly_once=bool(row[5]),
                         target=row[6],
-                        event=bodies.get(row[4]),
+                        event=row[7],
                     )
                     for row in due
                 ],
@@ -225,28 +225,35 @@ class LedgerTables(SqliteBase):
 
         def work(db: sqlite3.Connection) -> dict[str, int]:
             numbers: dict[str, int] = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for first in range(0, len(ids), 500):
+                chunk = ids[first : first + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                # still due: the rows to start, and the number their attempt gets
+                due = _json_rows(
+                    db,
+                    "id, attempts",
                     # '+': look rows up by id, not through the due index (every due row)
-                    f"WHERE id IN ({marks}) AND +status IN (?, ?) AND +next_attempt_at <= ? "
-                    "RETURNING id, attempts",
-                    (
-                        DeliveryStatus.SENDING,
-                        ts,
-                        *chunk,
-                        DeliveryStatus.PENDING,
-                        DeliveryStatus.RETRY_SCHEDULED,
-                        ts,
-                    ),
-                ).fetchall()
-                numbers.update((str(r[0]), int(r[1])) for r in rows)
-            db.executemany(
-                "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) VALUES (?, ?, ?)",
-                [(id_, number, ts) for id_, number in numbers.items()],
-            )
+                    f"SELECT id, attempts FROM deliveries WHERE id IN ({marks}) "
+                    "AND +status IN (?, ?) AND +next_attempt_at <= ?",
+                    (*chunk, DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, ts),
+                )
+                if not due:
+                    continue
+                starting = [str(row[0]) for row in due]
+                db.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
+                    f"WHERE id IN ({','.join('?' * len(starting))})",
+                    (DeliveryStatus.SENDING, ts, *starting),
+                )
+                numbers.update((str(row[0]), int(row[1]) + 1) for row in due)
+            started = list(numbers.items())
+            for first in range(0, len(started), _ROWS):
+                opened = started[first : first + _ROWS]
+                db.execute(
+                    "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at) "
+                    f"VALUES {_values(3, len(opened))}",
+                    [value for id_, number in opened for value in (id_, number, ts)],
+                )
             return numbers
 
         return await self._write(work)
@@ -285,36 +292,47 @@ class LedgerTables(SqliteBase):
             return
 
         def work(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "UPDATE attempts SET finished_at = ?, outcome = ?, status_code = ?, error = ? "
-                "WHERE delivery_id = ? AND number = ?",
-                [
-                    (
-                        e.finished_at.timestamp(),
-                        e.outcome.value,
-                        e.status_code,
-                        e.error,
-                        e.delivery_id,
-                        e.number,
-                    )
-                    for e in ends
-                ],
-            )
-            db.executemany(
-                "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
-                "last_status_code = ?, updated_at = ? WHERE id = ?",
-                [
-                    (
-                        e.status.value,
-                        _ts(e.next_attempt_at),
-                        e.error,
-                        e.status_code,
-                        e.finished_at.timestamp(),
-                        e.delivery_id,
-                    )
-                    for e in ends
-                ],
-            )
+            # one statement per table and chunk, each row found by its primary key
+            for start in range(0, len(ends), _ROWS):
+                chunk = ends[start : start + _ROWS]
+                db.execute(
+                    "WITH v (delivery_id, number, finished_at, outcome, status_code, error) AS "
+                    f"(VALUES {_values(6, len(chunk))}) "
+                    "UPDATE attempts SET finished_at = v.finished_at, outcome = v.outcome, "
+                    "status_code = v.status_code, error = v.error FROM v "
+                    "WHERE attempts.delivery_id = v.delivery_id AND attempts.number = v.number",
+                    [
+                        value
+                        for e in chunk
+                        for value in (
+                            e.delivery_id,
+                            e.number,
+                            e.finished_at.timestamp(),
+                            e.outcome.value,
+                            e.status_code,
+                            e.error,
+                        )
+                    ],
+                )
+                db.execute(
+                    "WITH v (id, status, next_attempt_at, last_error, last_status_code, "
+                    f"updated_at) AS (VALUES {_values(6, len(chunk))}) "
+                    "UPDATE deliveries SET status = v.status, next_attempt_at = v.next_attempt_at, "
+                    "last_error = v.last_error, last_status_code = v.last_status_code, "
+                    "updated_at = v.updated_at FROM v WHERE deliveries.id = v.id",
+                    [
+                        value
+                        for e in chunk
+                        for value in (
+                            e.delivery_id,
+                            e.status.value,
+                            _ts(e.next_attempt_at),
+                            e.error,
+                            e.status_code,
+                            e.finished_at.timestamp(),
+                        )
+                    ],
+                )
 
         await self._write(work)
 

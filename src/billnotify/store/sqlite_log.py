@@ -10,13 +10,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.base import (
     Snapshot,
     SnapshotWrite,
     StoredEvent,
 )
-from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _ts
+from billnotify.store.sqlite_base import SqliteBase, _dt, _json_rows, _now, _ts
 
 logger = logging.getLogger(__name__)
 
@@ -221,13 +222,12 @@ class LogTables(SqliteBase):
                     continue
             taken.add(event.id)
             fresh.append(event)
-        seqs: dict[str, int] = {}
+        appended: list[StoredEvent] = []
         for start in range(0, len(fresh), self._CHUNK):
             chunk = fresh[start : start + self._CHUNK]
-            rows = db.execute(
+            cursor = db.execute(
                 "INSERT INTO events (id, type, source, subject, time, recorded_at, body) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                + " RETURNING id, seq",
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
                 [
                     value
                     for event in chunk
@@ -241,13 +241,16 @@ class LogTables(SqliteBase):
                         event.to_json(),
                     )
                 ],
-            ).fetchall()
-            seqs.update((str(r[0]), int(r[1])) for r in rows)
-        return [StoredEvent(seq=seqs[event.id], event=event) for event in fresh]
+            )
+            # one statement, no other writer: its rows took the seqs up to the last one
+            last = int(cursor.lastrowid or 0)
+            first = last - len(chunk) + 1
+            appended.extend(StoredEvent(first + n, event) for n, event in enumerate(chunk))
+        return appended
 
     # -- the event log ---------------------------------------------------------------
     @staticmethod
-    def _stored(rows: Iterable[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
+    def _stored(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
         # Parsed for each reader, never kept: the rule handler reads an event once and
         # the worker reads its JSON (a parsed event kept around would only give the
         # collector more to scan).
@@ -255,9 +258,13 @@ class LogTables(SqliteBase):
 
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events after ``after_seq``, in order."""
-        rows = await self._fetch(
-            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-        )
+        db = self._db
+        sql = "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        try:
+            rows = await self._call(lambda: _json_rows(db, "seq, body", sql, (after_seq, limit)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store read failed: {exc}") from exc
+        rows.sort(key=lambda row: int(row[0]))
         return self._stored(rows)
 
     async def list_events(
