@@ -34,7 +34,6 @@ deliveries are started only for a slot that is free, so recovery turns into
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +49,7 @@ from billnotify.rules.due import DueQueue, Job
 from billnotify.rules.outcomes import OutcomeWriter
 from billnotify.rules.policy import AttemptReport, Decision, decide
 from billnotify.rules.reconcile import InvoiceEmailReconciler
+from billnotify.rules.slots import Slots
 from billnotify.store.base import AttemptEnd, DeliveryStatus, Outcome, Store
 
 logger = logging.getLogger(__name__)
@@ -135,14 +135,11 @@ class DeliveryWorker:
         )
         self._starting: set[str] = set()
         """Taken from the due queue, their ``sending`` not committed yet."""
-        self._started: collections.deque[Job] = collections.deque()
-        """``sending`` committed, waiting for a slot."""
-        self._requesting: set[str] = set()
-        """Attempts whose request is under way (each holds a slot)."""
+        self._slots = Slots(
+            self.concurrency, self._attempt, on_take=self._take, on_free=self._slot_freed
+        )
         self._inflight: set[str] = set()
         """Attempts taken by a slot, until their outcome is committed."""
-        self._slots: list[asyncio.Task[None]] = []
-        self._idle_slots: collections.deque[asyncio.Future[Job]] = collections.deque()
         self._disabling: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeWriter(store)
         self._wake = asyncio.Event()
@@ -174,7 +171,7 @@ class DeliveryWorker:
     async def run(self) -> None:
         """Recover, then attempt deliveries as they come due until :meth:`drain`."""
         await self.recover()
-        self._open_slots()
+        self._slots.open()
         failures = 0
         # reconciliation talks to the platform, which may be slow: never in this loop
         reconciling = (
@@ -200,7 +197,7 @@ class DeliveryWorker:
             if self._stopping:
                 await self._drained.wait()
             await self._due.stop()
-            await self._close_slots()
+            await self._slots.close()
             await self._outcomes.flush()
             if reconciling is not None:
                 reconciling.cancel()
@@ -223,13 +220,13 @@ class DeliveryWorker:
         if self._busy():
             logger.info(
                 "draining %d in-flight deliveries (up to %.1fs)",
-                len(self._inflight) + len(self._started) + len(self._starting),
+                len(self._inflight) + self._slots.waiting + len(self._starting),
                 seconds,
             )
         # a start under way when we were called adds attempts once it commits: wait for it
         await self._until_quiet(max(seconds, 0.0))
-        cut = self._requesting | self._starting | {job.delivery.id for job in self._started}
-        await self._close_slots()
+        cut = self._slots.busy | self._starting | self._slots.waiting_ids()
+        await self._slots.close()
         for task in list(self._disabling):
             task.cancel()
         await asyncio.gather(*self._disabling, return_exceptions=True)
@@ -241,17 +238,15 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Start every due delivery (up to the concurrency) and wait for them (tests)."""
-        self._open_slots()
+        self._slots.open()
         started = 0
         try:
-            while len(self._requesting) + len(self._started) < self.concurrency and (
-                taken := await self._fill()
-            ):
+            while self._slots.free > 0 and (taken := await self._fill()):
                 started += taken
             await self._due.stop()
             await self._until_quiet(None)
         finally:
-            await self._close_slots()
+            await self._slots.close()
         return started
 
     async def reconcile(self) -> int:
@@ -271,7 +266,7 @@ class DeliveryWorker:
             await self.sleep(self.reconcile_interval)
 
     async def _idle_delay(self) -> float:
-        if len(self._requesting) >= self.concurrency or self._started:
+        if self._slots.free <= 0:
             return self.poll_interval  # a slot that frees wakes us
         due = await self.store.next_due_at()
         if due is None:
@@ -305,7 +300,7 @@ class DeliveryWorker:
         return self._starting | self._inflight
 
     def _busy(self) -> bool:
-        return bool(self._starting or self._started or self._inflight)
+        return bool(self._starting or self._slots.waiting or self._inflight)
 
     async def _until_quiet(self, timeout: float | None) -> bool:
         """Wait until nothing is starting, started or in flight; False on timeout."""
@@ -327,7 +322,7 @@ class DeliveryWorker:
         docstring); returns how many were taken or settled."""
         if self._stopping:
             return 0
-        free = self.concurrency - len(self._requesting) - len(self._started)
+        free = self._slots.free
         room = free + self._ahead
         if room <= 0:
             return 0
@@ -361,54 +356,18 @@ class DeliveryWorker:
                 logger.info("delivery %s changed before its attempt; skipped", job.delivery.id)
                 continue
             job.number = number
-            self._dispatch(job)
+            self._slots.put(job)
         if not self._stopping:
             self._due.read_in_background(self._read_size)
         return len(jobs) + settled
 
-    # -- the slots ---------------------------------------------------------------------
-    def _open_slots(self) -> None:
-        if not self._slots:
-            self._slots = [
-                asyncio.create_task(self._slot(), name=f"delivery-slot-{n}")
-                for n in range(self.concurrency)
-            ]
-
-    async def _close_slots(self) -> None:
-        slots, self._slots = self._slots, []
-        for task in slots:
-            task.cancel()
-        await asyncio.gather(*slots, return_exceptions=True)
-        self._idle_slots.clear()
-
-    def _dispatch(self, job: Job) -> None:
-        """Hand a started job to an idle slot, or queue it for the next one that frees."""
-        while self._idle_slots:
-            waiter = self._idle_slots.popleft()
-            if not waiter.done():
-                self._take(job)
-                waiter.set_result(job)
-                return
-        self._started.append(job)
-
+    # -- attempts ------------------------------------------------------------------------
     def _take(self, job: Job) -> None:
-        key = job.delivery.id
-        self._requesting.add(key)
-        self._inflight.add(key)
+        self._inflight.add(job.delivery.id)
 
-    async def _slot(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._started:
-                job = self._started.popleft()
-                self._take(job)
-            else:
-                waiter: asyncio.Future[Job] = loop.create_future()
-                self._idle_slots.append(waiter)
-                job = await waiter
-            await self._attempt(job)
-            if len(self._started) <= self._ahead // 2:
-                self._wake.set()  # time to start the next group
+    def _slot_freed(self) -> None:
+        if self._slots.waiting <= self._ahead // 2:
+            self._wake.set()  # time to start the next group
 
     async def _attempt(self, job: Job) -> None:
         delivery = job.delivery
@@ -420,9 +379,8 @@ class DeliveryWorker:
             result = AttemptResult(Outcome.PERMANENT, error=" ".join(why.split())[:500])
         else:
             result = await self._execute(job, event)
-        # the slot is free, the delivery is not settled: it stays in flight (and out of
+        # the slot frees, the delivery is not settled: it stays in flight (and out of
         # reach of the next read) until its outcome is committed
-        self._requesting.discard(delivery.id)
         try:
             self._conclude(job, result)
         except Exception:
