@@ -19,7 +19,7 @@ executor modules); ``classify`` only sees billnotify errors and plain Python one
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -111,6 +111,17 @@ class ActionExecutor(Protocol):
     async def close(self) -> None:
         """Release connections (HTTP sessions, SMTP connections)."""
         ...
+
+
+def fixed_target(executor: ActionExecutor, action: Action) -> str | None:
+    """The executor's target hint for ``action`` when it is the same for every event.
+
+    An executor may offer ``fixed_target(action) -> str | None`` (webhooks: the endpoint
+    name); then a delivery can be recorded without parsing its event. None: the target
+    depends on the event (ask :meth:`ActionExecutor.target`).
+    """
+    known: Callable[[Action], str | None] | None = getattr(executor, "fixed_target", None)
+    return known(action) if known is not None else None
 
 
 class MqttSender(Protocol):

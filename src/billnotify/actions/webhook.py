@@ -119,6 +119,10 @@ class WebhookExecutor:
         """The endpoint's name."""
         return action.endpoint if isinstance(action, WebhookAction) else ""
 
+    def fixed_target(self, action: Action) -> str | None:
+        """The endpoint's name: the target does not depend on the event."""
+        return action.endpoint if isinstance(action, WebhookAction) else ""
+
     async def render(self, action: Action, event: CloudEvent, rule: Rule) -> Rendered:
         """The request an attempt would send (without the per-attempt signature)."""
         webhook = _webhook(action)

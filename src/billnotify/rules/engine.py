@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from billnotify.actions.base import ActionExecutor
+from billnotify.actions.base import ActionExecutor, fixed_target
 from billnotify.config.models import Action, Config, Rule
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
@@ -31,7 +31,7 @@ from billnotify.rules.ledger import (
     rendered_json,
     settle_without_sending,
 )
-from billnotify.rules.matching import Match, effective_dry_run, match_event
+from billnotify.rules.matching import Match, admits, effective_dry_run, match_event
 from billnotify.store.base import DeliveryStatus, NewDelivery, StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class RuleHandler:
         """Events consumed since start (for metrics)."""
         self.deliveries_recorded = 0
         """New deliveries recorded since start (for metrics)."""
+        self._fixed = _fixed_rules(config, executors)
 
     # -- the loop --------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,12 +161,35 @@ class RuleHandler:
     async def _plan_batch(self, position: int) -> tuple[list[Planned], int, int, int]:
         """Read the batch after ``position`` and plan it: (planned, first seq, last seq,
         events)."""
-        batch = await self.store.read_events(position, limit=self.batch_size)
+        batch = await self.store.read_log(position, limit=self.batch_size)
         if not batch:
             return [], position, position, 0
+        rules = self.config.rules
         planned: list[Planned] = []
-        for stored in batch:
-            planned.extend(await self.plan(stored))
+        for entry in batch:
+            admitted = [rule for rule in rules if admits(rule, entry.type, entry.source)]
+            if not admitted:
+                continue
+            if all(rule.name in self._fixed for rule in admitted):
+                # nothing of the event is needed: no parsed event for the collector to walk
+                planned.extend(
+                    Planned(
+                        NewDelivery(
+                            d.rule,
+                            d.action_index,
+                            d.action_type,
+                            entry.id,
+                            entry.seq,
+                            d.exactly_once,
+                            d.target,
+                        )
+                    )
+                    for rule in admitted
+                    for d in self._fixed[rule.name]
+                )
+                continue
+            event = CloudEvent.from_json(entry.json)  # one at a time, dropped once planned
+            planned.extend(await self.plan(StoredEvent(entry.seq, event)))
         return planned, batch[0].seq, batch[-1].seq, len(batch)
 
     # -- planning --------------------------------------------------------------------
@@ -263,6 +287,40 @@ def _describe(executor: ActionExecutor, action: Action, event: CloudEvent) -> tu
         logger.warning("executor %s: target failed: %s", action.type, exc)
         target = ""
     return exactly_once, target
+
+
+def _fixed_rules(
+    config: Config, executors: Mapping[str, ActionExecutor]
+) -> dict[str, list[NewDelivery]]:
+    """Rules whose deliveries do not depend on the event they match, with those
+    deliveries (event id and seq left blank).
+
+    Such a rule has no ``when``, is not dry-run for any of its actions, and each action's
+    executor gives a :func:`~billnotify.actions.base.fixed_target`: what
+    :meth:`RuleHandler.plan` would record for it, it records without parsing the event.
+    """
+    fixed: dict[str, list[NewDelivery]] = {}
+    for rule in config.rules:
+        if rule.when is not None and rule.when.strip():
+            continue
+        deliveries: list[NewDelivery] = []
+        for index, action in enumerate(rule.actions):
+            executor = executors.get(action.type)
+            if executor is None or effective_dry_run(config.service.dry_run, rule, action):
+                break
+            try:
+                target = fixed_target(executor, action)
+                exactly_once = bool(executor.exactly_once(action))
+            except Exception:
+                break  # planned per event, where a failure is handled
+            if target is None:
+                break
+            deliveries.append(
+                NewDelivery(rule.name, index, action.type, "", 0, exactly_once, target)
+            )
+        else:
+            fixed[rule.name] = deliveries
+    return fixed
 
 
 def rule_named(config: Config, name: str) -> Rule:

@@ -48,9 +48,14 @@ def selects(rule: Rule, event: CloudEvent) -> bool:
 
     The ``when`` expression is not considered here (see :func:`match_event`).
     """
-    if not rule.enabled or not rule.matches(event.type):
+    return admits(rule, event.type, event.source_name)
+
+
+def admits(rule: Rule, event_type: str, source: str) -> bool:
+    """:func:`selects` for an event known by its type and source name only."""
+    if not rule.enabled or not rule.matches(event_type):
         return False
-    return not rule.sources or event.source_name in rule.sources
+    return not rule.sources or source in rule.sources
 
 
 def evaluate_when(rule: Rule, event: CloudEvent, evaluate: Evaluate) -> tuple[bool, str | None]:

@@ -50,6 +50,17 @@ class StoredEvent:
     event: CloudEvent
 
 
+class LogEntry(NamedTuple):
+    """An event as logged, not parsed (:meth:`Store.read_log`)."""
+
+    seq: int
+    id: str
+    type: str
+    source: str
+    """The source's name (``acme``)."""
+    json: str
+
+
 class DeliveryStatus(StrEnum):
     """Where a delivery stands. ``sending`` is written before the request goes out."""
 
@@ -244,6 +255,10 @@ class Store(Protocol):
     # -- the event log ---------------------------------------------------------------
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events with ``seq > after_seq``, in order."""
+
+    async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
+        """:meth:`read_events` as logged: envelope and JSON, for a reader that parses
+        an event only when (and just while) it needs it."""
 
     async def list_events(
         self,

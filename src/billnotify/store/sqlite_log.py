@@ -13,6 +13,7 @@ from typing import Any
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.base import (
+    LogEntry,
     Snapshot,
     SnapshotWrite,
     StoredEvent,
@@ -258,14 +259,23 @@ class LogTables(SqliteBase):
 
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events after ``after_seq``, in order."""
+        return self._stored((e.seq, e.json) for e in await self.read_log(after_seq, limit))
+
+    async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
+        """Events after ``after_seq`` as logged, in order."""
         db = self._db
-        sql = "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        sql = "SELECT seq, id, type, source, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         try:
-            rows = await self._call(lambda: _json_rows(db, "seq, body", sql, (after_seq, limit)))
+            rows = await self._call(
+                lambda: _json_rows(db, "seq, id, type, source, body", sql, (after_seq, limit))
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
-        rows.sort(key=lambda row: int(row[0]))
-        return self._stored(rows)
+        entries = [
+            LogEntry(int(seq), id_, type_, source, body) for seq, id_, type_, source, body in rows
+        ]
+        entries.sort(key=lambda entry: entry.seq)
+        return entries
 
     async def list_events(
         self,
