@@ -106,6 +106,8 @@ class RuleHandler:
         self.deliveries_recorded = 0
         """New deliveries recorded since start (for metrics)."""
         self._fixed = _fixed_rules(config, executors)
+        self._admitted: dict[tuple[str, str], list[Rule]] = {}
+        """(type, source) -> the rules whose ``on`` and ``sources`` admit such events."""
 
     # -- the loop --------------------------------------------------------------------
     async def run(self) -> None:
@@ -164,10 +166,14 @@ class RuleHandler:
         batch = await self.store.read_log(position, limit=self.batch_size)
         if not batch:
             return [], position, position, 0
-        rules = self.config.rules
         planned: list[Planned] = []
         for entry in batch:
-            admitted = [rule for rule in rules if admits(rule, entry.type, entry.source)]
+            admitted = self._admitted.get((entry.type, entry.source))
+            if admitted is None:
+                admitted = [r for r in self.config.rules if admits(r, entry.type, entry.source)]
+                if len(self._admitted) >= 1024:  # event types and sources are few
+                    self._admitted.clear()
+                self._admitted[(entry.type, entry.source)] = admitted
             if not admitted:
                 continue
             if all(rule.name in self._fixed for rule in admitted):

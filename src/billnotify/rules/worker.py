@@ -24,8 +24,9 @@ How the work flows:
   committed, and :meth:`DeliveryWorker.drain` waits for that.
 
 So that a slot that frees never waits for a transaction, at-least-once deliveries are
-started up to one group ahead: at most ``delivery_concurrency`` of them committed
-``sending`` and waiting for a slot. A process killed then leaves them ``sending`` and
+started ahead: at most twice ``delivery_concurrency`` of them committed ``sending`` and
+waiting for a slot (a start can take as long as two rounds of requests to a fast
+receiver). A process killed then leaves them ``sending`` and
 recovery makes them due again, which is what at-least-once allows. Exactly-once
 deliveries are started only for a slot that is free, so recovery turns into
 ``uncertain`` only deliveries whose request was about to go out or had gone.
@@ -121,9 +122,9 @@ class DeliveryWorker:
         self.attempts: dict[str, int] = {o.value: 0 for o in Outcome}
         self.settled: dict[str, int] = {s.value: 0 for s in DeliveryStatus}
         self.recovered: tuple[int, int] = (0, 0)
-        self._ahead = self.concurrency
+        self._ahead = 2 * self.concurrency
         """At-least-once deliveries started ahead of the free slots, at most."""
-        self._read_size = max(2 * self.concurrency, _MIN_READ)
+        self._read_size = max(4 * self.concurrency, _MIN_READ)
         self._due = DueQueue(
             config,
             store,
