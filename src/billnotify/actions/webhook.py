@@ -64,17 +64,70 @@ class _Target:
         unsafe: why the URL is refused (each attempt fails with it), if it is.
         invalid: why a configured header is refused, if one is.
         headers: the fixed headers (without the three signature headers).
-        timeout: the whole attempt's deadline (aiohttp's ``total``: connect, send, read
-            the status and the body).
+        deadline: seconds the whole attempt may take (connect, send, read the status
+            and the body).
     """
 
     endpoint: WebhookEndpoint
     url: URL
     signer: Signer
     headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
+    deadline: float
     unsafe: str | None
     invalid: str | None
+
+
+class _Deadlines:
+    """Cuts attempts that run past their deadline, with one timer for all of them.
+
+    ``asyncio.timeout`` (or aiohttp's ``total``) arms and disarms a timer per request, a
+    good part of what a request to a quick receiver costs. Here an attempt registers its
+    task and deadline; one timer, set for the earliest deadline, cancels the tasks it
+    finds late, and :meth:`leave` tells that cancellation from any other the way
+    ``asyncio.timeout`` does (by the task's count of cancellation requests).
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[asyncio.Task[Any], tuple[float, int]] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def enter(self, seconds: float) -> asyncio.Task[Any]:
+        """Cut the current task's attempt ``seconds`` from now (until :meth:`leave`)."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("an attempt runs in a task")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        self._due[task] = (deadline, task.cancelling())
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = loop.call_at(deadline, self._expire), deadline
+        return task
+
+    def leave(self, task: asyncio.Task[Any], *, cancelled: bool) -> bool:
+        """Forget ``task``'s deadline; True when its cancellation was the deadline's."""
+        entry = self._due.pop(task, None)
+        if entry is None or task not in self._cut:
+            return False
+        self._cut.discard(task)
+        return task.uncancel() <= entry[1] and cancelled
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, earliest = loop.time(), math.inf
+        for task, (deadline, _) in self._due.items():
+            if deadline <= now:
+                if task not in self._cut:
+                    self._cut.add(task)
+                    task.cancel()
+            elif deadline < earliest:
+                earliest = deadline
+        self._timer, self._timer_at = None, math.inf
+        if earliest < math.inf:
+            self._timer, self._timer_at = loop.call_at(earliest, self._expire), earliest
 
 
 class WebhookExecutor:
@@ -103,6 +156,7 @@ class WebhookExecutor:
         self._endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self._keys = {name: signing_key(e.secret) for name, e in self._endpoints.items()}
         self._targets: dict[tuple[str, str], _Target] = {}
+        self._deadlines = _Deadlines()
         self._templates = templates
         self._clock = clock
         self._max_bytes = max_response_bytes
@@ -216,10 +270,7 @@ class WebhookExecutor:
                 URL(endpoint.url),
                 Signer(self._keys[endpoint.name]),
                 headers,
-                # no rounding up to whole seconds: the deadline is the endpoint's
-                aiohttp.ClientTimeout(
-                    total=endpoint.timeout.total_seconds(), ceil_threshold=math.inf
-                ),
+                endpoint.timeout.total_seconds(),
                 unsafe,
                 invalid,
             )
@@ -248,24 +299,22 @@ class WebhookExecutor:
         headers["webhook-signature"] = target.signer.sign(delivery_id, timestamp, body)
         session = self._session(target.endpoint)
         status: int | None = None
+        task = self._deadlines.enter(target.deadline)
         try:
             async with session.post(
-                target.url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=target.timeout,
+                target.url, data=body, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 location = resp.headers.get("Location")
                 content_type = resp.headers.get("Content-Type", "")
                 content = await _read_capped(resp, self._max_bytes)
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not self._deadlines.leave(task, cancelled=True):
+                raise
             got = f" (HTTP {status} received, body unfinished)" if status else ""
-            deadline = target.timeout.total or 0.0
             raise SendFailedError(
-                f"no complete answer within {deadline:g}s{got}", sent=True
+                f"no complete answer within {target.deadline:g}s{got}", sent=True
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
             blocked = blocked_cause(exc)
@@ -274,6 +323,8 @@ class WebhookExecutor:
             connecting = isinstance(exc, aiohttp.ClientConnectorError)
             what = "cannot connect" if connecting else "request failed"
             raise SendFailedError(f"{what}: {_describe(exc)}", sent=not connecting) from None
+        finally:
+            self._deadlines.leave(task, cancelled=False)
         return self._result(status, retry_after, location, content_type, content)
 
     def _result(
