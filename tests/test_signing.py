@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook
 
-from billnotify.actions.signing import sign, signature_headers, signing_key
+from billnotify.actions.signing import Signer, sign, signature_headers, signing_key
 from billnotify.secrets import Secret
 
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -59,3 +59,11 @@ def test_headers() -> None:
         "webhook-timestamp": str(VECTOR_TIMESTAMP),
         "webhook-signature": VECTOR_SIGNATURE,
     }
+
+
+def test_a_signer_signs_as_sign_does_every_time() -> None:
+    key = signing_key(VECTOR_SECRET)
+    signer = Signer(key)
+    for timestamp, body in ((VECTOR_TIMESTAMP, VECTOR_BODY), (1700000001, b"other"), (0, b"")):
+        assert signer.sign(VECTOR_ID, timestamp, body) == sign(key, VECTOR_ID, timestamp, body)
+    assert signer.sign(VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
