@@ -92,6 +92,7 @@ class _Deadlines:
         self._cut: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def enter(self, seconds: float) -> asyncio.Task[Any]:
         """Cut the current task's attempt ``seconds`` from now (until :meth:`leave`)."""
@@ -101,10 +102,11 @@ class _Deadlines:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         self._due[task] = (deadline, task.cancelling())
-        if deadline < self._timer_at:
+        if deadline < self._timer_at or loop is not self._loop:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer, self._timer_at = loop.call_at(deadline, self._expire), deadline
+            self._loop = loop
         return task
 
     def leave(self, task: asyncio.Task[Any], *, cancelled: bool) -> bool:
@@ -118,8 +120,11 @@ class _Deadlines:
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
         now, earliest = loop.time(), math.inf
-        for task, (deadline, _) in self._due.items():
-            if deadline <= now:
+        for task, (deadline, _) in list(self._due.items()):
+            if task.done():  # its loop went away mid-attempt: nothing to cut
+                del self._due[task]
+                self._cut.discard(task)
+            elif deadline <= now:
                 if task not in self._cut:
                     self._cut.add(task)
                     task.cancel()
