@@ -11,8 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping
-from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 import aiohttp
 
@@ -30,6 +29,7 @@ from billnotify.clients.http import (
     BearerAuth,
     JsonTransport,
     Sleep,
+    TransportClient,
 )
 from billnotify.errors import MalformedResponseError
 from billnotify.secrets import Secret
@@ -76,7 +76,7 @@ def _bad_record(index: int, item: Any, url: str) -> MalformedResponseError:
     return MalformedResponseError(f"record {index} {problem}", url=url)
 
 
-class BillingPlatformClient(InvoiceActions):
+class BillingPlatformClient(InvoiceActions, TransportClient):
     """Typed async client for one billing platform instance.
 
     Use as ``async with BillingPlatformClient(url, key) as client: ...`` or call
@@ -121,21 +121,6 @@ class BillingPlatformClient(InvoiceActions):
             rng=rng,
             max_response_bytes=max_response_bytes,
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the HTTP session if the client created it."""
-        await self.transport.close()
 
     # -- generic ---------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -365,3 +366,24 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, truncate: bo
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TransportClient:
+    """``async with`` and :meth:`close` for a client built on one :class:`JsonTransport`."""
+
+    transport: JsonTransport
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if the client created it."""
+        await self.transport.close()

@@ -17,8 +17,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from pydantic import Field
@@ -31,6 +30,7 @@ from billnotify.clients.http import (
     HttpResponse,
     JsonTransport,
     Sleep,
+    TransportClient,
 )
 from billnotify.errors import AuthError, MalformedResponseError
 from billnotify.secrets import Secret
@@ -203,7 +203,7 @@ def find_document_ids(billing: Any) -> list[str]:
     return list(dict.fromkeys(DOCUMENT_ID.findall(text)))
 
 
-class PropertyBillingClient:
+class PropertyBillingClient(TransportClient):
     """Typed async client for the property billing API.
 
     Args:
@@ -258,21 +258,6 @@ class PropertyBillingClient:
             self.transport, auth_url, username, password, administrator_ids, clock=clock
         )
         self.transport.auth = self.auth
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the HTTP session if the client created it."""
-        await self.transport.close()
 
     async def billing_headers(
         self,
