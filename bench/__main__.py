@@ -7,13 +7,16 @@ import asyncio
 import sys
 
 from bench import BenchResult, available, format_table, runner
+from billnotify.collector import tuned_collector
 
 
 async def _run(names: list[str]) -> list[BenchResult]:
     results: list[BenchResult] = []
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results.extend(await runner(name)())
+        # the collector as `billnotify run` sets it once started, for both sides of a ratio
+        with tuned_collector():
+            results.extend(await runner(name)())
     return results
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,7 @@ from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor, AttemptResult, Rendered
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.clients.property_billing import PropertyBillingClient
+from billnotify.collector import tuned_collector
 from billnotify.config.models import (
     Action,
     BillingPlatformSource,
@@ -265,8 +265,7 @@ class Service:
                 )
                 await self.health.start()
                 stack.push_async_callback(self.health.stop)
-            stack.callback(_thaw)
-            _freeze()
+            stack.enter_context(tuned_collector())
             await self._supervise(stop, rules)
 
     async def _supervise(self, stop: asyncio.Event, rules: RuleHandler) -> None:
@@ -344,20 +343,6 @@ async def _finish_publishing(
     last = await store.last_seq()
     while time.monotonic() < deadline and publisher.last_published_seq < last:
         await asyncio.sleep(0.05)
-
-
-def _freeze() -> None:
-    """Set everything built at start-up aside from the collector.
-
-    The config, templates, clients and modules live as long as the process; frozen, the
-    collector's full passes no longer walk them (they run every few thousand deliveries).
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _thaw() -> None:
-    gc.unfreeze()  # a process that runs the service again (tests) must not keep it all
 
 
 async def _close_executors(executors: dict[str, Any]) -> None:
