@@ -19,6 +19,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -214,7 +215,10 @@ async def run() -> list[BenchResult]:
                 for _ in range(ROUNDS):
                     raw = await _baseline(messages, port, 5)
                     ours = await _product(store, port, 5, url)
-                    print(f"  round: raw loop {N / raw:,.0f}/s, publisher {N / ours:,.0f}/s")
+                    print(
+                        f"  round: raw loop {N / raw:,.0f}/s, publisher {N / ours:,.0f}/s",
+                        file=sys.stderr,
+                    )
                     baseline, product = min(baseline, raw), min(product, ours)
             # amqtt queues for an offline session only when the client is not anonymous;
             # it warns about PUBACKs it lost track of while doing so
