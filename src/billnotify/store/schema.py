@@ -63,8 +63,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     rendered TEXT,
     note TEXT
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+DROP INDEX IF EXISTS deliveries_due;
+DROP INDEX IF EXISTS deliveries_event;
+CREATE INDEX IF NOT EXISTS deliveries_active ON deliveries (next_attempt_at, event_seq)
+    WHERE status IN ('pending', 'retry_scheduled', 'sending');
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
     number INTEGER NOT NULL,
