@@ -74,7 +74,11 @@ class CloudEvent(BaseModel):
 
     def to_json(self) -> str:
         """The event as compact JSON (as logged, for an event read from the log)."""
-        return self._logged if self._logged is not None else self.model_dump_json()
+        # the private attribute read from its dict: ``self._logged`` takes pydantic's
+        # ``__getattr__``, slower than serialising a small event
+        private = self.__pydantic_private__
+        logged = private.get("_logged") if private else None
+        return logged if logged is not None else self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CloudEvent:

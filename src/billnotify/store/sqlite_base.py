@@ -213,6 +213,33 @@ def _json_rows(
     return rows
 
 
+_SEPARATOR = "\x1e"
+"""Between the texts of :func:`_rows_with_text`: a control character, which JSON text
+(an event as logged) never holds unescaped."""
+
+
+def _rows_with_text(
+    db: sqlite3.Connection, columns: str, text: str, sql: str, params: Iterable[Any] = ()
+) -> list[tuple[list[Any], str | None]]:
+    """:func:`_json_rows`, and beside each row its ``text`` column (a JSON document, or
+    NULL), read in the same step but not escaped into the JSON and parsed out again.
+
+    Both aggregates see the rows in the same order; an empty text stands for NULL.
+    """
+    rows_json, texts = db.execute(
+        f"SELECT json_group_array(json_array({columns})), "
+        f"group_concat(coalesce({text}, ''), char(30)) FROM ({sql})",
+        tuple(params),
+    ).fetchone()
+    rows: list[list[Any]] = json.loads(rows_json)
+    if not rows:
+        return []
+    parts = texts.split(_SEPARATOR)
+    if len(parts) != len(rows):
+        raise sqlite3.DataError(f"a {text} holds the separator: {len(parts)} for {len(rows)}")
+    return [(row, part or None) for row, part in zip(rows, parts, strict=True)]
+
+
 class SqliteBase:
     """The connection, its thread and transactions; the tables live in subclasses.
 

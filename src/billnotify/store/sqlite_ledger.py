@@ -19,7 +19,15 @@ from billnotify.store.base import (
     NewDelivery,
     Outcome,
 )
-from billnotify.store.sqlite_base import _ROWS, SqliteBase, _dt, _json_rows, _ts, _values
+from billnotify.store.sqlite_base import (
+    _ROWS,
+    SqliteBase,
+    _dt,
+    _json_rows,
+    _rows_with_text,
+    _ts,
+    _values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,34 +88,38 @@ class LedgerTables(SqliteBase):
         """
         ts = now.timestamp()
         notes = rendered or {}
+        # the rows are made here, on the loop: the store's thread only runs statements
+        chunks = []
+        for start in range(0, len(deliveries), _ROWS):
+            chunk = deliveries[start : start + _ROWS]
+            values: list[Any] = []
+            for d in chunk:
+                id_ = d.id
+                values += (
+                    id_,
+                    d.rule,
+                    d.action_index,
+                    d.action_type,
+                    d.event_id,
+                    d.event_seq,
+                    int(d.exactly_once),
+                    d.target,
+                    d.status.value,
+                    _ts(d.next_attempt_at) if d.next_attempt_at else ts,
+                    ts,
+                    ts,
+                    notes.get(id_),
+                )
+            chunks.append((_values(13, len(chunk)), values))
 
         def work(db: sqlite3.Connection) -> int:
             before = db.total_changes
-            for start in range(0, len(deliveries), _ROWS):
-                chunk = deliveries[start : start + _ROWS]
+            for marks, values in chunks:
                 db.execute(
                     "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, "
                     "event_id, event_seq, exactly_once, target, status, next_attempt_at, "
-                    f"created_at, updated_at, rendered) VALUES {_values(13, len(chunk))}",
-                    [
-                        value
-                        for d in chunk
-                        for value in (
-                            d.id,
-                            d.rule,
-                            d.action_index,
-                            d.action_type,
-                            d.event_id,
-                            d.event_seq,
-                            int(d.exactly_once),
-                            d.target,
-                            d.status.value,
-                            _ts(d.next_attempt_at) if d.next_attempt_at else ts,
-                            ts,
-                            ts,
-                            notes.get(d.id),
-                        )
-                    ],
+                    f"created_at, updated_at, rendered) VALUES {marks}",
+                    values,
                 )
             inserted = db.total_changes - before
             self._set_position(db, consumer, position)
@@ -148,37 +160,39 @@ class LedgerTables(SqliteBase):
             exclude,
         )
 
-        def read() -> DueBatch:
-            due = _json_rows(
+        def read() -> tuple[list[tuple[list[Any], str | None]], list[Any]]:
+            due = _rows_with_text(
                 db,
-                "id, rule, action_index, action_type, event_id, exactly_once, target, body, n",
+                "id, rule, action_index, action_type, event_id, exactly_once, target, n",
+                "body",
                 f"SELECT d.*, e.body, row_number() OVER (ORDER BY d.due_at, d.seq) AS n "
                 f"FROM ({sql}) AS d LEFT JOIN events AS e ON e.id = d.event_id",
                 params,
             )
-            due.sort(key=lambda row: int(row[8]))
-            disabled = db.execute("SELECT name, reason FROM endpoints").fetchall()
-            return DueBatch(
-                [
-                    DueDelivery(
-                        id=row[0],
-                        rule=row[1],
-                        action_index=row[2],
-                        action_type=row[3],
-                        event_id=row[4],
-                        exactly_once=bool(row[5]),
-                        target=row[6],
-                        event=row[7],
-                    )
-                    for row in due
-                ],
-                dict(disabled),
-            )
+            return due, db.execute("SELECT name, reason FROM endpoints").fetchall()
 
         try:
-            return await self._call(read)
+            due, disabled = await self._call(read)
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
+        # the tuples are made here, on the loop: the store's thread only runs statements
+        due.sort(key=lambda item: int(item[0][7]))
+        return DueBatch(
+            [
+                DueDelivery(
+                    id=row[0],
+                    rule=row[1],
+                    action_index=row[2],
+                    action_type=row[3],
+                    event_id=row[4],
+                    exactly_once=bool(row[5]),
+                    target=row[6],
+                    event=body,
+                )
+                for row, body in due
+            ],
+            dict(disabled),
+        )
 
     async def next_due_at(self) -> datetime | None:
         """When the next delivery is due."""
@@ -287,47 +301,50 @@ class LedgerTables(SqliteBase):
         if not ends:
             return
 
+        # one statement per table and chunk, each row found by its primary key; the
+        # rows are made here, on the loop: the store's thread only runs statements
+        chunks = []
+        for start in range(0, len(ends), _ROWS):
+            chunk = ends[start : start + _ROWS]
+            attempts: list[Any] = []
+            deliveries: list[Any] = []
+            for e in chunk:
+                finished = e.finished_at.timestamp()
+                attempts += (
+                    e.delivery_id,
+                    e.number,
+                    finished,
+                    e.outcome.value,
+                    e.status_code,
+                    e.error,
+                )
+                deliveries += (
+                    e.delivery_id,
+                    e.status.value,
+                    _ts(e.next_attempt_at),
+                    e.error,
+                    e.status_code,
+                    finished,
+                )
+            chunks.append((_values(6, len(chunk)), attempts, deliveries))
+
         def work(db: sqlite3.Connection) -> None:
-            # one statement per table and chunk, each row found by its primary key
-            for start in range(0, len(ends), _ROWS):
-                chunk = ends[start : start + _ROWS]
+            for marks, attempts, deliveries in chunks:
                 db.execute(
                     "WITH v (delivery_id, number, finished_at, outcome, status_code, error) AS "
-                    f"(VALUES {_values(6, len(chunk))}) "
+                    f"(VALUES {marks}) "
                     "UPDATE attempts SET finished_at = v.finished_at, outcome = v.outcome, "
                     "status_code = v.status_code, error = v.error FROM v "
                     "WHERE attempts.delivery_id = v.delivery_id AND attempts.number = v.number",
-                    [
-                        value
-                        for e in chunk
-                        for value in (
-                            e.delivery_id,
-                            e.number,
-                            e.finished_at.timestamp(),
-                            e.outcome.value,
-                            e.status_code,
-                            e.error,
-                        )
-                    ],
+                    attempts,
                 )
                 db.execute(
                     "WITH v (id, status, next_attempt_at, last_error, last_status_code, "
-                    f"updated_at) AS (VALUES {_values(6, len(chunk))}) "
+                    f"updated_at) AS (VALUES {marks}) "
                     "UPDATE deliveries SET status = v.status, next_attempt_at = v.next_attempt_at, "
                     "last_error = v.last_error, last_status_code = v.last_status_code, "
                     "updated_at = v.updated_at FROM v WHERE deliveries.id = v.id",
-                    [
-                        value
-                        for e in chunk
-                        for value in (
-                            e.delivery_id,
-                            e.status.value,
-                            _ts(e.next_attempt_at),
-                            e.error,
-                            e.status_code,
-                            e.finished_at.timestamp(),
-                        )
-                    ],
+                    deliveries,
                 )
 
         await self._write(work)

@@ -18,7 +18,7 @@ from billnotify.store.base import (
     SnapshotWrite,
     StoredEvent,
 )
-from billnotify.store.sqlite_base import SqliteBase, _dt, _json_rows, _now, _ts
+from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _rows_with_text, _ts
 
 logger = logging.getLogger(__name__)
 
@@ -267,12 +267,15 @@ class LogTables(SqliteBase):
         sql = "SELECT seq, id, type, source, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         try:
             rows = await self._call(
-                lambda: _json_rows(db, "seq, id, type, source, body", sql, (after_seq, limit))
+                lambda: _rows_with_text(
+                    db, "seq, id, type, source", "body", sql, (after_seq, limit)
+                )
             )
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
         entries = [
-            LogEntry(int(seq), id_, type_, source, body) for seq, id_, type_, source, body in rows
+            LogEntry(int(seq), id_, type_, source, body or "")
+            for (seq, id_, type_, source), body in rows
         ]
         entries.sort(key=lambda entry: entry.seq)
         return entries
