@@ -47,7 +47,7 @@ from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import BillingPlatformSource
 from billnotify.sources import build_billing_syncs
 from billnotify.sources.billing_platform import CURSOR_FORMAT, BillingPlatformSync
-from billnotify.store import SqliteStore
+from billnotify.store import ProcessStore, SqliteStore
 
 TASKS = 5_000
 PAGE = 500
@@ -198,7 +198,7 @@ async def _detection() -> list[BenchResult]:
         config = _config(sim.billing_base_url)
         with tempfile.TemporaryDirectory() as tmp:
             async with (
-                SqliteStore(Path(tmp) / "state.db") as store,
+                ProcessStore(Path(tmp) / "state.db") as store,  # as `billnotify run` has it
                 aiohttp.ClientSession() as session,
                 BillingPlatformClient(
                     config.base_url, config.api_key, session=session, page_size=PAGE

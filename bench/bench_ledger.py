@@ -47,7 +47,7 @@ from billnotify.config.models import Config, EmailAction
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
 from billnotify.rules.worker import DeliveryWorker
-from billnotify.store import DeliveryStatus, SqliteStore
+from billnotify.store import DeliveryStatus, ProcessStore
 from billnotify.templating import TemplateRenderer
 
 WEBHOOKS = 3000
@@ -115,7 +115,7 @@ async def _ledger_rate(
 ) -> float:
     """Deliveries/s from the first append to the last ``succeeded`` commit."""
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as folder:
-        async with SqliteStore(Path(folder) / "state.db") as store:
+        async with ProcessStore(Path(folder) / "state.db") as store:  # as the service
             worker = DeliveryWorker(config, store, executors, _utcnow, poll_interval=0.5)
             handler = RuleHandler(
                 config, store, templates, executors, _utcnow, on_recorded=worker.wake

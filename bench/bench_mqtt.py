@@ -36,7 +36,7 @@ from billnotify.publish import MqttPublisher
 from billnotify.publish.broker import EmbeddedBroker
 from billnotify.publish.mqtt import POSITION
 from billnotify.publish.topics import event_topic
-from billnotify.store import SqliteStore
+from billnotify.store import ProcessStore, SqliteStore
 
 N = 20_000
 ROUNDS = 5
@@ -207,7 +207,7 @@ async def run() -> list[BenchResult]:
     """Measure the publisher and the raw loop, best of ``ROUNDS`` each."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        async with SqliteStore(folder / "bench.db") as store:
+        async with ProcessStore(folder / "bench.db") as store:  # as `billnotify run` has it
             messages = await _fill(store)
             with _mosquitto(folder) as port:
                 url = f"mqtt://127.0.0.1:{port}"

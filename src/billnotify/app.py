@@ -40,7 +40,7 @@ from billnotify.rules.engine import RuleHandler
 from billnotify.rules.worker import DeliveryWorker
 from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
 from billnotify.sources.base import PollStats, ResourceSync
-from billnotify.store import DeliveryStatus, SqliteStore
+from billnotify.store import DeliveryStatus, ProcessStore, SqliteStore
 from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 
@@ -82,7 +82,7 @@ class Service:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.store = SqliteStore(config.state_path)
+        self.store: SqliteStore = ProcessStore(config.state_path)
         self.pollers: list[Poller] = []
         self.publisher: MqttPublisher | None = None
         self.worker: DeliveryWorker | None = None

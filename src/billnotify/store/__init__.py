@@ -12,6 +12,7 @@ from billnotify.store.base import (
     StoredEvent,
     delivery_id,
 )
+from billnotify.store.process import ProcessStore
 from billnotify.store.sqlite import SqliteStore
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DeliveryStatus",
     "NewDelivery",
     "Outcome",
+    "ProcessStore",
     "Snapshot",
     "SnapshotWrite",
     "SqliteStore",

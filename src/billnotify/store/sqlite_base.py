@@ -257,7 +257,10 @@ class SqliteBase:
     async def open(self) -> None:
         """Open the file, switch on WAL and create the schema."""
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
         self._thread = _StoreThread()
         self._thread.start()
         try:

@@ -22,6 +22,11 @@ from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _rows_with_text,
 
 logger = logging.getLogger(__name__)
 
+SnapshotRow = tuple[str, str, str, str, float | None]
+"""A snapshot as written: entity, id, record JSON, marks JSON, due_at."""
+EventRow = tuple[str, str, str, str, str, str, str, str]
+"""An event as logged: id, entity, object id, type, source name, subject, time, JSON."""
+
 
 class LogTables(SqliteBase):
     """The tables change detection and the publishers use."""
@@ -126,12 +131,51 @@ class LogTables(SqliteBase):
         events: Sequence[CloudEvent],
         cursor: tuple[str, str] | None = None,
     ) -> list[StoredEvent]:
-        """Snapshots, events and cursor in one transaction; see the protocol."""
+        """Snapshots, events and cursor in one transaction; see the protocol.
+
+        The rows are made here, on the loop, and :meth:`commit_rows` writes them.
+        """
+        snapshots = [
+            (
+                w.entity,
+                w.id,
+                json.dumps(w.record, separators=(",", ":")),
+                json.dumps(sorted(w.marks)),
+                _ts(w.due_at),
+            )
+            for w in writes
+        ]
+        logged = [
+            (e.id, e.entity, e.object_id, e.type, e.source_name, e.subject, e.time, e.to_json())
+            for e in events
+        ]
+        placed = await self.commit_rows(source, snapshots, logged, cursor)
+        appended = [
+            StoredEvent(
+                seq,
+                events[n] if id_ == events[n].id else events[n].model_copy(update={"id": id_}),
+            )
+            for n, seq, id_ in placed
+        ]
+        if appended:
+            async with self.appended:
+                self.appended.notify_all()
+        return appended
+
+    async def commit_rows(
+        self,
+        source: str,
+        snapshots: Sequence[SnapshotRow],
+        events: Sequence[EventRow],
+        cursor: tuple[str, str] | None = None,
+    ) -> list[tuple[int, int, str]]:
+        """:meth:`commit` of rows already made; returns (index in ``events``, seq, id) of
+        each event appended, in order."""
         now = _now()
 
-        def work(db: sqlite3.Connection) -> list[StoredEvent]:
-            versions = self._write_snapshots(db, source, writes, now)
-            appended = self._append(db, events, now, versions)
+        def work(db: sqlite3.Connection) -> list[tuple[int, int, str]]:
+            versions = self._write_snapshots(db, source, snapshots, now)
+            placed = self._append(db, events, now, versions)
             if cursor is not None:
                 db.execute(
                     "INSERT INTO cursors (source, resource, value, updated_at) VALUES (?, ?, ?, ?) "
@@ -139,13 +183,9 @@ class LogTables(SqliteBase):
                     "updated_at = excluded.updated_at",
                     (source, cursor[0], cursor[1], now),
                 )
-            return appended
+            return placed
 
-        appended = await self._write(work)
-        if appended:
-            async with self.appended:
-                self.appended.notify_all()
-        return appended
+        return await self._write(work)
 
     _CHUNK = 200
     """Rows per multi-row statement."""
@@ -154,13 +194,13 @@ class LogTables(SqliteBase):
         self,
         db: sqlite3.Connection,
         source: str,
-        writes: Sequence[SnapshotWrite],
+        snapshots: Sequence[SnapshotRow],
         now: float,
     ) -> dict[str, int]:
         """Upsert snapshots; returns ``entity/id`` -> the version now stored."""
         versions: dict[str, int] = {}
-        for start in range(0, len(writes), self._CHUNK):
-            chunk = writes[start : start + self._CHUNK]
+        for start in range(0, len(snapshots), self._CHUNK):
+            chunk = snapshots[start : start + self._CHUNK]
             rows = db.execute(
                 "INSERT INTO snapshots (source, entity, id, record, marks, due_at, version, "
                 "dirty, updated_at) VALUES "
@@ -169,19 +209,7 @@ class LogTables(SqliteBase):
                 "marks = excluded.marks, due_at = excluded.due_at, "
                 "version = snapshots.version + 1, dirty = 1, updated_at = excluded.updated_at "
                 "RETURNING entity, id, version",
-                [
-                    value
-                    for write in chunk
-                    for value in (
-                        source,
-                        write.entity,
-                        write.id,
-                        json.dumps(write.record, separators=(",", ":")),
-                        json.dumps(sorted(write.marks)),
-                        _ts(write.due_at),
-                        now,
-                    )
-                ],
+                [value for row in chunk for value in (source, *row, now)],
             ).fetchall()
             for entity, id_, version in rows:
                 # a record written twice in one commit returns two rows: keep the last
@@ -192,38 +220,41 @@ class LogTables(SqliteBase):
     def _append(
         self,
         db: sqlite3.Connection,
-        events: Sequence[CloudEvent],
+        events: Sequence[EventRow],
         now: float,
         versions: dict[str, int],
-    ) -> list[StoredEvent]:
-        """Append the events whose id is new; returns them with their seq, in order."""
+    ) -> list[tuple[int, int, str]]:
+        """Append the events whose id is new; returns (index, seq, id) of each, in order."""
         candidates: list[str] = []
-        for event in events:
-            candidates.append(event.id)
-            version = versions.get(f"{event.entity}/{event.object_id}")
+        for id_, entity, object_id, *_ in events:
+            candidates.append(id_)
+            version = versions.get(f"{entity}/{object_id}")
             if version is not None:
-                candidates.append(f"{event.id}_{version}")
+                candidates.append(f"{id_}_{version}")
         taken: set[str] = set()
         for start in range(0, len(candidates), 500):
             ids = candidates[start : start + 500]
             marks = ",".join("?" * len(ids))
             rows = db.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids).fetchall()
             taken.update(str(r[0]) for r in rows)
-        fresh: list[CloudEvent] = []
-        for event in events:
-            if event.id in taken:
+        fresh: list[tuple[int, EventRow]] = []
+        for n, row in enumerate(events):
+            id_, entity, object_id, *_, body = row
+            if id_ in taken:
                 # The same transition happened again (A->B->A->B): a new occurrence, so
                 # salt the id with the snapshot version committed in this same
                 # transaction, which a crash-and-retry reproduces exactly.
-                version = versions.get(f"{event.entity}/{event.object_id}")
+                version = versions.get(f"{entity}/{object_id}")
                 if version is None:
                     continue
-                event = event.model_copy(update={"id": f"{event.id}_{version}"})
-                if event.id in taken:
+                id_ = f"{id_}_{version}"
+                if id_ in taken:
                     continue
-            taken.add(event.id)
-            fresh.append(event)
-        appended: list[StoredEvent] = []
+                salted = CloudEvent.from_json(body).model_copy(update={"id": id_})
+                row = (id_, *row[1:-1], salted.to_json())
+            taken.add(id_)
+            fresh.append((n, row))
+        placed: list[tuple[int, int, str]] = []
         for start in range(0, len(fresh), self._CHUNK):
             chunk = fresh[start : start + self._CHUNK]
             cursor = db.execute(
@@ -231,23 +262,15 @@ class LogTables(SqliteBase):
                 + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
                 [
                     value
-                    for event in chunk
-                    for value in (
-                        event.id,
-                        event.type,
-                        event.source_name,
-                        event.subject,
-                        event.time,
-                        now,
-                        event.to_json(),
-                    )
+                    for _, (id_, _entity, _object, type_, source, subject, time, body) in chunk
+                    for value in (id_, type_, source, subject, time, now, body)
                 ],
             )
             # one statement, no other writer: its rows took the seqs up to the last one
             last = int(cursor.lastrowid or 0)
             first = last - len(chunk) + 1
-            appended.extend(StoredEvent(first + n, event) for n, event in enumerate(chunk))
-        return appended
+            placed.extend((n, first + k, row[0]) for k, (n, row) in enumerate(chunk))
+        return placed
 
     # -- the event log ---------------------------------------------------------------
     @staticmethod
