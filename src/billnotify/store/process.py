@@ -27,6 +27,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import pickle
 import sys
 from collections.abc import Callable, Coroutine, Iterable
@@ -74,6 +75,8 @@ class ProcessStore(SqliteStore):
         if str(self.path) == ":memory:":
             raise StoreError("a store in a process of its own needs a file, not ':memory:'")
         self._gone = None
+        # the child imports what this process imports, however it found billnotify
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -81,6 +84,7 @@ class ProcessStore(SqliteStore):
             str(self.path),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env=env,
         )
         self._replies = asyncio.create_task(self._read_replies(), name="store-replies")
         try:
