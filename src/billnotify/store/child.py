@@ -33,10 +33,7 @@ async def serve(path: str) -> None:
 
     async def handle(number: int, name: str, args: tuple[Any, ...], kwargs: Any) -> None:
         try:
-            result = await getattr(store, name)(*args, **kwargs)
-            if name == "_fetch":
-                result = [tuple(row) for row in result]  # sqlite3.Row does not pickle
-            reply = frame((number, True, result))
+            reply = frame((number, True, await getattr(store, name)(*args, **kwargs)))
         except Exception as exc:
             try:
                 reply = frame((number, False, exc))

@@ -111,9 +111,9 @@ class ProcessStore(SqliteStore):
             await self._replies  # ends on the child's EOF, failing what still waits
             self._replies = None
 
-    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read, run in the child: the methods that only read run here."""
-        rows: list[Any] = await self._remote("_fetch", (sql, tuple(params)), {})
+        rows: list[tuple[Any, ...]] = await self._remote("_fetch", (sql, tuple(params)), {})
         return rows
 
     async def _remote(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -228,8 +228,8 @@ def _rows_with_text(
     """
     rows_json, texts = db.execute(
         f"SELECT json_group_array(json_array({columns})), "
-        f"group_concat(coalesce({text}, ''), char(30)) FROM ({sql})",
-        tuple(params),
+        f"group_concat(coalesce({text}, ''), ?) FROM ({sql})",
+        (_SEPARATOR, *params),
     ).fetchone()
     rows: list[list[Any]] = json.loads(rows_json)
     if not rows:
@@ -333,7 +333,7 @@ class SqliteBase:
         except sqlite3.Error as exc:
             raise StoreError(f"state store write failed: {exc}") from exc
 
-    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         db, args = self._db, tuple(params)
         try:
             return await self._call(lambda: db.execute(sql, args).fetchall())
