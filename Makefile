@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install check format test test-fast bench demo
+.PHONY: install check format test test-fast test-faults bench demo
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,7 +24,10 @@ test:
 	$(VENV)/bin/pytest -q
 
 test-fast:
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow and not fault"
+
+test-faults:
+	$(VENV)/bin/pytest -q -m "fault or slow"
 
 bench:
 	$(PY) -m bench
