@@ -46,12 +46,16 @@ FAMILIES = (
     "billnotify_log_backlog_events",
     "billnotify_mqtt_publish_lag_seconds",
     "billnotify_mqtt_connected",
-    "billnotify_mqtt_published_events",
+    "billnotify_mqtt_published_events_total",
     "billnotify_deliveries",
     "billnotify_delivery_attempts_total",
     "billnotify_retry_queue_depth",
     "billnotify_oldest_pending_delivery_age_seconds",
     "billnotify_ready",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "python_gc_collections_total",
+    "python_info",
 )
 
 
@@ -410,7 +414,7 @@ async def test_every_metric_family_is_exported_and_moves(
             ("billnotify_poll_errors_total", labels),
             ("billnotify_poll_duration_seconds_count", labels),
             ("billnotify_events_total", {"type": "billing_task.status_changed"}),
-            ("billnotify_mqtt_published_events", {}),
+            ("billnotify_mqtt_published_events_total", {}),
             ("billnotify_deliveries", {"action": "webhook"}),
             ("billnotify_delivery_attempts_total", {"action": "webhook", "outcome": "success"}),
         )

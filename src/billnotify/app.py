@@ -187,7 +187,7 @@ class Service:
             )
         if self.publisher is not None:
             m.mqtt_connected.set(1 if self.publisher.connected else 0)
-            m.mqtt_published.set(self.publisher.published_total)
+            m.count_published(self.publisher.published_total)
             pending = await self.store.read_events(await self.store.get_position("mqtt"), 1)
             lag = 0.0
             if pending:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 
 class Metrics:
@@ -11,6 +20,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_* (CPU, memory, open files) and python_* (GC, version), as every
+        # Prometheus-instrumented Python service exports them
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.polls = Counter(
             "billnotify_polls", "Poll cycles run.", ["source", "resource"], registry=r
         )
@@ -47,7 +60,7 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "billnotify_mqtt_connected", "1 while connected to the broker.", registry=r
         )
-        self.mqtt_published = Gauge(
+        self.mqtt_published = Counter(
             "billnotify_mqtt_published_events",
             "Events published to MQTT by this process.",
             registry=r,
@@ -75,6 +88,13 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("billnotify_ready", "1 when /readyz answers 200.", registry=r)
+        self._published = 0
+
+    def count_published(self, total: int) -> None:
+        """Move the published-events counter up to the publisher's running ``total``."""
+        if total > self._published:
+            self.mqtt_published.inc(total - self._published)
+            self._published = total
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
