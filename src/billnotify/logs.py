@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 REDACTED = "**********"
 _NOISY = ("amqtt", "transitions", "passlib", "asyncio", "aiohttp.access", "mail.log")
+
+
+_FIELDS = ("event_id", "delivery_id", "rule", "source")
+"""What a JSON log line carries as fields of its own, wherever it applies."""
+
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "billnotify_log_context", default={}
+)
+
+
+@contextlib.contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    """Attach ``fields`` (``event_id``, ``delivery_id``, ``rule``, ``source``) to every
+    log line written inside the block, by this task and the tasks it starts.
+
+    An explicit ``extra={...}`` on one call wins over the context.
+    """
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown log fields: {sorted(unknown)}")
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 class Redactor:
@@ -45,8 +73,6 @@ class _TextFormatter(logging.Formatter):
 
 
 class _JsonFormatter(logging.Formatter):
-    _EXTRA = ("event_id", "delivery_id", "source", "rule")
-
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
         self._redact = redact
@@ -58,8 +84,11 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in self._EXTRA:
+        context = _context.get()
+        for key in _FIELDS:
             value = getattr(record, key, None)
+            if value is None:
+                value = context.get(key)
             if value is not None:
                 entry[key] = value
         if record.exc_info:
