@@ -3,8 +3,9 @@
 ``template = "task_failed"`` renders ``task_failed.subject.j2`` and ``task_failed.txt.j2``
 (required) and ``task_failed.html.j2`` (optional; the message is then
 multipart/alternative). Recipients may be Jinja strings. Every header value is checked:
-a CR or LF anywhere, or an address that does not parse, is a permanent failure, so a
-record's field can never inject a header. The ``Message-ID`` derives from the delivery
+a line break anywhere (CR, LF, or any other separator such as U+2028), or an address
+that does not parse, is a permanent failure, so a record's field can never inject a
+header and a value the email package refuses is never retried. The ``Message-ID`` derives from the delivery
 id, the same on every attempt, so a receiving system can spot a repeat.
 
 Attachments: ``invoice_pdf`` (the event's invoice, from its billing platform) and
@@ -391,8 +392,13 @@ def _email(action: Action) -> EmailAction:
     return action
 
 
+_LINE_BREAK = re.compile("[\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+"""NUL and every character :meth:`str.splitlines` breaks at: none may reach a header
+(CR/LF would inject one; the email package refuses the others, every time)."""
+
+
 def _check_header(name: str, value: str) -> None:
-    if "\r" in value or "\n" in value or "\x00" in value:
+    if _LINE_BREAK.search(value):
         raise InvalidMessageError(
             f"{name} contains a line break: refusing to send ({value[:80]!r})"
         )
