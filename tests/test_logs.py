@@ -15,7 +15,6 @@ from billnotify.logs import log_context, setup_logging
 def json_lines(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    setup_logging("info", "json", secrets=["s3cr3t-value"])
 
     def read() -> list[dict[str, str]]:
         err = capsys.readouterr().err
@@ -30,17 +29,18 @@ def json_lines(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-d
 
 
 async def test_fields_from_the_context_reach_tasks_started_inside(json_lines) -> None:  # type: ignore[no-untyped-def]
+    setup_logging("info", "json")
     log = logging.getLogger("billnotify.test")
 
     async def inner() -> None:
-        log.warning("inside a task")
+        log.info("inside a task")
 
     with log_context(delivery_id="dlv_1", rule="r1", event_id="evt_1"):
-        log.warning("attempt")
+        log.info("attempt")
         await asyncio.create_task(inner())
         with log_context(source="acme"):
-            log.warning("nested")
-    log.warning("outside")
+            log.info("nested")
+    log.info("outside")
     lines = {line["message"]: line for line in json_lines()}
     want = {"delivery_id": "dlv_1", "rule": "r1", "event_id": "evt_1"}
     assert want.items() <= lines["attempt"].items()
@@ -50,9 +50,10 @@ async def test_fields_from_the_context_reach_tasks_started_inside(json_lines) ->
 
 
 def test_explicit_extra_wins_and_secrets_stay_redacted(json_lines) -> None:  # type: ignore[no-untyped-def]
+    setup_logging("info", "json", secrets=["s3cr3t-value"])
     log = logging.getLogger("billnotify.test")
     with log_context(source="acme"):
-        log.warning("token s3cr3t-value", extra={"source": "other"})
+        log.info("token s3cr3t-value", extra={"source": "other"})
     (line,) = json_lines()
     assert line["source"] == "other"
     assert "s3cr3t-value" not in json.dumps(line)
