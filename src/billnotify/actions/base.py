@@ -9,6 +9,11 @@ becomes an :class:`AttemptResult` whose outcome comes from :func:`classify`::
     SMTP  2xx/3xx success | 4xx retryable | 5xx permanent
     no answer (timeout, connection lost)     retryable, or UNCERTAIN when a customer-facing
                                              request had gone out (it may have been acted on)
+    5xx without a documented error code      retryable, or UNCERTAIN for a customer-facing
+                                             request (a proxy's 502/504 says nothing of
+                                             whether the platform acted; SPEC §4.1)
+    5xx with a documented error code         retryable (500601, 500602: the platform says
+                                             the email failed, so nothing went out)
     could not connect / nothing sent         retryable
     templates, unsafe URLs, bad addresses    permanent
 
@@ -26,6 +31,7 @@ from typing import Any, Literal, Protocol
 from billnotify.clients.http import ConnectError
 from billnotify.config.models import Action, Rule
 from billnotify.errors import (
+    ERROR_CODES,
     ApiError,
     AuthError,
     BusError,
@@ -269,6 +275,10 @@ def _classify_source_error(exc: SourceError, exactly_once: bool) -> Outcome:
     if isinstance(exc, AuthError | NotFoundError):
         return Outcome.PERMANENT
     if isinstance(exc, ApiError):
+        if exactly_once and exc.status >= 500 and exc.error_code not in ERROR_CODES:
+            # no platform error code: a proxy or a crash answered, perhaps after the
+            # platform had acted; retrying blindly could send the customer a second email
+            return Outcome.UNCERTAIN
         if exc.retryable or exc.status >= 500 or exc.status in (408, 429):
             return Outcome.RETRYABLE
         return Outcome.PERMANENT

@@ -7,8 +7,9 @@
 The client never repeats a side-effecting POST by itself; the outcome is classified in
 :func:`~billnotify.actions.base.classify`: documented 4xx error codes are permanent,
 429 and 5xx retryable, and for the customer-facing actions (``email``, ``emailCdrs``) a
-timeout or a dropped connection after the request went out is UNCERTAIN: the email may
-have gone, and it must never go twice.
+timeout, a dropped connection or a 5xx without one of the platform's error codes (a
+proxy's 502/504) after the request went out is UNCERTAIN: the email may have gone, and
+it must never go twice. The documented failures ``500601`` / ``500602`` stay retryable.
 """
 
 from __future__ import annotations
