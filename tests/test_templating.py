@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -222,6 +223,22 @@ def test_no_jinja_exception_escapes(renderer: TemplateRenderer) -> None:
     ]:
         with pytest.raises(TemplateRenderError):
             renderer.render_string(source, ctx())
+
+
+@pytest.mark.parametrize("name", ["keys", "items", "get"])
+def test_attr_refuses_a_method_instead_of_printing_its_repr(
+    renderer: TemplateRenderer, name: str
+) -> None:
+    with pytest.raises(TemplateRenderError, match=f"attr: '{name}' is not a data attribute"):
+        renderer.render_string(f"{{{{ event.data|attr('{name}') }}}}", ctx())
+
+
+def test_attr_still_reads_data_attributes(renderer: TemplateRenderer) -> None:
+    context = {**ctx(), "day": date(2026, 11, 21)}
+    assert renderer.render_string("{{ day|attr('year') }}", context) == "2026"
+    # a missing attribute stays undefined (an error under StrictUndefined), as before
+    with pytest.raises(TemplateRenderError, match="undefined"):
+        renderer.render_string("{{ object|attr('nope') }}", ctx())
 
 
 # -- caching -----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ template and line; no jinja2 exception escapes this module.
 Template context (SPEC §4): ``event`` (the CloudEvent as a dict; ``event.data.object``
 works), ``object`` (``event.data.object``), ``previous`` (old values of changed fields,
 ``{}`` on ``created``), ``changed``, ``rule`` (name, on, when), ``source`` (the source
-name). Helpers: the filters ``money``, ``date``, ``datetime`` and ``tojson``.
+name). Helpers: the filters ``money``, ``date``, ``datetime`` and ``tojson``; ``attr``
+reaches data attributes only (a method there is an error, not its repr in a message).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from jinja2.filters import do_attr
 from jinja2.sandbox import SandboxedEnvironment
 
 from billnotify.errors import TemplateError
@@ -56,6 +58,19 @@ class TemplateRenderError(TemplateError):
         self.reason = reason
         where = f"{template}, line {lineno}" if lineno else template
         super().__init__(f"{where}: {reason}")
+
+
+class _NotDataError(Exception):
+    """A filter was asked for something templates must not print (a method, say)."""
+
+
+@jinja2.pass_environment
+def _attr(environment: jinja2.Environment, obj: Any, name: str) -> Any:
+    """``x|attr('name')`` for data only: a method's or function's repr is never output."""
+    value = do_attr(environment, obj, name)
+    if callable(value) and not isinstance(value, jinja2.Undefined):
+        raise _NotDataError(f"attr: {name!r} is not a data attribute")
+    return value
 
 
 class _Environment(SandboxedEnvironment):
@@ -169,7 +184,7 @@ class TemplateRenderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
-        self.env.filters.update(money=money, date=format_date, datetime=format_datetime)
+        self.env.filters.update(money=money, date=format_date, datetime=format_datetime, attr=_attr)
         self.env.globals.update(money=money)
         self.env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": str}
         self._strings: dict[str, jinja2.Template] = {}
@@ -307,7 +322,9 @@ def _wrap(exc: BaseException, name: str) -> TemplateRenderError:
         return TemplateRenderError(name, f"syntax error: {exc.message}", exc.lineno)
     if isinstance(exc, jinja2.TemplateNotFound):
         return TemplateRenderError(name, f"includes a template that is not found: {exc.name}")
-    if isinstance(exc, jinja2.UndefinedError):
+    if isinstance(exc, _NotDataError):
+        reason = str(exc)
+    elif isinstance(exc, jinja2.UndefinedError):
         reason = f"undefined: {exc.message}"
     elif isinstance(exc, jinja2.exceptions.SecurityError):
         reason = f"not allowed in the sandbox: {exc}"
