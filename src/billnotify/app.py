@@ -42,6 +42,7 @@ from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
 from billnotify.sources.base import PollStats, ResourceSync
 from billnotify.store import DeliveryStatus, ProcessStore, SqliteStore
 from billnotify.store.base import Outcome
+from billnotify.store.lock import StateLock
 from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)
@@ -225,6 +226,9 @@ class Service:
         """Run until ``stop`` is set, then shut down gracefully."""
         config = self.config
         async with AsyncExitStack() as stack:
+            # one process per SQLite state: a second one would send everything twice
+            holder = {"service": config.service.name, "http": config.service.http}
+            stack.enter_context(StateLock(config.state_path, holder))
             await self.store.open()
             stack.push_async_callback(self.store.close)
             await stack.enter_async_context(self._broker())
