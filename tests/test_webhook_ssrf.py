@@ -112,6 +112,21 @@ async def test_allow_private_permits_loopback_names_and_http(
     assert len(receiver.hits) == 1
 
 
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1", "017700000001", "0x7f000001"])
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_a_non_canonical_ipv4_host_is_refused_once_never_retried(
+    tmp_path: Path, receiver: WebhookReceiver, host: str, allow_private: bool
+) -> None:
+    # each of these means 127.0.0.1 to inet_aton; aiohttp refuses some of them as invalid
+    # URLs, which used to read as a connection failure and be retried until dead
+    outcome, error = await attempt(
+        tmp_path, f"https://{host}:{receiver.port}/ok", allow_private=allow_private
+    )
+    assert outcome is Outcome.PERMANENT
+    assert f"refusing {host}: not a canonical IPv4 address (it means 127.0.0.1)" in error
+    assert receiver.hits == []
+
+
 def test_check_url_accepts_public_https() -> None:
     check_url("https://hooks.example.com/x", allow_private=False)
     check_url("https://8.8.8.8/x", allow_private=False)
