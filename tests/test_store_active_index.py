@@ -13,6 +13,8 @@ from billnotify.store.sqlite_ledger import _ACTIVE, _DUE
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
 _OLD_INDEXES = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('schema_version', '1');
 CREATE TABLE deliveries (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, action_index INTEGER NOT NULL,
     action_type TEXT NOT NULL, event_id TEXT NOT NULL, event_seq INTEGER NOT NULL,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from billnotify.errors import StoreError
+from billnotify.store import state_file
 from billnotify.store.schema import SCHEMA, SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ T = TypeVar("T")
 
 _GROUP = 64
 """Writes committed together, at most."""
+_IDLE = 1.0
+"""Seconds without a call after a write before the thread checkpoints the WAL."""
+_WAL_PAGES = 1000
+"""Pages in the WAL that make the next commit checkpoint it (SQLite's default)."""
+_WAL_KEEP = 1 << 20
+"""Bytes of WAL file kept after a checkpoint (``journal_size_limit``)."""
 
 
 @dataclass(slots=True)
@@ -64,9 +71,11 @@ class _StoreThread(threading.Thread):
     cancelled before it began is skipped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_idle: Callable[[], bool] | None = None) -> None:
         super().__init__(name="billnotify-store", daemon=True)
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._on_idle = on_idle
+        self._wrote = False
 
     def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Queue ``fn``; the future resolves on the caller's loop."""
@@ -89,18 +98,29 @@ class _StoreThread(threading.Thread):
         self._calls.put(None)
 
     def run(self) -> None:
-        item = self._calls.get()
+        item = self._next()
         while item is not None:
             if item.db is None:
                 _settle_all([_run_call(item)])
-                item = self._calls.get()
+                item = self._next()
                 continue
             group, item = self._writes_after(item)
             db = group[0].db
             assert db is not None
             _settle_all(_transact(db, group))
+            self._wrote = True
             if item is _NOTHING:
-                item = self._calls.get()
+                item = self._next()
+
+    def _next(self) -> _Call | None:
+        """The next call; after writes, ``on_idle`` runs once none came for a while
+        (and again after each such while, until it says it is done)."""
+        while self._wrote and self._on_idle is not None:
+            try:
+                return self._calls.get(timeout=_IDLE)
+            except queue.Empty:
+                self._wrote = not self._on_idle()
+        return self._calls.get()
 
     def _writes_after(self, first: _Call) -> tuple[list[_Call], Any]:
         """``first`` and the writes queued right behind it; then the next call (or
@@ -143,7 +163,10 @@ def _transact(db: sqlite3.Connection, group: list[_Call]) -> list[_Done]:
         db.execute("COMMIT")
     except BaseException as exc:
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            # a failed rollback (the disk is full) must not end the thread: SQLite rolls
+            # back a transaction whose journal it cannot write when the next one begins
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         if len(live) == 1:
             return [(live[0], None, exc)]
         return [outcome for call in live for outcome in _transact(db, [call])]
@@ -255,28 +278,40 @@ class SqliteBase:
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
-        """Open the file, switch on WAL and create the schema."""
-        if self.path != ":memory:":
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
-        self._thread = _StoreThread()
+        """Open the file (a new state only where none exists), switch on WAL and bring
+        the schema up to date.
+
+        Raises:
+            StoreError: the file cannot be opened, or is not a billnotify state (see
+                :mod:`billnotify.store.state_file`).
+        """
+        self._thread = _StoreThread(self._idle)
         self._thread.start()
         try:
             self._conn = await self._call(self._connect)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             self._thread.stop()
             self._thread = None
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
+        memory = str(self.path) == ":memory:"
+        if not memory and not state_file.check_existing(Path(self.path)):
+            state_file.create(Path(self.path), SCHEMA, SCHEMA_VERSION)
         conn = sqlite3.connect(str(self.path), isolation_level=None)
         try:
+            if not memory:
+                state_file.check_marker(conn, self.path, SCHEMA_VERSION)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
-            conn.executescript(SCHEMA)
+            # the WAL is cut back to this after each checkpoint instead of keeping its
+            # largest size, and checkpointed every this many pages while writes go on
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_KEEP}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+            conn.executescript(f"BEGIN;\n{SCHEMA}\nCOMMIT;")
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -285,6 +320,26 @@ class SqliteBase:
             conn.close()
             raise
         return conn
+
+    def _idle(self) -> bool:
+        """On the store's thread, when no call came for a while: empty the WAL.
+
+        Only after writes, and without waiting for a reader (another process's read
+        keeps the WAL until the next idle moment).
+        """
+        conn = self._conn
+        if conn is None or conn.in_transaction:
+            return True
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:  # a full disk: the next idle moment tries again
+            logger.debug("checkpoint of %s failed: %s", self.path, exc)
+            return False
+        return not busy
 
     async def close(self) -> None:
         """Close the connection (after every call already made has run)."""
@@ -331,6 +386,8 @@ class SqliteBase:
         try:
             return await self._thread.write(db, work)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StoreError(f"disk full: cannot write the state file {self.path}") from exc
             raise StoreError(f"state store write failed: {exc}") from exc
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
