@@ -33,6 +33,7 @@ from billnotify.config.models import (
 from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent
 from billnotify.health import HealthServer
+from billnotify.hooks import hook_auth
 from billnotify.metrics import Metrics
 from billnotify.publish.broker import EmbeddedBroker
 from billnotify.publish.mqtt import MqttPublisher
@@ -61,6 +62,9 @@ def secret_values(config: Config) -> list[str]:
             values.append(source.api_key.reveal())
         else:
             values += [source.username.reveal(), source.password.reveal()]
+        if source.hook_secret:
+            raw = source.hook_secret.reveal()
+            values += [raw, raw.removeprefix("whsec_")]
     if config.mqtt.password:
         values.append(config.mqtt.password.reveal())
     if config.smtp and config.smtp.password:
@@ -206,11 +210,10 @@ class Service:
         oldest = await self.store.oldest_pending_at()
         m.oldest_pending.set((self.clock() - oldest).total_seconds() if oldest else 0)
 
-    def _poll_now(self, source: str) -> bool:
-        found = [p for p in self.pollers if p.sync.source == source]
-        for poller in found:
-            poller.poll_now()
-        return bool(found)
+    def _poll_now(self, source: str) -> None:
+        for poller in self.pollers:
+            if poller.sync.source == source:
+                poller.poll_now()
 
     # -- running ---------------------------------------------------------------------
     @asynccontextmanager
@@ -265,6 +268,11 @@ class Service:
                     readiness=self.readiness,
                     metrics=self.metrics,
                     refresh=self.refresh_metrics,
+                    hooks={
+                        source.name: hook_auth(source.hook_secret)
+                        for source in config.sources
+                        if source.hook_secret
+                    },
                     on_hook=self._poll_now,
                 )
                 await self.health.start()

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from billnotify.hooks import MAX_BODY, HookAuth
 from billnotify.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+_LINGER = 2.0
+"""Seconds the server still reads (and drops) of a refused body, so the client sees the
+413 instead of a reset; then the connection closes."""
+_REPORT_EVERY = 60.0
+"""Seconds between two log lines about refused hooks of one source (a flood is one line)."""
 
 
 class HealthServer:
@@ -24,8 +32,9 @@ class HealthServer:
         readiness: returns (ready, details per check).
         metrics: the registry to export.
         refresh: called before each scrape to update gauges from the store.
-        on_hook: ``POST /hooks/{source}`` (a platform webhook as a hint to poll at
-            once); returns False for an unknown source.
+        hooks: the sources that accept ``POST /hooks/{source}`` (a platform webhook as
+            a hint to poll at once), each with its check; any other source answers 404.
+        on_hook: called with the source of each accepted hook.
     """
 
     def __init__(
@@ -36,14 +45,17 @@ class HealthServer:
         readiness: Readiness,
         metrics: Metrics,
         refresh: Callable[[], Awaitable[None]] | None = None,
-        on_hook: Callable[[str], bool] | None = None,
+        hooks: Mapping[str, HookAuth] | None = None,
+        on_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._readiness = readiness
         self._metrics = metrics
         self._refresh = refresh
+        self._hooks = dict(hooks or {})
         self._on_hook = on_hook
+        self._refused: dict[str, tuple[float, int]] = {}
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -57,7 +69,7 @@ class HealthServer:
 
     async def start(self) -> None:
         """Listen."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, lingering_time=_LINGER)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -95,7 +107,53 @@ class HealthServer:
         )
 
     async def _hook(self, request: web.Request) -> web.Response:
+        # Unknown sources and sources without a hook_secret look the same from outside.
         source = request.match_info["source"]
-        if self._on_hook is None or not self._on_hook(source):
-            return web.json_response({"error": f"unknown source {source!r}"}, status=404)
+        auth = self._hooks.get(source)
+        if auth is None or self._on_hook is None:
+            return web.json_response({"error": "not found"}, status=404)
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            return _too_large()
+        if not auth.needs_body and (reason := auth.refusal(request.headers, b"")):
+            return self._refuse(source, reason)
+        body = await _read_capped(request, MAX_BODY)
+        if body is None:
+            return _too_large()
+        if auth.needs_body and (reason := auth.refusal(request.headers, body)):
+            return self._refuse(source, reason)
+        self._on_hook(source)
         return web.json_response({"status": "poll scheduled"}, status=202)
+
+    def _refuse(self, source: str, reason: str) -> web.Response:
+        now = time.monotonic()
+        previous = self._refused.get(source)
+        if previous is None or now - previous[0] >= _REPORT_EVERY:
+            logger.warning(
+                "refused a hook for source %s: %s (%d others refused since the last report)",
+                source,
+                reason,
+                previous[1] if previous else 0,
+            )
+            self._refused[source] = (now, 0)
+        else:
+            self._refused[source] = (previous[0], previous[1] + 1)
+        return web.json_response({"error": "unauthorized"}, status=401)
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it grows past ``limit`` (nothing more is read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> web.Response:
+    response = web.json_response({"error": f"body larger than {MAX_BODY} bytes"}, status=413)
+    response.force_close()
+    return response

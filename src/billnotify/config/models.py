@@ -8,6 +8,8 @@ values resolved from ``env:NAME`` / ``file:/path`` references. Rules and actions
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -185,8 +187,27 @@ class _SourceBase(StrictModel):
     """Per-request timeout towards the platform."""
     max_attempts: int = Field(default=5, ge=1, le=20)
     """Tries per request on 5xx, 429 and connection errors (with backoff)."""
+    hook_secret: Secret | None = None
+    """Enables ``POST /hooks/<name>``: ``whsec_…`` verifies Standard Webhooks signatures, any other (16+ characters) is a Bearer token."""
 
     _name_ok = field_validator("name")(check_name)
+
+    @field_validator("hook_secret")
+    @classmethod
+    def _check_hook_secret(cls, value: Secret | None) -> Secret | None:
+        if value is None:
+            return None
+        raw = value.reveal()
+        if raw.startswith("whsec_"):
+            try:
+                key = base64.b64decode(raw[len("whsec_") :], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("the part after 'whsec_' must be base64") from None
+            if not key:
+                raise ValueError("the part after 'whsec_' is empty")
+        elif len(raw) < 16:
+            raise ValueError("must be a 'whsec_' secret or a token of at least 16 characters")
+        return value
 
 
 class BillingPlatformSource(_SourceBase):

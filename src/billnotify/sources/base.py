@@ -165,9 +165,13 @@ class Poller:
         on_result: Callable[[ResourceSync, PollStats | None, float, BaseException | None], None]
         | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        min_gap: timedelta = timedelta(seconds=1),
     ) -> None:
         self.sync = sync
         self.interval = interval.total_seconds()
+        self.min_gap = min_gap.total_seconds()
+        """Least time between the starts of two polls when :meth:`poll_now` asks early."""
+        self._sleep = sleep
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.polls = 0
@@ -180,7 +184,12 @@ class Poller:
         return f"{self.sync.source}/{self.sync.resource}"
 
     def poll_now(self) -> None:
-        """Start the next poll at once (e.g. an inbound platform webhook)."""
+        """Poll soon (an inbound platform webhook), debounced.
+
+        At once when idle; else after the running poll, and ``min_gap`` after the start
+        of the previous one. Requests meanwhile coalesce into that one poll, so a flood
+        of hooks costs the platform a few polls, not one each.
+        """
         self._wake.set()
 
     def healthy(self, now: float | None = None, intervals: float = 3.0) -> bool:
@@ -231,9 +240,15 @@ class Poller:
         return stats
 
     async def run(self) -> None:
-        """Poll forever on the interval."""
+        """Poll forever on the interval, and after :meth:`poll_now`."""
         while True:
-            await self.run_once()
+            # Cleared before the poll starts: a request that arrives while it runs may
+            # concern a change it no longer sees, so it queues the next poll.
             self._wake.clear()
+            started = time.monotonic()
+            await self.run_once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                gap = started + self.min_gap - time.monotonic()
+                if gap > 0:
+                    await self._sleep(gap)
