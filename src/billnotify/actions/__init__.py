@@ -42,7 +42,7 @@ def build_executors(
     mqtt: MqttSender | None,
     templates: TemplateRenderer,
     clock: Callable[[], float] = time.time,
-    smtp_pool_size: int = 4,
+    smtp_pool_size: int | None = None,
 ) -> dict[str, ActionExecutor]:
     """One executor per action type, keyed by type (``webhook``, ``email``, ...).
 
@@ -53,7 +53,7 @@ def build_executors(
         mqtt: the broker connection, None when MQTT is disabled.
         templates: the template renderer.
         clock: wall clock in Unix seconds (webhook timestamps, email dates).
-        smtp_pool_size: SMTP connections kept open.
+        smtp_pool_size: SMTP connections kept open (``[smtp] max_connections`` by default).
     """
     return {
         "invoice_action": InvoiceActionExecutor(billing_clients, templates),

@@ -12,6 +12,11 @@ Attachments: ``invoice_pdf`` (the event's invoice, from its billing platform) an
 ``billing_documents`` (every ``BE`` + 8 digits document id in the event's billing data,
 from its property billing source).
 
+A customer email (exactly-once) is prepared before its attempt is recorded ``sending``
+(:meth:`EmailExecutor.prepare`): rendered, its attachments fetched, its message built and
+an SMTP connection in hand, so that a crash leaves ``uncertain`` only a message that was
+leaving, never one still waiting for a connection.
+
 Parsing header values is most of what building a message costs, so the values that
 repeat from one message to the next (the sender, recipients, the rule, the ``Date`` of
 the current second) are parsed once and their header objects reused.
@@ -39,7 +44,7 @@ from billnotify.actions.base import (
     Rendered,
     failure,
 )
-from billnotify.actions.smtp import SmtpPool
+from billnotify.actions.smtp import Lease, SmtpPool
 from billnotify.config.models import Action, EmailAction, Rule, SmtpConfig
 from billnotify.events import CloudEvent
 from billnotify.store.base import Outcome
@@ -82,6 +87,41 @@ class Composed:
         return not all(a.isascii() for a in addresses)
 
 
+@dataclass
+class _Ready:
+    """A message built and its connection in hand, waiting for its attempt."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    utf8: bool
+    message_id: str
+    lease: Lease
+
+
+@dataclass
+class _Prepared:
+    """What :meth:`EmailExecutor.prepare` left for the attempt: a message ready to
+    leave, or the failure that stopped it (returned by ``execute`` without I/O)."""
+
+    ready: _Ready | None = None
+    failed: AttemptResult | None = None
+
+
+class _Permit:
+    """The executor's side of a prepared attempt, for the worker to give back."""
+
+    def __init__(self, prepared: dict[str, _Prepared], delivery_id: str) -> None:
+        self._prepared = prepared
+        self._delivery_id = delivery_id
+
+    def release(self) -> None:
+        """Give the connection back if the attempt did not use it."""
+        left = self._prepared.pop(self._delivery_id, None)
+        if left is not None and left.ready is not None:
+            left.ready.lease.release()
+
+
 class EmailExecutor:
     """Sends ``email`` actions through the ``[smtp]`` server.
 
@@ -91,7 +131,8 @@ class EmailExecutor:
         billing_clients: billing platform clients by source name (``invoice_pdf``).
         property_clients: property billing clients by source name (``billing_documents``).
         clock: wall clock in Unix seconds (the ``Date`` header).
-        pool_size: SMTP connections kept open (and concurrent sends).
+        pool_size: SMTP connections kept open (and concurrent sends); ``[smtp]
+            max_connections`` by default.
     """
 
     action_type = "email"
@@ -104,7 +145,7 @@ class EmailExecutor:
         billing_clients: Mapping[str, InvoiceClient] | None = None,
         property_clients: Mapping[str, DocumentClient] | None = None,
         clock: Callable[[], float] = time.time,
-        pool_size: int = 4,
+        pool_size: int | None = None,
     ) -> None:
         self._smtp = smtp
         self._pool = SmtpPool(smtp, size=pool_size) if smtp is not None else None
@@ -116,6 +157,8 @@ class EmailExecutor:
         self._headers = _HeaderCache()
         self._html: dict[str, bool] = {}
         """Template -> whether its HTML part exists (templates are read once, at start)."""
+        self._prepared: dict[str, _Prepared] = {}
+        """Delivery id -> what :meth:`prepare` left for its attempt."""
 
     # -- the executor interface --------------------------------------------------------
 
@@ -150,40 +193,91 @@ class EmailExecutor:
         }
         return Rendered(self.action_type, ", ".join(str(a) for a in composed.to), summary)
 
+    async def prepare(
+        self, action: Action, event: CloudEvent, rule: Rule, *, delivery_id: str
+    ) -> _Permit:
+        """Everything the attempt of ``delivery_id`` needs before its message can leave:
+        render, fetch the attachments, build the message, take an SMTP connection.
+
+        The :meth:`execute` of that delivery that follows sends on the connection at
+        once (or returns the failure met here). Never raises but for cancellation.
+        """
+        permit = _Permit(self._prepared, delivery_id)
+        try:
+            sender, recipients, data, utf8, message_id = await self._build(
+                action, event, rule, delivery_id
+            )
+        except Exception as exc:  # nothing has been sent
+            self._prepared[delivery_id] = _Prepared(failed=failure(exc))
+            return permit
+        assert self._pool is not None
+        try:
+            lease = await self._pool.lease()
+        except Exception as exc:  # the server refused the session or was not reached
+            self._prepared[delivery_id] = _Prepared(failed=failure(exc, protocol="smtp"))
+            return permit
+        ready = _Ready(sender, recipients, data, utf8, message_id, lease)
+        self._prepared[delivery_id] = _Prepared(ready=ready)
+        return permit
+
     async def execute(
         self, action: Action, event: CloudEvent, rule: Rule, *, delivery_id: str, attempt: int
     ) -> AttemptResult:
-        """Compose, fetch attachments and send once; failures are returned."""
-        try:
-            email = _email(action)
-            if self._pool is None:
-                raise NotApplicableError("no [smtp] server is configured")
-            composed = self.compose(email, event, rule)
-            files = await self._fetch_attachments(email, event)
-            message = self.build_message(
-                composed, files, delivery_id=delivery_id, event=event, rule=rule
-            )
-            utf8 = composed.needs_utf8
-            data = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
-        except Exception as exc:  # nothing has been sent yet
-            return failure(exc)
+        """Send once what :meth:`prepare` made ready, or else compose, fetch
+        attachments and send; failures are returned."""
+        prepared = self._prepared.pop(delivery_id, None)
+        if prepared is not None and prepared.failed is not None:
+            return prepared.failed
+        ready = prepared.ready if prepared is not None else None
+        if ready is None:
+            try:
+                sender, recipients, data, utf8, message_id = await self._build(
+                    action, event, rule, delivery_id
+                )
+            except Exception as exc:  # nothing has been sent yet
+                return failure(exc)
+        else:
+            sender, recipients, data, utf8 = ready.sender, ready.recipients, ready.data, ready.utf8
+            message_id = ready.message_id
+        assert self._pool is not None
         try:
             report = await self._pool.send(
-                composed.sender.addr_spec, composed.recipients, data, utf8=utf8
+                sender, recipients, data, utf8=utf8, lease=ready.lease if ready else None
             )
         except Exception as exc:
-            return failure(exc, protocol="smtp", exactly_once=self.exactly_once(email))
+            return failure(exc, protocol="smtp", exactly_once=self.exactly_once(action))
         logger.info(
             "email %s (attempt %d) accepted for %d recipient(s): %s",
             delivery_id,
             attempt,
-            len(composed.recipients) - len(report.refused),
+            len(recipients) - len(report.refused),
             report.message,
         )
-        response: dict[str, Any] = {"reply": report.message, "message_id": message["Message-ID"]}
+        response: dict[str, Any] = {"reply": report.message, "message_id": message_id}
         if report.refused:
             response["refused"] = report.refused
         return AttemptResult(Outcome.SUCCESS, status_code=report.code, response=response)
+
+    async def _build(
+        self, action: Action, event: CloudEvent, rule: Rule, delivery_id: str
+    ) -> tuple[str, list[str], bytes, bool, str]:
+        """(sender, recipients, message bytes, needs SMTPUTF8, Message-ID).
+
+        Raises:
+            NotApplicableError, TemplateError, InvalidMessageError, SourceError: as
+            :meth:`compose` and the attachments' downloads.
+        """
+        email = _email(action)
+        if self._pool is None:
+            raise NotApplicableError("no [smtp] server is configured")
+        composed = self.compose(email, event, rule)
+        files = await self._fetch_attachments(email, event)
+        message = self.build_message(
+            composed, files, delivery_id=delivery_id, event=event, rule=rule
+        )
+        utf8 = composed.needs_utf8
+        data = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+        return composed.sender.addr_spec, composed.recipients, data, utf8, message["Message-ID"]
 
     async def close(self) -> None:
         """Close the SMTP connections."""

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from billnotify.config.models import Action, Config, WebhookAction
+from billnotify.config.models import Action, Config, EmailAction, WebhookAction
 from billnotify.config.types import DEFAULT_RETRY_SCHEDULE
 from billnotify.store.base import DeliveryStatus, Outcome
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULE = DEFAULT_RETRY_SCHEDULE
-"""Retry schedule of actions that have no configured one (all but webhooks)."""
+"""Retry schedule of actions that have no configured one (all but webhooks and emails)."""
 
 MAX_RETRY_AFTER = timedelta(days=1)
 """A ``Retry-After`` longer than this is treated as this (a broken server must not park
@@ -81,12 +81,15 @@ class Decision:
 
 
 def schedule_for(config: Config, action: Action) -> Sequence[timedelta]:
-    """The retry schedule of an action: its endpoint's for webhooks, else the default."""
+    """The retry schedule of an action: its endpoint's for webhooks, ``[smtp]``'s for
+    emails, else the default."""
     if isinstance(action, WebhookAction):
         try:
             return config.webhook(action.endpoint).retry_schedule
         except KeyError:
             return DEFAULT_SCHEDULE
+    if isinstance(action, EmailAction) and config.smtp is not None:
+        return config.smtp.retry_schedule
     return DEFAULT_SCHEDULE
 
 
