@@ -145,7 +145,7 @@ async def test_documented_error_codes(
     result = await run(make_executor(), action(), invoice_event(invoice))
     assert result.outcome is outcome
     assert result.status_code == status
-    assert f"error_code {code}" in (result.error or "")
+    assert (result.error or "").startswith(f"{code} "), result.error
 
 
 async def test_a_refused_action_is_permanent(sim: Simulator, make_executor: Any) -> None:
@@ -196,7 +196,7 @@ async def test_render_renders_params_recursively(sim: Simulator, make_executor: 
     act = action(
         params={
             "email": ["{{ object.customerID }}@x.org", "ops@x.org"],
-            "meta": {"src": "{{ source }}", "n": 5},
+            "billStyle": "{{ 'Full' if source == 'acme' else 'Summary' }}",
         }
     )
     rendered = await make_executor().render(act, invoice_event(invoice), RULE)
@@ -207,7 +207,7 @@ async def test_render_renders_params_recursively(sim: Simulator, make_executor: 
         "action": "email",
         "params": {
             "email": [f"{invoice['customerID']}@x.org", "ops@x.org"],
-            "meta": {"src": "acme", "n": 5},
+            "billStyle": "Full",
         },
     }
     assert sim.state.action_log == []
@@ -219,3 +219,76 @@ def test_customer_facing_actions_are_exactly_once(make_executor: Any) -> None:
     assert executor.exactly_once(action("emailCdrs")) is True
     assert executor.exactly_once(action("recreate")) is False
     assert executor.exactly_once(action("generateDownloadLink")) is False
+
+
+async def test_templated_numbers_are_sent_as_numbers(sim: Simulator, make_executor: Any) -> None:
+    invoice = approved(sim)
+    act = action(
+        "generateDownloadLink",
+        params={"expiryHours": "{{ 24 * 3 }}", "maxUses": "{{ 1 + 1 }}"},
+    )
+    result = await run(make_executor(), act, invoice_event(invoice))
+    assert result.outcome is Outcome.SUCCESS, result.error
+    [call] = sim.state.action_log
+    assert call["params"] == {"expiryHours": 72, "maxUses": 2}  # JSON numbers, not strings
+    assert result.response is not None and result.response["max_uses"] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "error"),
+    [
+        (
+            "generateDownloadLink",
+            {"expiryHours": "{{ 'soon' }}"},
+            "invoice_action generateDownloadLink param expiryHours: must be a whole number,"
+            " got 'soon' (rendered from \"{{ 'soon' }}\")",
+        ),
+        (
+            "generateDownloadLink",
+            {"expiryHours": "{{ 5 }}"},
+            "param expiryHours: must be one of 1, 6, 24, 72, 168, 336, 720, got 5",
+        ),
+        (
+            "generateDownloadLink",
+            {"maxUses": "{{ 7 }}"},
+            "param maxUses: must be between 1 and 2, got 7",
+        ),
+        (
+            "linkToXero",
+            {"xeroID": "{{ object.customerID }}"},
+            "param xeroID: must be a UUID such as 00000000-0000-0000-0000-000000000000",
+        ),
+        (
+            "email",
+            {"email": "{{ object.customerID }}"},
+            "param email: '",
+        ),
+    ],
+)
+async def test_a_rendered_param_the_platform_would_refuse_sends_nothing(
+    sim: Simulator, make_executor: Any, name: str, params: dict[str, Any], error: str
+) -> None:
+    sim.state.xero_module_active = True
+    result = await run(make_executor(), action(name, params=params), invoice_event(approved(sim)))
+    assert result.outcome is Outcome.PERMANENT
+    assert error in (result.error or ""), result.error
+    assert sim.state.action_log == []
+
+
+@pytest.mark.parametrize(
+    ("code", "meaning"),
+    [
+        (400502, "400502 action failed"),
+        (400702, "400702 invalid email address"),
+        (400703, "400703 unknown bill style"),
+        (403005, "403005 permission denied"),
+        (500601, "500601 email sending failed"),
+    ],
+)
+async def test_errors_carry_the_meaning_of_the_platform_code(
+    sim: Simulator, make_executor: Any, code: int, meaning: str
+) -> None:
+    sim.state.fail_next_action("email", code)
+    result = await run(make_executor(), action(), invoice_event(approved(sim)))
+    assert meaning in (result.error or "").lower(), result.error
+    assert "Failure injected by the simulator" in (result.error or "")  # the platform's hint

@@ -33,7 +33,9 @@ enter, so none of them leaks out of its adapter::
     ├── BusError                           publishing to MQTT failed
     ├── ActionError-like delivery errors:
     │   └── DeliveryError                  an action attempt failed (classified by outcome)
-    │       └── TemplateError              a template failed to render
+    │       ├── TemplateError              a template failed to render
+    │       └── InvalidParameterError(ValueError)  an invoice action parameter the
+    │                                      platform would refuse (unknown, wrong type)
     └── StoreError                         the state store cannot be read or written
 """
 
@@ -137,7 +139,34 @@ class ServerError(ApiError):
 
 
 class ActionError(ApiError):
-    """An invoice action failed with one of the documented error codes."""
+    """An invoice action failed with one of the documented error codes.
+
+    Its text leads with the code and what seed 002 says it means, then the platform's
+    hint and its own words: ``400703 unknown bill style: Unknown bill style 'Fancy'
+    [HTTP 400: Invalid Action]``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        url: str | None = None,
+        error_code: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        meaning = error_meaning(error_code) if error_code is not None else None
+        if meaning is None:
+            super().__init__(message, status=status, url=url, error_code=error_code, hint=hint)
+            return
+        self.status = status
+        self.error_code = error_code
+        self.hint = hint
+        text = f"{error_code} {meaning}"
+        if hint:
+            text += f": {hint}"
+        text += f" [HTTP {status}: {message}]"
+        SourceError.__init__(self, text, url=url)
 
 
 class ActionNotRecognisedError(ActionError):
@@ -219,6 +248,31 @@ ERROR_CODES: dict[int, type[ActionError]] = {
 }
 
 
+ERROR_MEANINGS: dict[int, str] = {
+    400501: "action not recognised",
+    400502: "action failed",
+    400503: "missing required parameters",
+    400701: "recreate failed",
+    400702: "invalid email address",
+    400703: "unknown bill style",
+    400704: "unknown message template",
+    400705: "unknown attachment",
+    400706: "unknown usage report profile",
+    400707: "no CDRs available for this invoice",
+    500601: "email sending failed",
+    500602: "CDR email sending failed",
+    500701: "download link generation failed",
+}
+"""What each documented ``error_code`` means (seed 002's table)."""
+
+
+def error_meaning(error_code: int) -> str | None:
+    """Seed 002's meaning of an ``error_code`` (403xxx: permission denied), or None."""
+    if 403000 <= error_code <= 403999:
+        return "permission denied"
+    return ERROR_MEANINGS.get(error_code)
+
+
 def action_error_class(error_code: int) -> type[ActionError]:
     """Return the typed error for a documented ``error_code`` (403xxx included)."""
     if 403000 <= error_code <= 403999:
@@ -236,6 +290,22 @@ class DeliveryError(BillnotifyError):
 
 class TemplateError(DeliveryError):
     """A template failed to compile or render."""
+
+
+class InvalidParameterError(DeliveryError, ValueError):
+    """An invoice action parameter the platform would refuse (permanent).
+
+    Attributes:
+        action: the invoice action (``generateDownloadLink``).
+        param: the parameter's name (``expiryHours``).
+        problem: what is wrong, without the names (``must be a whole number, got 'x'``).
+    """
+
+    def __init__(self, action: str, param: str, problem: str) -> None:
+        self.action = action
+        self.param = param
+        self.problem = problem
+        super().__init__(f"invoice_action {action} param {param}: {problem}")
 
 
 class StoreError(BillnotifyError):

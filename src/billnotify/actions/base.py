@@ -15,7 +15,7 @@ becomes an :class:`AttemptResult` whose outcome comes from :func:`classify`::
     5xx with a documented error code         retryable (500601, 500602: the platform says
                                              the email failed, so nothing went out)
     could not connect / nothing sent         retryable
-    templates, unsafe URLs, bad addresses    permanent
+    templates, parameters, URLs, addresses   permanent (refused before sending)
 
 Third-party exceptions are translated into the errors below where they enter (in the
 executor modules); ``classify`` only sees billnotify errors and plain Python ones.
@@ -36,6 +36,7 @@ from billnotify.errors import (
     AuthError,
     BusError,
     DeliveryError,
+    InvalidParameterError,
     MalformedResponseError,
     NotFoundError,
     RateLimitedError,
@@ -245,7 +246,12 @@ def classify(
     if isinstance(cause, SendFailedError):
         return Outcome.UNCERTAIN if cause.sent and exactly_once else Outcome.RETRYABLE
     if isinstance(
-        cause, TemplateError | InvalidMessageError | UnsafeDestinationError | NotApplicableError
+        cause,
+        TemplateError
+        | InvalidParameterError
+        | InvalidMessageError
+        | UnsafeDestinationError
+        | NotApplicableError,
     ):
         return Outcome.PERMANENT
     if isinstance(cause, SourceError):

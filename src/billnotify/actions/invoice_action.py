@@ -2,7 +2,10 @@
 
 ``POST invoices/{id}?action=...`` on the event's invoice, through the billing client of
 ``action.source`` (default: the event's source), with the action's ``params`` rendered
-(string values are Jinja templates; lists and tables are rendered item by item).
+(string values are Jinja templates; lists and tables are rendered item by item), then
+checked against seed 002's parameter table (:mod:`billnotify.config.invoice_params`):
+a rendered value the platform would refuse is a permanent failure, nothing is sent,
+and whole numbers go out as JSON numbers.
 
 The client never repeats a side-effecting POST by itself; the outcome is classified in
 :func:`~billnotify.actions.base.classify`: documented 4xx error codes are permanent,
@@ -25,8 +28,10 @@ from billnotify.actions.base import (
     Rendered,
     failure,
 )
+from billnotify.config.invoice_params import check_params, is_templated
 from billnotify.config.models import Action, InvoiceActionAction, Rule
 from billnotify.config.types import CUSTOMER_FACING_INVOICE_ACTIONS
+from billnotify.errors import InvalidParameterError
 from billnotify.events import CloudEvent
 from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer, build_context
@@ -109,12 +114,26 @@ class InvoiceActionExecutor:
         """Nothing to release: the clients belong to their sources."""
 
     def _params(self, action: InvoiceActionAction, event: CloudEvent, rule: Rule) -> dict[str, Any]:
+        """The rendered params, checked and typed as the platform expects them.
+
+        Raises:
+            TemplateError: a value failed to render.
+            InvalidParameterError: a rendered value the platform would refuse.
+        """
         context = build_context(event, rule)
         label = f"invoice_action {action.action} param"
-        return {
+        rendered = {
             key: self._render(value, context, f"{label} {key}")
             for key, value in action.params.items()
         }
+        try:
+            return check_params(action.action, rendered)
+        except InvalidParameterError as exc:
+            source = action.params.get(exc.param)
+            if not is_templated(source):
+                raise
+            problem = f"{exc.problem} (rendered from {source!r})"
+            raise InvalidParameterError(exc.action, exc.param, problem) from None
 
     def _render(self, value: Any, context: Mapping[str, Any], label: str) -> Any:
         if isinstance(value, str):

@@ -19,6 +19,7 @@ from uuid import UUID
 from billnotify.clients.billing_models import ActionResult, DownloadLink, Invoice
 from billnotify.clients.codec import segment, single_record
 from billnotify.clients.http import JsonTransport
+from billnotify.config import invoice_params
 from billnotify.config.types import INVOICE_ACTIONS
 from billnotify.errors import ActionFailedError, MalformedResponseError
 
@@ -27,9 +28,9 @@ logger = logging.getLogger(__name__)
 ACTIONS = INVOICE_ACTIONS
 """Every action documented in seed 002."""
 
-EXPIRY_HOURS = frozenset({1, 6, 24, 72, 168, 336, 720})
+EXPIRY_HOURS = frozenset(invoice_params.EXPIRY_HOURS)
 """Accepted ``expiryHours`` of ``generateDownloadLink``."""
-MAX_USES = 2
+MAX_USES = invoice_params.MAX_USES
 """Largest accepted ``maxUses`` of ``generateDownloadLink``."""
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import fnmatch
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from billnotify.config.base import StrictModel, check_name
+from billnotify.config.invoice_params import param_problems
 from billnotify.config.types import EVENT_TYPES
 
 
@@ -35,6 +37,23 @@ class InvoiceActionAction(_ActionBase):
     """Action parameters; string values are Jinja templates."""
     source: str | None = None
     """The billing_platform source to call (default: the event's source)."""
+
+    @model_validator(mode="after")
+    def _check_params(self) -> InvoiceActionAction:
+        problems = param_problems(self.action, self.params)
+        if problems:
+            raise ValidationError.from_exception_data(
+                "params",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("invoice_param", problem),
+                        loc=("params", name),
+                        input=self.params,
+                    )
+                    for name, problem in problems.items()
+                ],
+            )
+        return self
 
 
 class EmailAction(_ActionBase):
