@@ -475,3 +475,5 @@ async def test_check_accepts_hook_secret_on_both_source_kinds(tmp_path: Path) ->
     assert "short-token" not in out
     code, out = await _check(tmp_path, "env:HOOK", {"HOOK": "whsec_not*base64"})
     assert code == 2 and "sources[0].hook_secret: the part after 'whsec_'" in out, out
+    code, out = await _check(tmp_path, "literal-short", {})  # never echoed back
+    assert code == 2 and "sources[0].hook_secret: must be" in out and "literal-short" not in out

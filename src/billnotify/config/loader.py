@@ -119,7 +119,7 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
 
 def _looks_secret(where: str) -> bool:
     leaf = where.rsplit(".", 1)[-1]
-    return leaf in {"password", "api_key", "secret", "username"}
+    return leaf in {"password", "api_key", "secret", "hook_secret", "username"}
 
 
 def _names(items: Any) -> list[str]:
