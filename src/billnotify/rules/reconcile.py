@@ -164,16 +164,29 @@ class InvoiceEmailReconciler:
             if (action := invoice_email_action(self.config, delivery)) is not None
             and not (delivery.note or "").startswith(NOTE_AMBIGUOUS)
         ]
-        if not candidates:
+        ready = [
+            (full, action)
+            for delivery, action in candidates
+            if (full := await self._settled(delivery)) is not None
+        ]
+        if not ready:
             return 0
         by_invoice = await self._emails_by_invoice()
         settled = 0
-        for delivery, action in candidates:
+        for delivery, action in ready:
             try:
                 settled += await self._reconcile_one(delivery, action, by_invoice)
             except BillnotifyError as exc:
                 logger.warning("reconcile %s: %s; will try again", delivery.id, exc)
         return settled
+
+    async def _settled(self, delivery: Delivery) -> Delivery | None:
+        """The delivery with its history once its last attempt is old enough to judge."""
+        full = await self.store.get_delivery(delivery.id)
+        if full is None or full.status is not DeliveryStatus.UNCERTAIN:
+            return None
+        started = full.history[-1].started_at if full.history else full.updated_at
+        return full if self.clock() - started >= self.settle_after else None
 
     async def _emails_by_invoice(self) -> dict[str, set[str]]:
         """Invoice id -> ids of the ``email`` invoice-action deliveries on it."""
@@ -193,12 +206,6 @@ class InvoiceEmailReconciler:
     async def _reconcile_one(
         self, delivery: Delivery, action: InvoiceActionAction, by_invoice: Mapping[str, set[str]]
     ) -> int:
-        full = await self.store.get_delivery(delivery.id)
-        if full is None or full.status is not DeliveryStatus.UNCERTAIN:
-            return 0
-        started = full.history[-1].started_at if full.history else full.updated_at
-        if self.clock() - started < self.settle_after:
-            return 0
         events = await self.store.get_events([delivery.event_id])
         if not events:
             return 0
@@ -206,9 +213,9 @@ class InvoiceEmailReconciler:
         client = self.billing_clients.get(action.source or event.source_name)
         if client is None:
             return 0
-        invoice = emailed_invoice(full) or event.object_id
-        ids = by_invoice.get(invoice, set()) | set(self._same_event_emails(full, event))
-        others = await self._others(full.id, ids)
+        invoice = emailed_invoice(delivery) or event.object_id
+        ids = by_invoice.get(invoice, set()) | set(self._same_event_emails(delivery, event))
+        others = await self._others(delivery.id, ids)
         busy = [other for other in others if in_flight(other)]
         if busy:
             # another email of this invoice may be at the platform now: look again later
@@ -226,7 +233,7 @@ class InvoiceEmailReconciler:
         if delivered:
             rival = next((other for other in others if may_have_emailed(other)), None)
             if rival is not None:
-                await self._keep_uncertain(full, invoice, rival, now)
+                await self._keep_uncertain(delivery, invoice, rival, now)
                 return 0
             await self.store.set_delivery_status(
                 delivery.id, DeliveryStatus.SUCCEEDED, now=now, note=NOTE_DELIVERED
