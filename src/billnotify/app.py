@@ -34,7 +34,9 @@ from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent
 from billnotify.health import HealthServer
 from billnotify.hooks import hook_auth
+from billnotify.logs import Redactor
 from billnotify.metrics import Metrics
+from billnotify.notices import Notices
 from billnotify.publish.broker import EmbeddedBroker
 from billnotify.publish.mqtt import MqttPublisher
 from billnotify.rules.engine import RuleHandler
@@ -91,6 +93,7 @@ class Service:
         self.pollers: list[Poller] = []
         self.publisher: MqttPublisher | None = None
         self.worker: DeliveryWorker | None = None
+        self.notices: Notices | None = None
         self.health: HealthServer | None = None
         self.billing_clients: dict[str, BillingPlatformClient] = {}
         self.property_clients: dict[str, PropertyBillingClient] = {}
@@ -250,15 +253,31 @@ class Service:
                 kind: _CountingExecutor(executor, self.metrics)
                 for kind, executor in executors.items()
             }
+            self.notices = Notices(
+                config, self.store, self.clock, redact=Redactor(secret_values(config))
+            )
             self.worker = DeliveryWorker(
-                config, self.store, counted, self.clock, billing_clients=self.billing_clients
+                config,
+                self.store,
+                counted,
+                self.clock,
+                billing_clients=self.billing_clients,
+                notices=self.notices,
             )
             stack.push_async_callback(_close_executors, executors)
             rules = RuleHandler(
                 config, self.store, renderer, executors, self.clock, on_recorded=self.worker.wake
             )
             self.pollers = [
-                Poller(sync, source.poll_interval, on_result=self._on_poll)
+                Poller(
+                    sync,
+                    source.poll_interval,
+                    on_result=self._on_poll,
+                    notices=self.notices,
+                    failing_after_polls=source.failing_after_polls,
+                    failing_after=source.failing_after,
+                    clock=self.clock,
+                )
                 for sync, source in self._syncs()
             ]
             listen = config.service.listen()
@@ -304,6 +323,8 @@ class Service:
             rule_task.cancel()
             await self.worker.drain(grace)
             worker.cancel()
+            if self.notices is not None:
+                await self.notices.flush()
             if publisher is not None:
                 await _finish_publishing(self.publisher, self.store, grace)
                 publisher.cancel()

@@ -14,7 +14,7 @@ REDACTED = "**********"
 _NOISY = ("amqtt", "transitions", "passlib", "asyncio", "aiohttp.access", "mail.log")
 
 
-_FIELDS = ("event_id", "delivery_id", "rule", "source")
+_FIELDS = ("event_id", "delivery_id", "rule", "source", "event_type", "endpoint", "resource")
 """What a JSON log line carries as fields of its own, wherever it applies."""
 
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(

@@ -187,6 +187,10 @@ class _SourceBase(StrictModel):
     """Per-request timeout towards the platform."""
     max_attempts: int = Field(default=5, ge=1, le=20)
     """Tries per request on 5xx, 429 and connection errors (with backoff)."""
+    failing_after_polls: int = Field(default=3, ge=1)
+    """Failed polls in a row of a resource that make ``billnotify.source.failing``."""
+    failing_after: Duration = timedelta(minutes=5)
+    """Or: how long a resource's polls may keep failing before ``billnotify.source.failing``."""
     hook_secret: Secret | None = None
     """Enables ``POST /hooks/<name>``: ``whsec_…`` verifies Standard Webhooks signatures, any other (16+ characters) is a Bearer token."""
 

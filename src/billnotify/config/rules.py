@@ -10,7 +10,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from billnotify.config.base import StrictModel, check_name
 from billnotify.config.invoice_params import param_problems
-from billnotify.config.types import EVENT_TYPES
+from billnotify.config.types import EVENT_TYPES, NOTICE_TYPES
 
 
 class _ActionBase(StrictModel):
@@ -131,7 +131,7 @@ class Rule(StrictModel):
     @classmethod
     def _check_globs(cls, value: list[str]) -> list[str]:
         for glob in value:
-            if not any(fnmatch.fnmatchcase(t, glob) for t in EVENT_TYPES):
+            if not any(fnmatch.fnmatchcase(t, glob) for t in (*EVENT_TYPES, *NOTICE_TYPES)):
                 raise ValueError(
                     f"{glob!r} matches no event type (e.g. 'invoice.*', 'billing_task.created', '*')"
                 )

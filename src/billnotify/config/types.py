@@ -48,6 +48,15 @@ EVENT_TYPES = (
 )
 """Every event type billnotify emits (SPEC §2)."""
 
+NOTICE_TYPES = (
+    "billnotify.delivery.uncertain",
+    "billnotify.delivery.dead",
+    "billnotify.endpoint.disabled",
+    "billnotify.source.failing",
+    "billnotify.source.recovered",
+)
+"""The service's own failures as events, source ``billnotify://<service name>`` (SPEC §7.6)."""
+
 INVOICE_ACTIONS = (
     "email",
     "emailCdrs",

@@ -4,6 +4,7 @@ Layout under ``prefix``::
 
     {prefix}/status                                   retained online / offline
     {prefix}/events/{source}/{entity}/{id}/{action}   one message per event
+                                   (the service's own: {service}/delivery/{dlv_id}/dead)
     {prefix}/state/{source}/{entity}/{id}             retained latest record
 
 A topic level must not contain ``/``, ``+``, ``#`` or NUL; record ids come from the
@@ -35,8 +36,9 @@ def status_topic(prefix: str) -> str:
 def event_topic(prefix: str, event: CloudEvent) -> str:
     """``{prefix}/events/{source}/{entity}/{id}/{action}`` for one event."""
     # Called once per published event: the parts are taken apart here directly
-    # rather than through the event's properties.
-    entity, _, action = event.type.partition(".")
+    # rather than through the event's properties. The service's own events
+    # (``billnotify.delivery.dead``) drop their prefix: entity ``delivery``, action ``dead``.
+    entity, _, action = event.type.removeprefix("billnotify.").partition(".")
     return (
         f"{prefix}/events/{topic_level(event.source.removeprefix('billnotify://'))}"
         f"/{topic_level(entity)}/{topic_level(event.subject.partition('/')[2])}"

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from billnotify.actions.base import ActionExecutor
 from billnotify.config.models import Action, Config, Rule, WebhookAction
 from billnotify.errors import StoreError
+from billnotify.notices import Notices
 from billnotify.rules.ledger import settle_without_sending
 from billnotify.rules.matching import effective_dry_run
 from billnotify.rules.policy import schedule_for
@@ -63,6 +64,8 @@ class DueQueue:
             committed): never read again while held.
         settled: the worker's counts by status, for deliveries settled here.
         on_ready: called when a background read queued or settled deliveries.
+        notices: reports the deliveries settled ``dead`` here (see
+            :mod:`billnotify.notices`).
 
     Attributes:
         disabled: disabled endpoint -> reason, as of the last read (and the worker's own
@@ -80,6 +83,7 @@ class DueQueue:
         held: Callable[[], Collection[str]],
         settled: dict[str, int],
         on_ready: Callable[[], None],
+        notices: Notices | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -90,6 +94,7 @@ class DueQueue:
         self._held = held
         self._settled = settled
         self._on_ready = on_ready
+        self._notices = notices
         self._rules = {rule.name: rule for rule in config.rules}
         self._ready: collections.deque[Job] = collections.deque()
         self._reading = asyncio.Lock()
@@ -162,6 +167,8 @@ class DueQueue:
                 self.store, job.delivery.id, DeliveryStatus.DEAD, reason, self.clock()
             )
             self._settled[DeliveryStatus.DEAD.value] += 1
+            if self._notices is not None:
+                self._notices.delivery(job.delivery.id)
             return False
         return True
 
@@ -190,6 +197,8 @@ class DueQueue:
             logger.warning("delivery %s: dead without sending: %s", delivery.id, reason)
             await settle_without_sending(self.store, delivery.id, DeliveryStatus.DEAD, reason, now)
             self._settled[DeliveryStatus.DEAD.value] += 1
+            if self._notices is not None:
+                self._notices.delivery(delivery.id)
             return None
         assert rule is not None and action is not None and delivery.event is not None
         assert executor is not None

@@ -46,6 +46,7 @@ from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import Config, WebhookAction
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
+from billnotify.notices import Notices
 from billnotify.rules.due import DueQueue, Job
 from billnotify.rules.outcomes import OutcomeWriter
 from billnotify.rules.policy import AttemptReport, Decision, decide
@@ -60,6 +61,8 @@ Sleep = Callable[[float], Awaitable[object]]
 
 _MIN_READ = 32
 """Due deliveries read at least per trip (a small concurrency would read a few at a time)."""
+_NOTICED = (DeliveryStatus.DEAD, DeliveryStatus.UNCERTAIN)
+"""Outcomes reported as events of the service's own (``billnotify.delivery.*``)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class DeliveryWorker:
             e.g. ``billnotify deliveries retry``).
         reconcile_interval: seconds between reconciliation passes.
         settle_after: see :class:`~billnotify.rules.reconcile.InvoiceEmailReconciler`.
+        notices: reports deliveries that end ``dead`` or ``uncertain`` and endpoints
+            disabled as events of the service's own (none: they are only logged).
 
     Attributes:
         attempts: attempts by outcome (``success``, ``retryable``, ...) since start.
@@ -107,6 +112,7 @@ class DeliveryWorker:
         poll_interval: float = 5.0,
         reconcile_interval: float = 15.0,
         settle_after: timedelta | None = None,
+        notices: Notices | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -116,6 +122,7 @@ class DeliveryWorker:
         self.poll_interval = poll_interval
         self.reconcile_interval = reconcile_interval
         self.concurrency = config.service.delivery_concurrency
+        self.notices = notices
         self.reconciler = InvoiceEmailReconciler(
             config, store, billing_clients or {}, clock, settle_after
         )
@@ -133,6 +140,7 @@ class DeliveryWorker:
             held=self._held,
             settled=self.settled,
             on_ready=self._wake_up,
+            notices=notices,
         )
         self._starting: set[str] = set()
         """Taken from the due queue, their ``sending`` not committed yet."""
@@ -167,6 +175,12 @@ class DeliveryWorker:
             logger.warning(
                 "recovered interrupted deliveries: %d uncertain, %d due again", *self.recovered
             )
+        if self.notices is not None:
+            # the ones recovery just made uncertain, and any a crash kept from being told
+            try:
+                await self.notices.sweep()
+            except StoreError as exc:
+                logger.error("cannot emit the notices of settled deliveries: %s", exc)
         return self.recovered
 
     async def run(self) -> None:
@@ -445,6 +459,8 @@ class DeliveryWorker:
             return
         self.attempts[outcome.value] += 1
         self.settled[decision.status.value] += 1
+        if self.notices is not None and decision.status in _NOTICED:
+            self.notices.delivery(delivery.id)
         succeeded = decision.status is DeliveryStatus.SUCCEEDED
         level = logging.INFO if succeeded else logging.WARNING
         if logger.isEnabledFor(level):
@@ -477,6 +493,8 @@ class DeliveryWorker:
             await self.store.disable_endpoint(endpoint, reason, now)
             self._due.disabled[endpoint] = reason
             logger.error("webhook endpoint %s disabled: %s", endpoint, reason)
+            if self.notices is not None:
+                self.notices.endpoint(endpoint, reason, now)
         except StoreError as exc:
             logger.error("cannot disable webhook endpoint %s: %s", endpoint, exc)
         finally:

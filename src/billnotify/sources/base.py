@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from billnotify.detect import Detection, Policy, detect
 from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent, build_event
+from billnotify.notices import FailureEpisode, Notices
 from billnotify.store.base import Snapshot, SnapshotWrite, Store, StoredEvent
 from billnotify.values import record_id
 
@@ -152,6 +153,10 @@ async def sweep_due(
 class Poller:
     """Runs one :class:`ResourceSync` every ``interval`` until cancelled.
 
+    With ``notices``, polls that keep failing (``failing_after_polls`` in a row, or for
+    ``failing_after``) are reported once per episode as ``billnotify.source.failing``,
+    and the first success after that as ``billnotify.source.recovered``.
+
     Attributes:
         last_success: monotonic time of the last successful poll (None before).
         last_error: the last failure's message, cleared by a success.
@@ -166,6 +171,10 @@ class Poller:
         | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         min_gap: timedelta = timedelta(seconds=1),
+        notices: Notices | None = None,
+        failing_after_polls: int = 3,
+        failing_after: timedelta = timedelta(minutes=5),
+        clock: Clock = utcnow,
     ) -> None:
         self.sync = sync
         self.interval = interval.total_seconds()
@@ -177,6 +186,12 @@ class Poller:
         self.polls = 0
         self._on_result = on_result
         self._wake = asyncio.Event()
+        self._notices = notices
+        self._clock = clock
+        self.episode = FailureEpisode(
+            sync.source, sync.resource, failing_after_polls, failing_after
+        )
+        """The failing episode under way, if any."""
 
     @property
     def name(self) -> str:
@@ -237,7 +252,24 @@ class Poller:
         self.polls += 1
         if self._on_result is not None:
             self._on_result(self.sync, stats, time.monotonic() - started, error)
+        if self._notices is not None:
+            await self._notice(self._notices, self.last_error if error else None)
         return stats
+
+    async def _notice(self, notices: Notices, error: str | None) -> None:
+        """Report a failing episode once, and its end; a notice the store cannot take
+        is tried again after the next poll."""
+        episode, now = self.episode, self._clock()
+        try:
+            if error is not None:
+                if episode.failed(notices.redact(error), now):
+                    await notices.emit([episode.failing(notices.service, now)])
+                    episode.reported = True
+            elif episode.succeeded():
+                await notices.emit([episode.recovered(notices.service, now)])
+                episode.reset()
+        except BillnotifyError as exc:
+            logger.error("cannot record the state of source %s: %s", self.name, exc)
 
     async def run(self) -> None:
         """Poll forever on the interval, and after :meth:`poll_now`."""

@@ -390,3 +390,12 @@ class Store(Protocol):
 
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable an endpoint."""
+
+    async def get_deliveries(self, ids: Sequence[str]) -> list[Delivery]:
+        """Deliveries by id, without their attempt history (unknown ids are absent)."""
+
+    async def settled_since(
+        self, statuses: Sequence[DeliveryStatus], since: datetime, limit: int = 10_000
+    ) -> list[Delivery]:
+        """Deliveries in ``statuses`` whose row changed at or after ``since``, oldest first
+        (the start-up sweep of notices a crash may have lost)."""

@@ -480,3 +480,27 @@ class LedgerTables(SqliteBase):
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable a disabled endpoint."""
         await self._write(lambda db: db.execute("DELETE FROM endpoints WHERE name = ?", (name,)))
+
+    async def get_deliveries(self, ids: Sequence[str]) -> list[Delivery]:
+        """Deliveries by id, without their attempt history (unknown ids are absent)."""
+        found: list[Delivery] = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetch(
+                f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE id IN ({marks})", chunk
+            )
+            found += [self._delivery(r) for r in rows]
+        return found
+
+    async def settled_since(
+        self, statuses: Sequence[DeliveryStatus], since: datetime, limit: int = 10_000
+    ) -> list[Delivery]:
+        """Deliveries in ``statuses`` whose row changed at or after ``since``, oldest first."""
+        marks = ",".join("?" * len(statuses))
+        rows = await self._fetch(
+            f"SELECT {self._DELIVERY_COLS} FROM deliveries WHERE status IN ({marks}) "
+            "AND updated_at >= ? ORDER BY updated_at LIMIT ?",
+            [*(s.value for s in statuses), since.timestamp(), limit],
+        )
+        return [self._delivery(r) for r in rows]
