@@ -33,7 +33,14 @@ def _event(object_id: str, type_: str, entity: str = "invoice") -> CloudEvent:
     )
 
 
-def _config(tmp_path: Path, *, mqtt_url: str = "mqtt://127.0.0.1:1", prefix: str = "x") -> Path:
+def _config(
+    tmp_path: Path,
+    *,
+    mqtt_url: str = "mqtt://127.0.0.1:1",
+    prefix: str = "x",
+    api_key: str = "k",
+    extra: str = "",
+) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
@@ -46,7 +53,7 @@ prefix = "{prefix}"
 name = "acme"
 kind = "billing_platform"
 base_url = "http://127.0.0.1:1/backend/api/v1"
-api_key = "k"
+api_key = "{api_key}"
 [[webhooks]]
 name = "ops"
 url = "http://127.0.0.1:1/hook"
@@ -63,6 +70,7 @@ endpoint = "ops"
 type = "invoice_action"
 action = "email"
 params = {{ email = ["{{{{ object.invoiceNumber }}}}@example.com"] }}
+{extra}
 """
     )
     return path
@@ -163,6 +171,78 @@ async def test_render_prints_what_each_action_would_send(tmp_path: Path) -> None
     assert "whsec_" not in out
     code, _, err = await _cli("render", "nope", "--event", str(event_file), "-c", str(config))
     assert code != 0 and "nope" in err
+
+
+async def test_read_only_commands_need_no_secrets(tmp_path: Path) -> None:
+    config = _config(tmp_path, api_key="env:BILLNOTIFY_TEST_NEVER_SET")
+    events = await _seed(tmp_path)
+    code, out, err = await _cli("events", "-c", str(config))
+    assert code == 0, err
+    assert events[0].id in out
+    code, out, err = await _cli("deliveries", "-c", str(config))
+    assert code == 0, err
+    assert "(0 deliveries)" in out
+    code, _, err = await _cli("deliveries", "show", "dlv_nope", "-c", str(config))
+    assert code == 1 and "unknown delivery dlv_nope" in err
+    code, out, err = await _cli("status", "-c", str(config))
+    assert code == 0, err
+    assert "events: 3 logged" in out and "mqtt 3" in out and "deliveries: none" in out
+    # a command that uses the secret still says which one is missing
+    code, _, err = await _cli("render", "approved", "--event", "x.json", "-c", str(config))
+    assert code == 2 and "BILLNOTIFY_TEST_NEVER_SET is not set" in err
+
+
+async def test_render_exits_1_on_a_template_error_and_3_when_the_rule_would_not_fire(
+    tmp_path: Path,
+) -> None:
+    broken = """
+[[rules]]
+name = "broken"
+on = ["invoice.*"]
+[[rules.actions]]
+type = "mqtt"
+topic = "x/{{ object.no_such_field }}"
+"""
+    config = _config(tmp_path, extra=broken)
+    event_file = tmp_path / "event.json"
+    event_file.write_text(_event("7", "invoice.status_changed").to_json())
+    code, out, err = await _cli("render", "broken", "--event", str(event_file), "-c", str(config))
+    assert code == 1, err
+    assert "template error: rules[1].actions[0] (mqtt):" in err and "no_such_field" in err
+    assert "error" in json.loads(out)[0]["summary"]
+
+    paid = tmp_path / "paid.json"
+    paid.write_text(_event("7", "invoice.paid").to_json())
+    code, out, err = await _cli("render", "approved", "--event", str(paid), "-c", str(config))
+    assert code == 3, err
+    assert "rule 'approved' would not fire for this event" in err
+    assert "'invoice.paid' matches none of on = ['invoice.status_changed']" in err
+    assert len(json.loads(out)) == 2  # still shows what it would send
+
+    not_approved = _event("8", "invoice.status_changed")
+    assert not_approved.data is not None
+    not_approved.data["added"] = ["Paid"]
+    event_file.write_text(not_approved.to_json())
+    code, _, err = await _cli("render", "approved", "--event", str(event_file), "-c", str(config))
+    assert code == 3, err
+    assert "when \"'Approved' in event.data.added\" is false for this event" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "needs event ids or --since T"),
+        (["evt_1", "--since", "1h"], "takes event ids or --since, not both"),
+    ],
+)
+async def test_replay_without_what_to_replay_is_a_usage_error(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    # no config file at all: the usage error comes first
+    code, out, err = await _cli("replay", *argv, "-c", str(tmp_path / "missing.toml"))
+    assert code == 2
+    assert err.startswith("usage: billnotify replay (ID... | --since T)")
+    assert message in err and "Traceback" not in err and out == ""
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["run", "--help"]])

@@ -12,7 +12,7 @@ import pytest
 from billnotify.config import load_config, parse_config
 from billnotify.config.reference import END, START, reference
 from billnotify.durations import format_duration, parse_duration
-from billnotify.errors import ConfigError
+from billnotify.errors import ConfigError, SecretError
 from billnotify.secrets import Secret
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +187,175 @@ def test_relative_file_secrets_resolve_against_the_config_folder(tmp_path: Path)
     config = load_config(path)
     assert config.mqtt.password is not None
     assert config.mqtt.password.reveal() == "pw-from-file"
+
+
+# -- what is certain to fail at run time is a config error (SPEC §5) ----------------------
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+EVERYTHING_WRONG = f"""
+[service]
+templates = "mine"
+
+[mqtt]
+qos = 3
+
+[smtp]
+host = "127.0.0.1"
+from = "Billing"
+password = "hunter2-literal"
+
+[[webhooks]]
+name = "plain"
+url = "http://hooks.example.com/x"
+secret = "{SECRET}"
+
+[[webhooks]]
+name = "inside"
+url = "https://10.1.2.3/x"
+secret = "{SECRET}"
+
+[[webhooks]]
+name = "octal"
+url = "https://017700000001/x"
+secret = "{SECRET}"
+allow_private = true
+
+[[webhooks]]
+name = "loopback-name"
+url = "https://localhost:8443/x"
+secret = "{SECRET}"
+
+[[webhooks]]
+name = "unknown-name"
+url = "https://billnotify-test.invalid/x"
+secret = "{SECRET}"
+
+[[rules]]
+name = "mail"
+on = ["invoice.paid"]
+[[rules.actions]]
+type = "email"
+to = ["not an address", "{{{{ object.email }}}}"]
+cc = ["ok@example.com", "bad@"]
+template = "paid"
+[[rules.actions]]
+type = "mqtt"
+topic = "x/{{{{ object.id"
+"""
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "billnotify", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_reports_destinations_addresses_and_templates_all_at_once(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "paid.subject.j2").write_text("Paid {{ object.id }\n")
+    (tmp_path / "mine" / "paid.txt.j2").write_text("ok\n")
+    path = tmp_path / "config.toml"
+    path.write_text(EVERYTHING_WRONG)
+    done = _check(path)
+    assert done.returncode == 2, done.stderr
+    expected = [
+        "mqtt.qos:",
+        "smtp.from: invalid email address 'Billing'",
+        "webhooks[0].url: refusing http://hooks.example.com: webhook URLs must be https",
+        "webhooks[1].url: refusing 10.1.2.3: not a public address",
+        "webhooks[2].url: refusing 017700000001: not a canonical IPv4 address (it means 127.0.0.1)",
+        "webhooks[3].url: refusing localhost: resolves to non-public address(es) 127.0.0.1",
+        "rules[0].actions[0].to[0]: invalid email address 'not an address'",
+        "rules[0].actions[0].cc[1]: invalid email address 'bad@'",
+        # template errors come with the others although the model did not validate
+        "templates: paid.subject.j2, line 1: syntax error",
+        "rules[0].actions[1]: inline template 'x/{{ object.id', line 1: syntax error",
+    ]
+    for line in expected:
+        assert line in done.stderr, (line, done.stderr)
+    assert f"{len(expected)} configuration error(s)" in done.stderr
+    # warnings, not errors: a name that does not resolve here, a secret in the file
+    assert "warning: webhooks[4].url: cannot resolve billnotify-test.invalid" in done.stderr
+    assert "warning: smtp.password: a secret written in the config file" in done.stderr
+    assert "hunter2-literal" not in done.stderr + done.stdout
+
+
+def test_a_literal_secret_is_accepted_with_a_warning_naming_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[mqtt]
+password = "mqtt-pw-literal"
+[[sources]]
+name = "acme"
+kind = "billing_platform"
+base_url = "https://acme.example.com/backend/api/v1"
+api_key = "api-key-literal"
+[[webhooks]]
+name = "ops"
+url = "https://8.8.8.8/hook"
+secret = "{SECRET}"
+"""
+    )
+    done = _check(path)
+    assert done.returncode == 0, done.stderr
+    assert "config OK" in done.stdout
+    for where in ("mqtt.password", "sources[0].api_key", "webhooks[0].secret"):
+        assert f"billnotify: warning: {where}: a secret written in the config file" in done.stderr
+    for value in ("mqtt-pw-literal", "api-key-literal", SECRET):
+        assert value not in done.stderr + done.stdout
+    warnings: list[str] = []
+    load_config(path, warnings=warnings)
+    assert len(warnings) == 3
+
+
+def test_destinations_are_config_errors_at_load_time() -> None:
+    hook = {"name": "ops", "secret": SECRET}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {
+                "webhooks": [
+                    {**hook, "url": "https://127.1/x"},
+                    {**hook, "name": "b", "url": "https://[::1]/x"},
+                    {**hook, "name": "c", "url": "http://127.0.0.1:9/x", "allow_private": True},
+                    {**hook, "name": "d", "url": "https://hooks.example.com/x"},
+                ],
+                "smtp": {"host": "h", "from": "a@example.com, b@example.com"},
+            }
+        )
+    assert caught.value.issues == [
+        "webhooks[0].url: refusing 127.1: not a canonical IPv4 address (it means 127.0.0.1); "
+        "write the address as four decimal numbers",
+        "webhooks[1].url: refusing ::1: not a public address "
+        "(set allow_private = true for an internal receiver)",
+        "smtp.from: must be one address, not 'a@example.com, b@example.com'",
+    ]
+
+
+def test_secrets_can_stay_unread_for_commands_that_use_none(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        """
+[[sources]]
+name = "acme"
+kind = "billing_platform"
+base_url = "https://acme.example.com/backend/api/v1"
+api_key = "env:BILLNOTIFY_TEST_UNSET_VARIABLE"
+[[webhooks]]
+name = "ops"
+url = "https://hooks.example.com/x"
+secret = "file:no/such/file"
+"""
+    )
+    with pytest.raises(ConfigError):
+        load_config(path)
+    config = load_config(path, resolve_secrets=False)
+    source = config.sources[0]
+    assert source.api_key.reference == "env:BILLNOTIFY_TEST_UNSET_VARIABLE"
+    with pytest.raises(SecretError, match="env:BILLNOTIFY_TEST_UNSET_VARIABLE was not read"):
+        source.api_key.reveal()
+    assert not config.webhooks[0].secret.resolved

@@ -54,7 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", parents=[common], help="validate config and templates")
     check.add_argument("--connect", action="store_true", help="also try sources, broker, SMTP")
 
-    render = sub.add_parser("render", parents=[common], help="show what a rule would send")
+    render = sub.add_parser(
+        "render",
+        parents=[common],
+        help="show what a rule would send",
+        description="Print what each action of RULE would send for the event. Exit status: "
+        "0 the rule fires and every action renders; 1 a template fails; 3 everything "
+        "renders but the rule would not fire for this event (type or 'when').",
+    )
     render.add_argument("rule")
     render.add_argument("--event", required=True, type=Path, help="a CloudEvent JSON file")
 
@@ -64,8 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=1000)
     events.add_argument("--json", action="store_true", help="one CloudEvent JSON per line")
 
-    replay = sub.add_parser("replay", parents=[common], help="re-publish or re-run events")
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="re-publish or re-run events",
+        usage="%(prog)s (ID... | --since T) [--to mqtt|rules] [--force] [-c CONFIG]",
+    )
     replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.set_defaults(usage_error=replay.error)
     replay.add_argument("--since", type=parse_since)
     replay.add_argument("--to", choices=["mqtt", "rules"], default="mqtt")
     replay.add_argument(
@@ -74,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --to rules: also send again deliveries that already succeeded",
     )
 
+    sub.add_parser("status", parents=[common], help="the event log's backlog and the ledger")
     deliveries = sub.add_parser("deliveries", parents=[common], help="the delivery ledger")
     deliveries.add_argument(
         "--status",
@@ -132,6 +146,13 @@ def parse_duration_arg(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``billnotify`` script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "replay" and bool(args.ids) == (args.since is not None):
+        # a usage error (exit 2, with the usage line) before any config is read
+        args.usage_error(
+            "takes event ids or --since, not both"
+            if args.ids
+            else "needs event ids or --since T (e.g. 'replay --since 2h --to rules')"
+        )
     try:
         return asyncio.run(_dispatch(args)) if args.command != "run" else _run(args)
     except ConfigError as exc:
@@ -144,8 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+READ_ONLY = frozenset({"events", "deliveries", "status"})
+"""Commands that read (or settle) the ledger only: their config's secrets stay unread."""
+
+
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+    if args.command in READ_ONLY:
+        return load_config(args.config, resolve_secrets=False)
+    warnings: list[str] = []
+    config = load_config(args.config, warnings=warnings)
+    for warning in warnings:
+        print(f"billnotify: warning: {warning}", file=sys.stderr)
+    return config
 
 
 def _setup_logging(config: Config) -> None:
@@ -193,12 +224,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
             workdir=args.dir,
             live=not args.no_live,
         )
+    if args.command == "check":
+        from billnotify.checks import run_check_file
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return await run_check_file(args.config, connect=args.connect)
     config = _load(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "check":
-        from billnotify.checks import run_check
-
-        return await run_check(config, connect=args.connect)
     if args.command == "render":
         return await _render(config, args.rule, args.event)
     from billnotify.store import SqliteStore
@@ -210,13 +242,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _replay(config, store, args)
         if args.command == "deliveries":
             return await _deliveries(store, args)
+        if args.command == "status":
+            from billnotify.rules.commands import status_lines
+
+            print("\n".join(await status_lines(store, str(config.state_path))))
+            return EXIT_OK
     raise AssertionError(args.command)
 
 
 async def _render(config: Config, rule_name: str, event_file: Path) -> int:
     from billnotify.checks import build_offline_executors
     from billnotify.events import CloudEvent
-    from billnotify.rules.commands import render_rule
+    from billnotify.rules.commands import render_report
 
     try:
         event = CloudEvent.from_json(event_file.read_bytes())
@@ -229,11 +266,18 @@ async def _render(config: Config, rule_name: str, event_file: Path) -> int:
         return EXIT_FAILURE
     renderer, executors, close = build_offline_executors(config)
     try:
-        rendered = await render_rule(config, renderer, executors, rule_name, event)
+        report = await render_report(config, renderer, executors, rule_name, event)
     finally:
         await close()
-    print(json.dumps([_jsonable(r) for r in rendered], indent=2, default=str))
-    return EXIT_OK
+    print(json.dumps([_jsonable(r) for r in report.rendered], indent=2, default=str))
+    for error in report.errors:
+        print(f"billnotify: template error: {error}", file=sys.stderr)
+    if report.not_firing:
+        print(
+            f"billnotify: rule {rule_name!r} would not fire for this event: {report.not_firing}",
+            file=sys.stderr,
+        )
+    return report.exit_code
 
 
 def _jsonable(value: Any) -> Any:
@@ -256,9 +300,6 @@ async def _events(store: Any, args: argparse.Namespace) -> int:
 
 
 async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
-    if bool(args.ids) == bool(args.since):
-        print("billnotify: replay takes event ids or --since, not both", file=sys.stderr)
-        return EXIT_CONFIG
     events = (
         await store.get_events(args.ids)
         if args.ids

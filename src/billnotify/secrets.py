@@ -2,7 +2,8 @@
 
 A config value ``"env:NAME"`` reads the environment variable ``NAME``; ``"file:/path"``
 reads a file (trailing newline stripped). Anything else is taken literally, which
-``billnotify check`` warns about for keys meant to hold secrets.
+``billnotify check`` warns about for keys meant to hold secrets. With the validation
+context ``{"resolve_secrets": False}`` references stay unread (:class:`UnresolvedSecret`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Secret:
         return self._value
 
     @property
+    def resolved(self) -> bool:
+        """False for a reference left unread (a command that uses no secret)."""
+        return True
+
+    @property
     def reference(self) -> str | None:
         """The ``env:``/``file:`` reference it came from, or None for a literal."""
         return self._reference
@@ -92,6 +98,8 @@ class Secret:
             if not isinstance(value, str):
                 raise ValueError("must be a string: a value, 'env:NAME' or 'file:/path'")
             context = info.context if isinstance(info.context, dict) else {}
+            if context.get("resolve_secrets") is False and value.startswith(("env:", "file:")):
+                return UnresolvedSecret("", value)
             base_dir = context.get("base_dir")
             try:
                 return cls.resolve(value, base_dir=Path(base_dir) if base_dir else None)
@@ -102,3 +110,23 @@ class Secret:
             validate,
             serialization=core_schema.plain_serializer_function_ser_schema(lambda s: str(s)),
         )
+
+
+class UnresolvedSecret(Secret):
+    """An ``env:``/``file:`` reference that was not read: config loaded for a command
+    that needs no secret (``events``, ``deliveries``, ``status``). Using it is an error."""
+
+    __slots__ = ()
+
+    def reveal(self) -> str:
+        """Refuse: the value was never read.
+
+        Raises:
+            SecretError: always.
+        """
+        raise SecretError(f"secret {self.reference} was not read (this command uses no secrets)")
+
+    @property
+    def resolved(self) -> bool:
+        """Always False."""
+        return False

@@ -7,11 +7,14 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
+from billnotify.addresses import url_problem
+from billnotify.config.base import email_address_problem, is_templated
 from billnotify.config.models import Config
 from billnotify.errors import ConfigError
 
@@ -19,6 +22,8 @@ _TAGS = frozenset(
     {"billing_platform", "property_billing", "invoice_action", "email", "webhook", "mqtt"}
 )
 DEFAULT_CONFIG = "config.toml"
+SECRET_KEYS = frozenset({"password", "api_key", "secret", "hook_secret", "console_token"})
+"""Keys whose values should be ``env:NAME`` / ``file:/path`` references, not the secret."""
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -26,11 +31,11 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get("BILLNOTIFY_CONFIG") or DEFAULT_CONFIG)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate a config file.
+def read_toml(path: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The config file's path and its parsed TOML, unvalidated.
 
     Raises:
-        ConfigError: with every problem found, each prefixed by its TOML path.
+        ConfigError: the file cannot be read or is not TOML.
     """
     file = config_path(path)
     try:
@@ -38,16 +43,47 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"cannot read {file}: {exc.strerror}"], str(file)) from None
     try:
-        data = tomllib.loads(text)
+        return file, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(file)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    resolve_secrets: bool = True,
+    warnings: list[str] | None = None,
+) -> Config:
+    """Read and validate a config file.
+
+    Args:
+        path: the file (``-c``, ``$BILLNOTIFY_CONFIG``, ``config.toml``).
+        resolve_secrets: False leaves ``env:``/``file:`` references unread, for
+            commands that use no secret (their variables need not be set).
+        warnings: if given, receives a line for each secret written in the file.
+
+    Raises:
+        ConfigError: with every problem found, each prefixed by its TOML path.
+    """
+    file, data = read_toml(path)
     try:
-        return parse_config(data, base_dir=file.resolve().parent)
+        return parse_config(
+            data,
+            base_dir=file.resolve().parent,
+            resolve_secrets=resolve_secrets,
+            warnings=warnings,
+        )
     except ConfigError as exc:
         raise ConfigError(exc.issues, str(file)) from None
 
 
-def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Config:
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    resolve_secrets: bool = True,
+    warnings: list[str] | None = None,
+) -> Config:
     """Validate already-parsed TOML data.
 
     Raises:
@@ -61,10 +97,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
     config: Config | None = None
     try:
         folder = base_dir or Path.cwd()
-        config = Config.model_validate({**raw, "base_dir": folder}, context={"base_dir": folder})
+        context = {"base_dir": folder, "resolve_secrets": resolve_secrets}
+        config = Config.model_validate({**raw, "base_dir": folder}, context=context)
     except ValidationError as exc:
         issues.extend(_format_validation_error(exc))
     issues.extend(_check_references(raw))
+    issues.extend(check_destinations(raw))
+    if warnings is not None:
+        warnings.extend(literal_secrets(raw))
     if issues or config is None:
         raise ConfigError(issues)
     return config
@@ -190,3 +230,61 @@ def _check_references(raw: Mapping[str, Any]) -> list[str]:
                 elif target is None and sources and not billing_sources:
                     issues.append(f"{where}: invoice actions need a billing_platform source")
     return issues
+
+
+def check_destinations(raw: Mapping[str, Any]) -> list[str]:
+    """What is certain to fail at send time (SPEC §5): a webhook URL the SSRF guard
+    refuses (judged from the URL; ``check`` also resolves names) and a literal email
+    address that is not one. Templated addresses are checked when rendered."""
+    issues = []
+    for w, hook in enumerate(_list(raw.get("webhooks"))):
+        url = hook.get("url") if isinstance(hook, dict) else None
+        if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
+            problem = url_problem(url, allow_private=hook.get("allow_private") is True)
+            if problem is not None:
+                issues.append(f"webhooks[{w}].url: {problem}")
+    smtp = raw.get("smtp")
+    sender = smtp.get("from") if isinstance(smtp, dict) else None
+    if isinstance(sender, str) and not is_templated(sender):
+        problem = email_address_problem(sender, single=True)
+        if problem is not None:
+            issues.append(f"smtp.from: {problem}")
+    for r, rule in enumerate(_list(raw.get("rules"))):
+        if not isinstance(rule, dict):
+            continue
+        for a, action in enumerate(_list(rule.get("actions"))):
+            if not isinstance(action, dict) or action.get("type") != "email":
+                continue
+            where = f"rules[{r}].actions[{a}]"
+            for key in ("to", "cc", "bcc"):
+                for i, value in enumerate(_list(action.get(key))):
+                    if isinstance(value, str) and not is_templated(value):
+                        problem = email_address_problem(value)
+                        if problem is not None:
+                            issues.append(f"{where}.{key}[{i}]: {problem}")
+            reply_to = action.get("reply_to")
+            if isinstance(reply_to, str) and reply_to and not is_templated(reply_to):
+                problem = email_address_problem(reply_to)
+                if problem is not None:
+                    issues.append(f"{where}.reply_to: {problem}")
+    return issues
+
+
+def literal_secrets(raw: Any, where: str = "") -> list[str]:
+    """A warning for each secret written in the file (its TOML path, never its value)."""
+    found: list[str] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key in SECRET_KEYS and isinstance(value, str):
+                if value and not value.startswith(("env:", "file:")):
+                    found.append(
+                        f"{path}: a secret written in the config file; "
+                        'prefer "env:NAME" or "file:/path"'
+                    )
+            else:
+                found.extend(literal_secrets(value, path))
+    elif isinstance(raw, list):
+        for index, item in enumerate(raw):
+            found.extend(literal_secrets(item, f"{where}[{index}]"))
+    return found

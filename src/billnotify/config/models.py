@@ -199,8 +199,8 @@ class _SourceBase(StrictModel):
     @field_validator("hook_secret")
     @classmethod
     def _check_hook_secret(cls, value: Secret | None) -> Secret | None:
-        if value is None:
-            return None
+        if value is None or not value.resolved:
+            return value
         raw = value.reveal()
         if raw.startswith("whsec_"):
             try:
@@ -352,6 +352,8 @@ class WebhookEndpoint(StrictModel):
     @field_validator("secret")
     @classmethod
     def _check_secret(cls, value: Secret) -> Secret:
+        if not value.resolved:
+            return value
         raw = value.reveal()
         if raw.startswith("whsec_"):
             import base64

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor, Rendered
-from billnotify.config.models import Config
+from billnotify.config.models import Config, Rule
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler, rule_named
 from billnotify.rules.ledger import LedgerStore
@@ -162,15 +162,79 @@ def rule_fires(
     """
     rule = rule_named(config, rule_name)
     if not selects(rule, event):
-        if not rule.enabled:
-            return "the rule is disabled"
-        if not rule.matches(event.type):
-            return f"{event.type!r} matches none of {rule.on}"
-        return f"source {event.source_name!r} is not in {rule.sources}"
+        return _not_selected(rule, event)
     applies, error = evaluate_when(rule, event, renderer.evaluate)
     if error is not None:
         return error
     return None if applies else f"when {rule.when!r} is false"
+
+
+def _not_selected(rule: Rule, event: CloudEvent) -> str:
+    if not rule.enabled:
+        return "the rule is disabled"
+    if not rule.matches(event.type):
+        return f"the event's type {event.type!r} matches none of on = {rule.on}"
+    return f"source {event.source_name!r} is not in {rule.sources}"
+
+
+RENDER_OK, RENDER_FAILED, RENDER_NOT_FIRING = 0, 1, 3
+"""``billnotify render`` exits 0 when the rule fires and every action renders, 1 when a
+template fails (``when`` or an action), 3 when all renders but the rule would not fire
+for the event."""
+
+
+@dataclass(frozen=True)
+class RenderReport:
+    """What ``billnotify render`` shows, and its exit status.
+
+    Attributes:
+        rendered: what each action would send (an ``error`` summary when it cannot).
+        errors: template failures, each with its TOML path.
+        not_firing: why the rule would not fire for the event, or None when it would.
+    """
+
+    rendered: list[Rendered]
+    errors: list[str]
+    not_firing: str | None
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`RENDER_FAILED`, :data:`RENDER_NOT_FIRING` or :data:`RENDER_OK`."""
+        if self.errors:
+            return RENDER_FAILED
+        return RENDER_NOT_FIRING if self.not_firing else RENDER_OK
+
+
+async def render_report(
+    config: Config,
+    renderer: Evaluator,
+    executors: Mapping[str, ActionExecutor],
+    rule_name: str,
+    event: CloudEvent,
+) -> RenderReport:
+    """:func:`render_rule` plus whether the rule would fire and what failed.
+
+    Raises:
+        KeyError: no rule has that name.
+    """
+    rule = rule_named(config, rule_name)
+    where = f"rules[{config.rules.index(rule)}]"
+    rendered = await render_rule(config, renderer, executors, rule_name, event)
+    errors = [
+        f"{where}.actions[{a}] ({r.action_type}): {r.summary['error']}"
+        for a, r in enumerate(rendered)
+        if "error" in r.summary
+    ]
+    not_firing = None
+    if not selects(rule, event):
+        not_firing = _not_selected(rule, event)
+    else:
+        applies, error = evaluate_when(rule, event, renderer.evaluate)
+        if error is not None:
+            errors.insert(0, f"{where}.when: {error}")
+        elif not applies:
+            not_firing = f"when {rule.when!r} is false for this event"
+    return RenderReport(rendered, errors, not_firing)
 
 
 async def render_rule(
@@ -304,3 +368,28 @@ def format_deliveries(deliveries: Sequence[Delivery], *, error_width: int = 60) 
     ]
     lines.append(f"({len(deliveries)} deliveries)")
     return "\n".join(lines)
+
+
+async def status_lines(store: Store, state: str) -> list[str]:
+    """``billnotify status``: the event log, each consumer's backlog and the ledger."""
+    last = await store.last_seq()
+    newest = await store.read_events(last - 1, 1) if last else []
+    logged = f"{last} logged" + (f", newest at {newest[0].event.time}" if newest else "")
+    behind = []
+    for consumer in ("mqtt", "rules"):
+        behind.append(f"{consumer} {max(0, last - await store.get_position(consumer))}")
+    counts: dict[str, int] = {}
+    for (_kind, status), count in (await store.count_deliveries()).items():
+        counts[status] = counts.get(status, 0) + count
+    ledger = ", ".join(f"{status} {counts[status]}" for status in sorted(counts)) or "none"
+    lines = [
+        f"state: {state}",
+        f"events: {logged}; not yet handled by {', '.join(behind)}",
+        f"deliveries: {ledger}",
+    ]
+    oldest = await store.oldest_pending_at()
+    if oldest is not None:
+        lines.append(f"oldest unsettled delivery: created {format_time(oldest)}")
+    for name, reason in sorted((await store.disabled_endpoints()).items()):
+        lines.append(f"endpoint {name} disabled: {reason}")
+    return lines
