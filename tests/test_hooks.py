@@ -31,6 +31,10 @@ from standardwebhooks.webhooks import Webhook
 
 from billnotify.app import Service
 from billnotify.config import parse_config
+from billnotify.health import HealthServer
+from billnotify.hooks import hook_auth
+from billnotify.metrics import Metrics
+from billnotify.secrets import Secret
 from billnotify.simulator import Simulator
 from billnotify.sources import Poller, PollStats
 from conftest import Mosquitto, Subscriber
@@ -332,6 +336,42 @@ async def test_bodies_over_64_kib_are_413_and_not_read(tmp_path: Path) -> None:
                 writer2.close()
             finally:
                 writer.close()
+
+
+async def test_a_trickled_body_is_cut_after_the_read_timeout() -> None:
+    """A body sent a few bytes at a time cannot hold a connection for long (408)."""
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        return True, {}
+
+    hooked: list[str] = []
+    server = HealthServer(
+        "127.0.0.1",
+        0,
+        readiness=ready,
+        metrics=Metrics(),
+        hooks={"acme": hook_auth(Secret(TOKEN))},
+        on_hook=hooked.append,
+        hook_read_timeout=0.3,
+    )
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /hooks/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+            + b"0123456789"
+        )
+        await writer.drain()
+        began = time.monotonic()
+        async with asyncio.timeout(3):
+            status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 408"), status
+        assert time.monotonic() - began < 2
+        writer.close()
+        assert hooked == []
+    finally:
+        await server.stop()
 
 
 async def test_a_flood_of_valid_hooks_costs_a_few_polls(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +36,8 @@ class HealthServer:
         hooks: the sources that accept ``POST /hooks/{source}`` (a platform webhook as
             a hint to poll at once), each with its check; any other source answers 404.
         on_hook: called with the source of each accepted hook.
+        hook_read_timeout: seconds a hook's body may take to arrive (a body trickled in
+            byte by byte must not hold a connection for long): 408 after that.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class HealthServer:
         refresh: Callable[[], Awaitable[None]] | None = None,
         hooks: Mapping[str, HookAuth] | None = None,
         on_hook: Callable[[str], None] | None = None,
+        hook_read_timeout: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -55,6 +59,7 @@ class HealthServer:
         self._refresh = refresh
         self._hooks = dict(hooks or {})
         self._on_hook = on_hook
+        self._hook_read_timeout = hook_read_timeout
         self._refused: dict[str, tuple[float, int]] = {}
         self._runner: web.AppRunner | None = None
 
@@ -117,7 +122,11 @@ class HealthServer:
             return _too_large()
         if not auth.needs_body and (reason := auth.refusal(request.headers, b"")):
             return self._refuse(source, reason)
-        body = await _read_capped(request, MAX_BODY)
+        try:
+            async with asyncio.timeout(self._hook_read_timeout):
+                body = await _read_capped(request, MAX_BODY)
+        except TimeoutError:
+            return _closing(408, "the body took too long")
         if body is None:
             return _too_large()
         if auth.needs_body and (reason := auth.refusal(request.headers, body)):
@@ -154,6 +163,11 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 
 
 def _too_large() -> web.Response:
-    response = web.json_response({"error": f"body larger than {MAX_BODY} bytes"}, status=413)
+    return _closing(413, f"body larger than {MAX_BODY} bytes")
+
+
+def _closing(status: int, error: str) -> web.Response:
+    """An error answer after which the connection closes (its body was not all read)."""
+    response = web.json_response({"error": error}, status=status)
     response.force_close()
     return response
