@@ -309,6 +309,43 @@ async def test_a_410_disables_the_endpoint_and_says_so(
     assert len(notices_on(sub, mqtt_prefix)) == 3
 
 
+async def test_a_delivery_dead_at_planning_is_reported_too(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    mqtt_prefix: str,
+    mqtt_subscriber: SubscriberFactory,
+    receiver: WebhookReceiver,
+) -> None:
+    """A ``when`` that cannot be evaluated records the delivery dead before any attempt:
+    that is told as well."""
+    async with (
+        Simulator(page_max=50) as sim,
+        mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
+    ):
+        task = sim.state.add_billing_task(status="Running")
+        broken = _rule("broken", "billing_task.status_changed", "ops")
+        broken["when"] = "event.data.object.nosuch.deeper == 1"
+        raw = _config(
+            tmp_path,
+            sim,
+            mosquitto,
+            mqtt_prefix,
+            webhooks={"ops": receiver.url("/ok")},
+            rules=[broken],
+        )
+        async with running(raw, tmp_path) as service:
+            sim.state.update_billing_task(task["id"], status="Failed")
+            await sub.wait_for(lambda _: bool(notices_on(sub, mqtt_prefix)))
+            (row,) = await service.store.list_deliveries()
+
+    ((topic, notice),) = notices_on(sub, mqtt_prefix)
+    assert topic == f"{mqtt_prefix}/events/{SERVICE}/delivery/{row.id}/dead"
+    assert notice["data"]["rule"] == "broken"
+    assert notice["data"]["attempts"] == 0
+    assert "when" in notice["data"]["error"]
+    assert receiver.hits == []
+
+
 # -- sources -----------------------------------------------------------------------------
 
 

@@ -266,7 +266,13 @@ class Service:
             )
             stack.push_async_callback(_close_executors, executors)
             rules = RuleHandler(
-                config, self.store, renderer, executors, self.clock, on_recorded=self.worker.wake
+                config,
+                self.store,
+                renderer,
+                executors,
+                self.clock,
+                on_recorded=self.worker.wake,
+                notices=self.notices,
             )
             self.pollers = [
                 Poller(

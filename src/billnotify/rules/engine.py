@@ -25,6 +25,7 @@ from billnotify.actions.base import ActionExecutor, fixed_target
 from billnotify.config.models import Action, Config, Rule
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
+from billnotify.notices import Notices
 from billnotify.rules.ledger import (
     RULES_CONSUMER,
     LedgerStore,
@@ -77,6 +78,8 @@ class RuleHandler:
             (events appended by another process do not notify this one).
         on_recorded: called after new deliveries were recorded (wakes the worker).
         consumer: the position name in the log.
+        notices: reports deliveries recorded ``dead`` (a ``when`` or a template that
+            failed) as ``billnotify.delivery.dead``.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class RuleHandler:
         idle_timeout: float = 5.0,
         on_recorded: Callable[[], None] | None = None,
         consumer: str = RULES_CONSUMER,
+        notices: Notices | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -101,6 +105,7 @@ class RuleHandler:
         self.idle_timeout = idle_timeout
         self.on_recorded = on_recorded
         self.consumer = consumer
+        self.notices = notices
         self.events_processed = 0
         """Events consumed since start (for metrics)."""
         self.deliveries_recorded = 0
@@ -278,6 +283,8 @@ class RuleHandler:
             return
         assert item.error is not None
         await settle_without_sending(self.store, current.id, current.status, item.error, now)
+        if self.notices is not None and current.status is DeliveryStatus.DEAD:
+            self.notices.delivery(current.id)
 
 
 def _describe(executor: ActionExecutor, action: Action, event: CloudEvent) -> tuple[bool, str]:
