@@ -209,6 +209,7 @@ topic = "x/{{ object.no_such_field }}"
     code, out, err = await _cli("render", "broken", "--event", str(event_file), "-c", str(config))
     assert code == 1, err
     assert "template error: rules[1].actions[0] (mqtt):" in err and "no_such_field" in err
+    assert "billnotify: warning: sources[0].api_key: a secret written in the config" in err
     assert "error" in json.loads(out)[0]["summary"]
 
     paid = tmp_path / "paid.json"
@@ -226,6 +227,20 @@ topic = "x/{{ object.no_such_field }}"
     code, _, err = await _cli("render", "approved", "--event", str(event_file), "-c", str(config))
     assert code == 3, err
     assert "when \"'Approved' in event.data.added\" is false for this event" in err
+
+
+async def test_run_warns_about_a_literal_secret_by_its_path_before_starting(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[service]\nhttp = ""\n[mqtt]\nenabled = false\npassword = "pw-literal"\n')
+    (tmp_path / "state.db").write_bytes(b"")  # refused at start: run stops right after loading
+    code, out, err = await _cli("run", "-c", str(path))
+    assert code != 0
+    assert err.startswith(
+        'billnotify: warning: mqtt.password: a secret written in the config file; prefer "env:NAME"'
+    )
+    assert "pw-literal" not in out + err
 
 
 @pytest.mark.parametrize(
