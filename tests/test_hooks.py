@@ -410,8 +410,10 @@ async def test_a_flood_of_valid_hooks_costs_a_few_polls(tmp_path: Path) -> None:
                 f"500 hooks in {flood:.2f}s -> {triggered} polls, {extra_lists} list requests"
                 f" ({per_poll} per poll)"
             )
-            assert 1 <= triggered <= 3, triggered
-            assert extra_lists <= 3 * per_poll, extra_lists
+            # one poll at once, then at most one a second (a slow machine stretches the flood)
+            most = 2 + int(flood)
+            assert 1 <= triggered <= most, triggered
+            assert extra_lists <= most * per_poll, extra_lists
 
 
 class _SlowSync:
