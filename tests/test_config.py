@@ -359,3 +359,13 @@ secret = "file:no/such/file"
     with pytest.raises(SecretError, match="env:BILLNOTIFY_TEST_UNSET_VARIABLE was not read"):
         source.api_key.reveal()
     assert not config.webhooks[0].secret.resolved
+
+
+def test_a_malformed_webhook_url_is_one_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[[webhooks]]\nname = "ops"\nurl = "https://[::1/x"\nsecret = "{SECRET}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [i.split(":")[0] for i in caught.value.issues] == ["webhooks[0].url"]
+    done = _check(path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -97,11 +97,11 @@ def url_problem(url: str, *, allow_private: bool) -> str | None:
     Returns:
         The reason (naming the host, never the whole URL), or None when it may be used.
     """
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:
-        host = None
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host
+        return "not an http:// or https:// URL with a host"
     if parts.scheme not in ("http", "https") or not host:
         return "not an http:// or https:// URL with a host"
     meant = noncanonical_ipv4(host)

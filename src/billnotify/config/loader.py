@@ -7,7 +7,6 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
@@ -239,10 +238,11 @@ def check_destinations(raw: Mapping[str, Any]) -> list[str]:
     issues = []
     for w, hook in enumerate(_list(raw.get("webhooks"))):
         url = hook.get("url") if isinstance(hook, dict) else None
-        if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
-            problem = url_problem(url, allow_private=hook.get("allow_private") is True)
-            if problem is not None:
-                issues.append(f"webhooks[{w}].url: {problem}")
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            continue  # the model reports what is not an http(s) URL at all
+        problem = url_problem(url, allow_private=hook.get("allow_private") is True)
+        if problem is not None and not problem.startswith("not an http"):
+            issues.append(f"webhooks[{w}].url: {problem}")
     smtp = raw.get("smtp")
     sender = smtp.get("from") if isinstance(smtp, dict) else None
     if isinstance(sender, str) and not is_templated(sender):
