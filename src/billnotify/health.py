@@ -25,7 +25,7 @@ _REPORT_EVERY = 60.0
 
 
 class HealthServer:
-    """An aiohttp server for liveness, readiness and metrics.
+    """An aiohttp server for liveness, readiness, metrics and inbound platform hooks.
 
     Args:
         host: listen address.
