@@ -72,10 +72,32 @@ async def test_a_writer_cancelled_while_waiting_still_gets_its_outcome_committed
     assert row is not None and row.status is DeliveryStatus.SUCCEEDED
 
 
-async def test_a_failed_commit_reaches_every_writer_of_the_batch(store: CountingStore) -> None:
+async def test_a_commit_the_store_failed_is_tried_again_until_it_holds(
+    store: CountingStore,
+) -> None:
+    ids = await _started(store, 3)
+    store.fail = True  # a full disk, say
+    writer = OutcomeWriter(store)
+    writing = asyncio.gather(*(writer.write(_end(i)) for i in ids))
+    async with asyncio.timeout(5):
+        while len(store.batches) < 3:
+            await asyncio.sleep(0.01)
+    assert not writing.done()  # nobody is told "failed" for a store that will recover
+    store.fail = False
+    async with asyncio.timeout(5):
+        await writing
+    assert {d.status for d in await store.list_deliveries()} == {DeliveryStatus.SUCCEEDED}
+
+
+async def test_once_flushed_a_failed_commit_reaches_every_writer_of_the_batch(
+    store: CountingStore,
+) -> None:
     ids = await _started(store, 3)
     store.fail = True
     writer = OutcomeWriter(store)
-    results = await asyncio.gather(*(writer.write(_end(i)) for i in ids), return_exceptions=True)
+    writing = asyncio.gather(*(writer.write(_end(i)) for i in ids), return_exceptions=True)
+    async with asyncio.timeout(5):
+        await writer.flush()  # shutting down: the store is not waited for any longer
+    results = await writing
     assert all(isinstance(r, StoreError) for r in results)
     assert {d.status for d in await store.list_deliveries()} == {DeliveryStatus.SENDING}

@@ -13,6 +13,11 @@ Retained state follows the store's *dirty* snapshots; availability is ``online``
 (retained) after connecting and ``offline`` both on a clean shutdown and, as the
 Last Will, when the process dies.
 
+A store that cannot be written (a full disk) does not stop it: a position that cannot
+be saved is saved later (until then a restart publishes a little again), and a store
+that cannot be read makes it wait and retry, like a broker outage. Either is logged once
+per episode.
+
 No aiomqtt exception leaves this module: they become :class:`~billnotify.errors.BusError`.
 """
 
@@ -33,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from billnotify.config.models import MqttConfig
-from billnotify.errors import BusError
+from billnotify.errors import BusError, StoreError
 from billnotify.publish.connection import (
     OFFLINE,
     ONLINE,
@@ -108,6 +113,7 @@ class MqttPublisher:
         """Connections that were lost and re-established."""
         self._client_was_connected = False
         self._stored_seq = 0
+        self._store_failing = False
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -141,6 +147,18 @@ class MqttPublisher:
         while True:
             try:
                 await self._session(lost_at)
+            except StoreError as exc:
+                # the log cannot be read: a session again once it can (the broker is fine)
+                self._store_failed(exc)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                lost_at = self._clock() if self._client_was_connected else lost_at
+                delay = min(
+                    self._config.reconnect_max.total_seconds(), _BACKOFF_START * 2**failures
+                )
+                failures += 1
+                await self._sleep(delay)
             except (aiomqtt.MqttError, WindowStalled) as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -309,7 +327,7 @@ class MqttPublisher:
                     if saver is None and acked > self._stored_seq:
                         saver = asyncio.create_task(self._save_position(acked))
                     if loop.time() >= state_due:  # keep retained state flowing in a backlog
-                        await self._state.publish_page(client, window)
+                        await self._publish_state(client, window)
                         state_due = loop.time() + self._idle_interval
                     continue
                 # caught up: settle everything, then sleep until the log grows
@@ -318,7 +336,7 @@ class MqttPublisher:
                     saver = None
                 self.last_published_seq = await window.drain()
                 await self._save_position(self.last_published_seq)
-                while await self._state.publish_page(client, window):
+                while await self._publish_state(client, window):
                     pass
                 state_due = loop.time() + self._idle_interval
                 await self._wait_for_events(window.acked)
@@ -340,10 +358,35 @@ class MqttPublisher:
         )
 
     async def _save_position(self, acked: int) -> None:
+        """Store ``acked`` as the position; one that cannot be stored now is later."""
         if acked > self._stored_seq:
-            # Shielded: a shutdown must not interrupt a store transaction half-way.
-            await asyncio.shield(self._store.set_position(POSITION, acked))
+            try:
+                # Shielded: a shutdown must not interrupt a store transaction half-way.
+                await asyncio.shield(self._store.set_position(POSITION, acked))
+            except StoreError as exc:
+                self._store_failed(exc)
+                return
+            self._store_recovered()
             self._stored_seq = max(self._stored_seq, acked)
+
+    async def _publish_state(self, client: aiomqtt.Client, window: InflightWindow) -> bool:
+        """A page of retained state; none while the store cannot clear what was sent
+        (it stays dirty and goes again later)."""
+        try:
+            return await self._state.publish_page(client, window)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return False
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if not self._store_failing:
+            self._store_failing = True
+            logger.warning("MQTT publisher: %s; publishing on, retrying the store", exc)
+
+    def _store_recovered(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            logger.info("MQTT publisher: the store is writable again")
 
     def _event_publisher(self, client: aiomqtt.Client, stored: StoredEvent) -> Publish:
         event = stored.event

@@ -5,6 +5,10 @@ settled. Committing each one in its own transaction would make the store the
 bottleneck; :class:`OutcomeWriter` commits the outcomes that arrive close together in one
 :meth:`~billnotify.store.base.Store.finish_attempts` transaction instead, and tells each
 writer once the commit that holds its outcome is over.
+
+A commit that fails for the store's sake (a full disk) is tried again until it holds,
+since the outcome is known and only its record is missing; once the worker flushes
+(shutting down) a failure is final, and the next start recovers the ``sending`` rows.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from billnotify.errors import StoreError
 from billnotify.store.base import AttemptEnd, Store
 
 logger = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ class OutcomeWriter:
         self._max_batch = max_batch
         self._queue: list[tuple[AttemptEnd, Committed]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._patient = True
+        """Whether a commit the store failed is tried again (until :meth:`flush`)."""
 
     def put(self, end: AttemptEnd, then: Committed) -> None:
         """Queue ``end`` for the next commit; ``then`` is called once it is over."""
@@ -54,19 +61,33 @@ class OutcomeWriter:
         await future
 
     async def flush(self) -> None:
-        """Wait until every outcome queued so far is committed (or failed)."""
+        """Wait until every outcome queued so far is committed (or failed: from now on
+        a commit the store fails is not tried again)."""
+        self._patient = False
         while self._flusher is not None and not self._flusher.done():
             await asyncio.wait({self._flusher})  # neither cancels it nor raises
 
     async def _commit_all(self) -> None:
+        failures = 0
         while self._queue:
             batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
             error: BaseException | None = None
             try:
                 await self._store.finish_attempts([end for end, _ in batch])
+            except StoreError as exc:
+                if self._patient:
+                    failures += 1
+                    if failures == 1:
+                        logger.error("cannot record delivery outcomes: %s; retrying", exc)
+                    await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                    continue
+                error = exc
             except Exception as exc:
                 error = exc
+            if failures and error is None:
+                logger.info("delivery outcomes recorded again after %d failures", failures)
+            failures = 0
+            del self._queue[: len(batch)]
             for _, then in batch:
                 try:
                     then(error)

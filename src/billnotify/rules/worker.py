@@ -185,7 +185,16 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Recover, then attempt deliveries as they come due until :meth:`drain`."""
-        await self.recover()
+        failures = 0
+        while True:  # a store that cannot be written (a full disk) is waited out
+            try:
+                await self.recover()
+                break
+            except StoreError as exc:
+                failures += 1
+                if failures == 1:
+                    logger.error("delivery worker: %s; retrying until the store recovers", exc)
+                await self.sleep(min(30.0, 0.5 * 2**failures))
         self._slots.open()
         failures = 0
         # reconciliation talks to the platform, which may be slow: never in this loop

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -44,6 +45,8 @@ _WAL_PAGES = 1000
 """Pages in the WAL that make the next commit checkpoint it (SQLite's default)."""
 _WAL_KEEP = 1 << 20
 """Bytes of WAL file kept after a checkpoint (``journal_size_limit``)."""
+_ROOM = 1 << 20
+"""Free bytes on the state's file system below which the store is not ready."""
 
 
 @dataclass(slots=True)
@@ -398,7 +401,24 @@ class SqliteBase:
             raise StoreError(f"state store read failed: {exc}") from exc
 
     async def ping(self) -> None:
-        """Write to the store to prove it is writable."""
+        """Write to the store to prove it is writable, with room to go on.
+
+        Raises:
+            StoreError: the write failed, or the state's file system has less than
+                :data:`_ROOM` left (``disk full: ...``); small writes may still fit
+                in the WAL while a poll's do not.
+        """
+        if str(self.path) != ":memory:":
+            try:
+                fs = os.statvfs(Path(self.path).parent)
+            except OSError:
+                pass
+            else:
+                free = fs.f_bavail * fs.f_frsize
+                if free < _ROOM:
+                    raise StoreError(
+                        f"disk full: {free // 1024} KiB free for the state file {self.path}"
+                    )
         value = str(_now())
         await self._write(
             lambda db: db.execute(
