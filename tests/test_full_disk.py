@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ import aiomqtt
 import pytest
 from aiohttp import web
 
+from billnotify.events import build_event
 from billnotify.simulator import Simulator
+from billnotify.store import SqliteStore
 from conftest import Mosquitto
 from servers import free_port, serving, sim_source, toml_config
 
@@ -316,3 +319,33 @@ def _start(config: Path, stderr: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
+
+
+async def test_the_wal_is_cut_back_while_writing_and_emptied_when_idle(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    wal = Path(f"{state}-wal")
+    largest = 0
+    async with SqliteStore(state) as store:
+        for batch in range(60):  # some 6 MB through the log
+            events = [
+                build_event(
+                    source="acme",
+                    entity="billing_task",
+                    object_id=str(n),
+                    type_="billing_task.updated",
+                    key=f"wal-{batch}-{n}",
+                    time=datetime(2026, 11, 21, tzinfo=UTC),
+                    data={"object": {"id": str(n), "pad": "x" * 1000}},
+                )
+                for n in range(100)
+            ]
+            await store.commit("acme", [], events)
+            largest = max(largest, wal.stat().st_size)
+        began = time.monotonic()
+        while wal.stat().st_size:  # idle: checkpointed and truncated
+            assert time.monotonic() - began < 5, wal.stat().st_size
+            await asyncio.sleep(0.05)
+        assert await store.last_seq() == 6000
+    # checkpointed every 1 MiB and cut back to 1 MiB: not SQLite's 4 MB, nor the 6 MB
+    assert largest <= 2 * (1 << 20), largest
+    print("largest WAL while writing 6 MB:", largest)

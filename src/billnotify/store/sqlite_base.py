@@ -41,8 +41,9 @@ _GROUP = 64
 """Writes committed together, at most."""
 _IDLE = 1.0
 """Seconds without a call after a write before the thread checkpoints the WAL."""
-_WAL_PAGES = 1000
-"""Pages in the WAL that make the next commit checkpoint it (SQLite's default)."""
+_WAL_PAGES = 256
+"""Pages in the WAL (1 MiB) that make the next commit checkpoint it (SQLite: 1000): a
+state on a small volume must not need 4 MB of WAL beside it."""
 _WAL_KEEP = 1 << 20
 """Bytes of WAL file kept after a checkpoint (``journal_size_limit``)."""
 _ROOM = 1 << 20
