@@ -14,13 +14,18 @@ from billnotify.config.models import Action, Config, Rule
 from billnotify.errors import TemplateError
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.commands import (
+    RENDER_FAILED,
+    RENDER_NOT_FIRING,
+    RENDER_OK,
     format_deliveries,
     list_deliveries,
+    render_report,
     render_rule,
     replay_to_rules,
     resolve_delivery,
     retry_deliveries,
     rule_fires,
+    status_lines,
     statuses_for,
 )
 from billnotify.rules.engine import RuleHandler
@@ -211,6 +216,62 @@ async def test_render_rule_and_rule_fires(tmp_path: Path) -> None:
 
     assert rule_fires(config, renderer, "both", _event(5)) is None
     assert "is false" in (rule_fires(config, renderer, "both", _event(99)) or "")
+
+
+async def test_render_report_says_what_failed_and_whether_the_rule_fires(tmp_path: Path) -> None:
+    config, renderer = _config(), TemplateRenderer(tmp_path)
+    fires = await render_report(config, renderer, EXECUTORS, "both", _event(5))
+    assert (fires.exit_code, fires.errors, fires.not_firing) == (RENDER_OK, [], None)
+
+    broken = await render_report(config, renderer, EXECUTORS, "both", _event(5, broken=True))
+    assert broken.exit_code == RENDER_FAILED
+    assert broken.errors == [
+        "rules[0].actions[0] (invoice_action): 'broken' cannot render",
+        "rules[0].actions[1] (webhook): 'broken' cannot render",
+    ]
+
+    quiet = await render_report(config, renderer, EXECUTORS, "both", _event(99))
+    assert quiet.exit_code == RENDER_NOT_FIRING
+    assert quiet.not_firing == "when \"object.id != '99'\" is false for this event"
+    assert len(quiet.rendered) == 2  # what it would send all the same
+
+    other = _event(5).model_copy(update={"type": "billing_task.created"})
+    skipped = await render_report(config, renderer, EXECUTORS, "both", other)
+    assert skipped.exit_code == RENDER_NOT_FIRING
+    assert skipped.not_firing == (
+        "the event's type 'billing_task.created' matches none of on = ['invoice.*']"
+    )
+
+    failing_when = _config([{**_RULE, "when": "object.nope.deeper"}])
+    failed = await render_report(failing_when, renderer, EXECUTORS, "both", _event(5))
+    assert failed.exit_code == RENDER_FAILED
+    assert failed.errors[0].startswith("rules[0].when: when 'object.nope.deeper' failed")
+
+
+_RULE: dict[str, Any] = {
+    "name": "both",
+    "on": ["invoice.*"],
+    "actions": [
+        {"type": "invoice_action", "action": "email"},
+        {"type": "webhook", "endpoint": "ops"},
+    ],
+}
+
+
+async def test_status_lines(store: SqliteStore, tmp_path: Path) -> None:
+    assert await status_lines(store, "state.db") == [
+        "state: state.db",
+        "events: 0 logged; not yet handled by mqtt 0, rules 0",
+        "deliveries: none",
+    ]
+    await _seed(store, tmp_path, _event(1), _event(2))
+    lines = await status_lines(store, "state.db")
+    assert (
+        lines[1]
+        == f"events: 2 logged, newest at {_event(2).time}; not yet handled by mqtt 2, rules 0"
+    )
+    assert lines[2] == "deliveries: pending 4"
+    assert lines[3].startswith("oldest unsettled delivery: created 2026-11-21T10:00:00")
 
 
 async def test_format_deliveries(store: SqliteStore, tmp_path: Path) -> None:
