@@ -611,6 +611,7 @@ async def test_secrets_never_reach_the_logs(
                 "port": free_tcp_port(),
                 "username": "billing@example.com",
                 "password": "env:SMTP_PASSWORD",
+                "allow_plaintext_auth": True,  # it would go out: it must not be logged
                 "from": "Billing <billing@example.com>",
                 "timeout": "2s",
             },

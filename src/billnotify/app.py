@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billnotify.actions import build_executors
-from billnotify.actions.base import ActionExecutor, AttemptResult, Rendered
+from billnotify.actions.base import ActionExecutor, AttemptResult, Prepare, Rendered, preparer
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.clients.property_billing import PropertyBillingClient
 from billnotify.collector import tuned_collector
@@ -344,6 +344,9 @@ class _CountingExecutor:
         self.inner = inner
         self.action_type = inner.action_type
         self._attempts = metrics.attempts
+        prepare = preparer(inner)
+        if prepare is not None:  # the worker prepares exactly-once attempts through us
+            self.prepare: Prepare = prepare
 
     def exactly_once(self, action: Action) -> bool:
         return self.inner.exactly_once(action)

@@ -131,6 +131,39 @@ def fixed_target(executor: ActionExecutor, action: Action) -> str | None:
     return known(action) if known is not None else None
 
 
+class Permit(Protocol):
+    """What an executor's ``prepare`` step holds for one attempt (a connection)."""
+
+    def release(self) -> None:
+        """Give back what the attempt did not use (idempotent; a no-op once it ran)."""
+        ...
+
+
+class Prepare(Protocol):
+    """An executor's optional ``prepare`` step (see :func:`preparer`)."""
+
+    async def __call__(
+        self, action: Action, event: CloudEvent, rule: Rule, *, delivery_id: str
+    ) -> Permit:
+        """Make the attempt of ``delivery_id`` ready to leave; never raises."""
+        ...
+
+
+def preparer(executor: ActionExecutor) -> Prepare | None:
+    """The executor's ``prepare`` step, if it offers one.
+
+    An executor whose requests queue for something scarce (emails: an SMTP connection)
+    may offer ``async prepare(action, event, rule, *, delivery_id) -> Permit``: it does
+    all an attempt needs before its request can leave, holds it for the ``execute`` of
+    that delivery that follows, and keeps a failure for that ``execute`` to return. The
+    worker awaits it for exactly-once deliveries before it records them ``sending``, so
+    a crash leaves ``uncertain`` only requests that were leaving, not ones still queued;
+    it calls :meth:`Permit.release` once the attempt is over or will not happen.
+    """
+    found: Prepare | None = getattr(executor, "prepare", None)
+    return found
+
+
 class MqttSender(Protocol):
     """Publishes one message to the broker (the MQTT publisher implements it).
 

@@ -30,6 +30,14 @@ receiver). A process killed then leaves them ``sending`` and
 recovery makes them due again, which is what at-least-once allows. Exactly-once
 deliveries are started only for a slot that is free, so recovery turns into
 ``uncertain`` only deliveries whose request was about to go out or had gone.
+
+A free slot is not enough when the request then queues for something scarcer (four SMTP
+connections behind sixteen slots). An executor may offer a ``prepare`` step
+(:func:`~billnotify.actions.base.preparer`; emails: the message built, a connection in
+hand): its exactly-once deliveries go to a slot unstarted, and the slot prepares, then
+commits ``sending`` for that one delivery (the store's group commit joins starts made
+at once), then executes. A kill leaves ``sending`` at most one such delivery per
+connection.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from billnotify.actions.base import ActionExecutor, AttemptResult
+from billnotify.actions.base import ActionExecutor, AttemptResult, Permit, preparer
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import Config, WebhookAction
 from billnotify.errors import StoreError
@@ -353,28 +361,39 @@ class DeliveryWorker:
         settled = 0
         if not self._due:
             settled += await self._due.read(max(room, self._read_size))
-        jobs: list[Job] = []
-        while self._due and len(jobs) < room:
-            if len(jobs) >= free and self._due.peek().delivery.exactly_once:
+        taken: list[Job] = []
+        jobs: list[Job] = []  # those started here; a slot prepares and starts the others
+        while self._due and len(taken) < room:
+            if len(taken) >= free and self._due.peek().delivery.exactly_once:
                 break  # exactly-once deliveries start only for a free slot
             job = self._due.pop()
             if job.delivery.id in self._inflight:
                 continue  # cannot happen (reads leave out what is held); never twice
             if await self._due.still_sendable(job):
-                jobs.append(job)
+                taken.append(job)
                 self._starting.add(job.delivery.id)
+                if not (job.delivery.exactly_once and preparer(job.executor) is not None):
+                    jobs.append(job)
             else:
                 settled += 1
-        if not jobs:
+        if not taken:
             return settled
-        try:
-            numbers = await self.store.start_attempts(
-                [job.delivery.id for job in jobs], self.clock()
-            )
-        finally:
-            self._starting.difference_update(job.delivery.id for job in jobs)
-            self._changed.set()
-        for job in jobs:
+        numbers: dict[str, int] = {}
+        if jobs:
+            try:
+                numbers = await self.store.start_attempts(
+                    [job.delivery.id for job in jobs], self.clock()
+                )
+            except BaseException:
+                self._starting.difference_update(job.delivery.id for job in taken)
+                raise
+            finally:
+                self._starting.difference_update(job.delivery.id for job in jobs)
+                self._changed.set()
+        for job in taken:
+            if job.delivery.id in self._starting:
+                self._slots.put(job)  # number 0: its slot prepares and starts it
+                continue
             number = numbers.get(job.delivery.id)
             if number is None:
                 logger.info("delivery %s changed before its attempt; skipped", job.delivery.id)
@@ -383,7 +402,7 @@ class DeliveryWorker:
             self._slots.put(job)
         if not self._stopping:
             self._due.read_in_background(self._read_size)
-        return len(jobs) + settled
+        return len(taken) + settled
 
     # -- attempts ------------------------------------------------------------------------
     def _take(self, job: Job) -> None:
@@ -395,14 +414,18 @@ class DeliveryWorker:
 
     async def _attempt(self, job: Job) -> None:
         delivery = job.delivery
-        result: AttemptReport
+        result: AttemptReport | None
         try:
             event = CloudEvent.from_json(job.event)
         except ValueError as exc:
             why = f"event {delivery.event_id} in the log cannot be read: {exc}"
             result = AttemptResult(Outcome.PERMANENT, error=" ".join(why.split())[:500])
+            if job.number == 0 and not await self._start(job):
+                return
         else:
             result = await self._execute(job, event)
+            if result is None:
+                return  # not started: it stays due
         # the slot frees, the delivery is not settled: it stays in flight (and out of
         # reach of the next read) until its outcome is committed
         try:
@@ -411,9 +434,18 @@ class DeliveryWorker:
             logger.exception("cannot record the outcome of delivery %s", delivery.id)
             self._forget(delivery.id)
 
-    async def _execute(self, job: Job, event: CloudEvent) -> AttemptReport:
+    async def _execute(self, job: Job, event: CloudEvent) -> AttemptReport | None:
+        """The attempt's result; None when a job handed over unstarted (number 0) was not
+        started after all (draining, changed meanwhile, or the store failed)."""
         delivery = job.delivery
+        permit: Permit | None = None
         try:
+            if job.number == 0:
+                prepare = preparer(job.executor)
+                if prepare is not None:
+                    permit = await prepare(job.action, event, job.rule, delivery_id=delivery.id)
+                if not await self._start(job):
+                    return None
             return await job.executor.execute(
                 job.action, event, job.rule, delivery_id=delivery.id, attempt=job.number
             )
@@ -424,6 +456,32 @@ class DeliveryWorker:
                 "executor %s raised for delivery %s", delivery.action_type, delivery.id
             )
             return _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
+        finally:
+            if permit is not None:
+                permit.release()
+
+    async def _start(self, job: Job) -> bool:
+        """Commit ``sending`` for one exactly-once job whose request is ready to leave
+        (prepared, its connection in hand); False (and forgotten) when it must not."""
+        delivery_id = job.delivery.id
+        number: int | None = None
+        try:
+            if not self._stopping:
+                numbers = await self.store.start_attempts([delivery_id], self.clock())
+                number = numbers.get(delivery_id)
+                if number is None:
+                    logger.info("delivery %s changed before its attempt; skipped", delivery_id)
+        except StoreError as exc:
+            logger.error("delivery %s: cannot record its start: %s", delivery_id, exc)
+        finally:
+            self._starting.discard(delivery_id)
+            self._changed.set()
+        if number is None:
+            # still due (or settled by someone else): a later read finds it again
+            self._forget(delivery_id, due_again=False)
+            return False
+        job.number = number
+        return True
 
     # -- outcomes ----------------------------------------------------------------------
     def _conclude(self, job: Job, result: AttemptReport) -> None:
