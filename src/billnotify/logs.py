@@ -17,9 +17,7 @@ _NOISY = ("amqtt", "transitions", "passlib", "asyncio", "aiohttp.access", "mail.
 _FIELDS = ("event_id", "delivery_id", "rule", "source", "event_type", "endpoint", "resource")
 """What a JSON log line carries as fields of its own, wherever it applies."""
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
-    "billnotify_log_context", default={}
-)
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("billnotify_log_context")
 
 
 @contextlib.contextmanager
@@ -32,7 +30,7 @@ def log_context(**fields: str | None) -> Iterator[None]:
     unknown = set(fields) - set(_FIELDS)
     if unknown:
         raise TypeError(f"unknown log fields: {sorted(unknown)}")
-    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    merged = {**_context.get({}), **{k: v for k, v in fields.items() if v is not None}}
     token = _context.set(merged)
     try:
         yield
@@ -84,7 +82,7 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        context = _context.get()
+        context = _context.get({})
         for key in _FIELDS:
             value = getattr(record, key, None)
             if value is None:
