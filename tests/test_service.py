@@ -676,3 +676,12 @@ async def test_secrets_never_reach_the_logs(
     found = [form for secret in leaks for form in written_forms(secret) if form in text]
     assert not found, f"secrets in the log: {found}"
     assert "unknown API key **********" in text  # the echoed key did reach a message
+    if log_format == "json":
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        dead = next(line for line in lines if "retryable -> dead" in line["message"])
+        assert dead["rule"] == "alert"
+        assert dead["delivery_id"].startswith("dlv_") and dead["event_id"].startswith("evt_")
+        polled = next(
+            line for line in lines if "poll rogue/billing_tasks failed" in line["message"]
+        )
+        assert polled["source"] == "rogue"

@@ -14,6 +14,7 @@ since the outcome is known and only its record is missing; once the worker flush
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 
@@ -48,7 +49,11 @@ class OutcomeWriter:
         """Queue ``end`` for the next commit; ``then`` is called once it is over."""
         self._queue.append((end, then))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._commit_all(), name="delivery-outcomes")
+            # a context of its own: it outlives the attempt that happened to start it, and
+            # must not log under that attempt's delivery id
+            self._flusher = asyncio.create_task(
+                self._commit_all(), name="delivery-outcomes", context=contextvars.Context()
+            )
 
     async def write(self, end: AttemptEnd) -> None:
         """Commit ``end``; raises the store's error if its transaction failed.

@@ -54,6 +54,7 @@ from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import Config, WebhookAction
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
+from billnotify.logs import log_context
 from billnotify.notices import Notices
 from billnotify.rules.due import DueQueue, Job
 from billnotify.rules.outcomes import OutcomeWriter
@@ -414,6 +415,11 @@ class DeliveryWorker:
 
     async def _attempt(self, job: Job) -> None:
         delivery = job.delivery
+        with log_context(delivery_id=delivery.id, rule=delivery.rule, event_id=delivery.event_id):
+            await self._attempt_logged(job)
+
+    async def _attempt_logged(self, job: Job) -> None:
+        delivery = job.delivery
         result: AttemptReport | None
         try:
             event = CloudEvent.from_json(job.event)
@@ -541,6 +547,11 @@ class DeliveryWorker:
                 outcome.value,
                 decision.status.value,
                 f": {decision.error}" if decision.error else "",
+                extra={
+                    "delivery_id": delivery.id,
+                    "rule": delivery.rule,
+                    "event_id": delivery.event_id,
+                },
             )
         gone = decision.disable_endpoint or (
             outcome is Outcome.PERMANENT and result.status_code == 410

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from billnotify.detect import Detection, Policy, detect
 from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent, build_event
+from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
 from billnotify.store.base import Snapshot, SnapshotWrite, Store, StoredEvent
 from billnotify.values import record_id
@@ -225,6 +226,10 @@ class Poller:
 
     async def run_once(self) -> PollStats | None:
         """One poll with its error handling; failures are logged, never raised."""
+        with log_context(source=self.sync.source):
+            return await self._poll()
+
+    async def _poll(self) -> PollStats | None:
         started = time.monotonic()
         stats: PollStats | None = None
         error: BaseException | None = None
