@@ -39,8 +39,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from billnotify.actions.base import ActionExecutor
 from billnotify.config.models import Action, Rule
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 
 Rate = Callable[[], Awaitable[float]]
 """One measured pass: returns its rate (sends/s)."""

@@ -44,10 +44,11 @@ from billnotify.actions.base import ActionExecutor
 from billnotify.actions.email import EmailExecutor
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config, EmailAction
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.rules.worker import DeliveryWorker
-from billnotify.store import DeliveryStatus, ProcessStore
+from billnotify.store import ProcessStore
 from billnotify.templating import TemplateRenderer
 
 WEBHOOKS = 3000

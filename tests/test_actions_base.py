@@ -21,6 +21,7 @@ from billnotify.actions.base import (
 )
 from billnotify.clients import ConnectError
 from billnotify.config.models import Config
+from billnotify.deliveries.base import Outcome
 from billnotify.errors import (
     ApiError,
     AuthError,
@@ -35,7 +36,6 @@ from billnotify.errors import (
     TemplateError,
     TransportError,
 )
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 
 S, R, P, U = Outcome.SUCCESS, Outcome.RETRYABLE, Outcome.PERMANENT, Outcome.UNCERTAIN

@@ -10,9 +10,9 @@ import pytest
 from billnotify.actions.invoice_action import InvoiceActionExecutor
 from billnotify.clients import BillingPlatformClient
 from billnotify.config.models import InvoiceActionAction, Rule
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
 from billnotify.simulator import Simulator
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import free_port
 

@@ -13,9 +13,9 @@ import pytest
 
 from billnotify.actions.mqtt import MqttExecutor
 from billnotify.config.models import MqttAction, MqttConfig, Rule
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
 from billnotify.publish.mqtt import MqttPublisher
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import running
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from billnotify.deliveries.base import DeliveryStatus
 from billnotify.events import CloudEvent, build_event
-from billnotify.store import DeliveryStatus, SqliteStore
+from billnotify.store import SqliteStore
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

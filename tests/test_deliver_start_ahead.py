@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from billnotify.actions.base import AttemptResult, Rendered
+from billnotify.actions.base import Rendered
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Action, Config, Rule
+from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.rules.worker import DeliveryWorker
-from billnotify.store import DeliveryStatus, Outcome, SqliteStore
+from billnotify.store import SqliteStore
 from billnotify.templating import TemplateRenderer
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

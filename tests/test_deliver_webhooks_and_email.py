@@ -19,10 +19,11 @@ from billnotify.actions.email import EmailExecutor
 from billnotify.actions.webhook import WebhookExecutor
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.rules.worker import DeliveryWorker
-from billnotify.store import Delivery, DeliveryStatus, SqliteStore
+from billnotify.store import Delivery, SqliteStore
 from billnotify.templating import TemplateRenderer
 from servers import Clock, SmtpSink, serving
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from billnotify.detect import Policy, detect
+from billnotify.sources.detect import Policy, detect
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

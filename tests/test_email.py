@@ -13,8 +13,8 @@ import pytest
 from billnotify.actions.email import EmailExecutor, document_ids
 from billnotify.actions.smtp import SmtpPool
 from billnotify.config.models import EmailAction, Rule, SmtpConfig
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import SmtpSink, free_port
 

@@ -11,9 +11,9 @@ import pytest
 from billnotify.actions.email import EmailExecutor
 from billnotify.clients import BillingPlatformClient, PropertyBillingClient
 from billnotify.config.models import EmailAction, Rule, SmtpConfig
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
 from billnotify.simulator import Simulator
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import SmtpSink
 

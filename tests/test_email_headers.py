@@ -8,8 +8,8 @@ from typing import Any
 
 from billnotify.actions.email import EmailExecutor
 from billnotify.config.models import EmailAction, Rule, SmtpConfig
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import SmtpSink
 

@@ -14,7 +14,7 @@ import pytest
 
 from billnotify.actions.email import EmailExecutor
 from billnotify.actions.smtp import SmtpPool, check_smtp
-from billnotify.store.base import Outcome
+from billnotify.deliveries.base import Outcome
 from servers import SmtpSink, free_port, toml_config
 from test_email import email_action, send, smtp_config, write_templates
 

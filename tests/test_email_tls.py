@@ -13,7 +13,7 @@ import trustme
 
 from billnotify.actions.email import EmailExecutor
 from billnotify.config.models import SmtpConfig
-from billnotify.store.base import Outcome
+from billnotify.deliveries.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import SmtpSink
 from test_email import send, smtp_config, write_templates

@@ -18,6 +18,8 @@ import pytest
 
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config
+from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.errors import ConfigError
 from billnotify.events import CloudEvent, build_event
 from billnotify.logs import Redactor, _JsonFormatter
@@ -33,8 +35,7 @@ from billnotify.notices import (
     is_notice,
 )
 from billnotify.publish.topics import event_topic
-from billnotify.rules.worker import DeliveryWorker
-from billnotify.store import DeliveryStatus, Outcome, SqliteStore
+from billnotify.store import SqliteStore
 from billnotify.store.base import NewDelivery
 from servers import Clock
 

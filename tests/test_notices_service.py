@@ -26,9 +26,9 @@ import pytest
 
 from billnotify.app import Service
 from billnotify.config import parse_config
+from billnotify.deliveries.base import DeliveryStatus
 from billnotify.notices import is_notice
 from billnotify.simulator import Simulator
-from billnotify.store import DeliveryStatus
 from conftest import Mosquitto, Subscriber
 from servers import PYTHON, WebhookReceiver, sim_source, toml_config
 

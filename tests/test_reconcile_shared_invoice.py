@@ -20,12 +20,13 @@ import pytest
 from billnotify.actions.invoice_action import InvoiceActionExecutor
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.loader import parse_config
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.reconcile import NOTE_AMBIGUOUS, NOTE_NOT_DELIVERED
+from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.rules.reconcile import NOTE_AMBIGUOUS, NOTE_NOT_DELIVERED
-from billnotify.rules.worker import DeliveryWorker
 from billnotify.simulator import Simulator
-from billnotify.store import Delivery, DeliveryStatus, SqliteStore
+from billnotify.store import Delivery, SqliteStore
 from billnotify.templating import TemplateRenderer
 from servers import Clock, sim_source
 

@@ -8,12 +8,8 @@ from typing import Any
 
 import pytest
 
-from billnotify.actions.base import AttemptResult, Rendered
-from billnotify.config.loader import parse_config
-from billnotify.config.models import Action, Config, Rule
-from billnotify.errors import TemplateError
-from billnotify.events import CloudEvent, build_event
-from billnotify.rules.commands import (
+from billnotify.actions.base import Rendered
+from billnotify.cli.commands import (
     RENDER_FAILED,
     RENDER_NOT_FIRING,
     RENDER_OK,
@@ -28,8 +24,13 @@ from billnotify.rules.commands import (
     status_lines,
     statuses_for,
 )
+from billnotify.config.loader import parse_config
+from billnotify.config.models import Action, Config, Rule
+from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.errors import TemplateError
+from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.store import DeliveryStatus, Outcome, SqliteStore
+from billnotify.store import SqliteStore
 from billnotify.templating import TemplateRenderer
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from billnotify.actions.base import AttemptResult, Rendered
+from billnotify.actions.base import Rendered
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Action, Config, Rule
+from billnotify.deliveries.base import AttemptResult, DeliveryStatus
 from billnotify.errors import TemplateError
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.store import DeliveryStatus, SqliteStore, delivery_id
+from billnotify.store import SqliteStore, delivery_id
 from billnotify.templating import TemplateRenderer
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

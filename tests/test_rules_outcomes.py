@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.outcomes import OutcomeWriter
 from billnotify.errors import StoreError
-from billnotify.rules.outcomes import OutcomeWriter
-from billnotify.store import DeliveryStatus, NewDelivery, Outcome, SqliteStore
+from billnotify.store import NewDelivery, SqliteStore
 from billnotify.store.base import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from billnotify.actions.base import AttemptResult
-from billnotify.rules.policy import DEFAULT_SCHEDULE, MAX_RETRY_AFTER, decide, retry_at
-from billnotify.store.base import DeliveryStatus, Outcome
+from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.deliveries.policy import DEFAULT_SCHEDULE, MAX_RETRY_AFTER, decide, retry_at
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 SCHEDULE = [timedelta(0), timedelta(seconds=5), timedelta(minutes=5)]

@@ -7,14 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.events import build_event
-from billnotify.store import (
-    DeliveryStatus,
-    NewDelivery,
-    Outcome,
-    SnapshotWrite,
-    SqliteStore,
-)
+from billnotify.store import NewDelivery, SnapshotWrite, SqliteStore
 from billnotify.store.base import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

@@ -6,7 +6,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from billnotify.store import DeliveryStatus, NewDelivery, Outcome, SqliteStore
+from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.store import NewDelivery, SqliteStore
 from billnotify.store.base import AttemptEnd
 from billnotify.store.sqlite_ledger import _ACTIVE, _DUE
 

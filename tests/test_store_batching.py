@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent, build_event
-from billnotify.store import DeliveryStatus, NewDelivery, Outcome, SqliteStore
+from billnotify.store import NewDelivery, SqliteStore
 from billnotify.store.base import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

@@ -16,16 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.events import build_event
-from billnotify.store import (
-    DeliveryStatus,
-    NewDelivery,
-    Outcome,
-    ProcessStore,
-    SnapshotWrite,
-    SqliteStore,
-)
+from billnotify.store import NewDelivery, ProcessStore, SnapshotWrite, SqliteStore
 from billnotify.store.base import AttemptEnd
 from billnotify.store.process import REMOTE
 

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from billnotify.actions.base import AttemptResult
 from billnotify.actions.webhook import USER_AGENT, WebhookExecutor
 from billnotify.config.models import Rule, WebhookAction, WebhookEndpoint
+from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import WebhookReceiver, free_port
 

@@ -13,8 +13,8 @@ import pytest
 
 from billnotify.actions.webhook import WebhookExecutor
 from billnotify.config.models import Rule, WebhookAction, WebhookEndpoint
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent, build_event
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import WebhookReceiver
 

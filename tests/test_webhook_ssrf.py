@@ -11,8 +11,8 @@ from billnotify.actions.base import UnsafeDestinationError
 from billnotify.actions.ssrf import BlockedAddressError, GuardedResolver, check_url, is_public
 from billnotify.actions.webhook import WebhookExecutor
 from billnotify.config.models import Rule, WebhookAction, WebhookEndpoint
+from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer
 from servers import WebhookReceiver
 

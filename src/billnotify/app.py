@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billnotify.actions import build_executors
-from billnotify.actions.base import ActionExecutor, AttemptResult, Prepare, Rendered, preparer
+from billnotify.actions.base import ActionExecutor, Prepare, Rendered, preparer
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.clients.property_billing import PropertyBillingClient
 from billnotify.collector import tuned_collector
@@ -30,6 +30,8 @@ from billnotify.config.models import (
     PropertyBillingSource,
     Rule,
 )
+from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent
 from billnotify.health import HealthServer
@@ -40,11 +42,9 @@ from billnotify.notices import Notices
 from billnotify.publish.broker import EmbeddedBroker
 from billnotify.publish.mqtt import MqttPublisher
 from billnotify.rules.engine import RuleHandler
-from billnotify.rules.worker import DeliveryWorker
 from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
 from billnotify.sources.base import PollStats, ResourceSync
-from billnotify.store import DeliveryStatus, ProcessStore, SqliteStore
-from billnotify.store.base import Outcome
+from billnotify.store import ProcessStore, SqliteStore
 from billnotify.store.lock import StateLock
 from billnotify.templating import TemplateRenderer
 

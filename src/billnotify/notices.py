@@ -33,9 +33,10 @@ from typing import Any
 
 from billnotify.config.models import Config, WebhookAction
 from billnotify.config.types import NOTICE_TYPES
+from billnotify.deliveries.base import DeliveryStatus
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent, event_id, format_time
-from billnotify.store.base import Delivery, DeliveryStatus, Store, StoredEvent
+from billnotify.store.base import Delivery, Store, StoredEvent
 
 logger = logging.getLogger(__name__)
 

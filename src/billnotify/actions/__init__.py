@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from billnotify.actions.base import (
     ActionExecutor,
-    AttemptResult,
     DocumentClient,
     InvoiceClient,
     MqttSender,
@@ -127,7 +126,6 @@ def _strings(value: object) -> list[str]:
 
 __all__ = [
     "ActionExecutor",
-    "AttemptResult",
     "DocumentClient",
     "EmailExecutor",
     "InvoiceActionExecutor",

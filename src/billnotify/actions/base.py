@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 from billnotify.clients.http import ConnectError
 from billnotify.config.models import Action, Rule
+from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.errors import (
     ERROR_CODES,
     ApiError,
@@ -45,32 +46,10 @@ from billnotify.errors import (
     TransportError,
 )
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 
 logger = logging.getLogger(__name__)
 
 Protocol_ = Literal["http", "smtp"]
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """How one attempt of a delivery ended.
-
-    Attributes:
-        outcome: success, retryable, permanent or uncertain.
-        status_code: the HTTP status or SMTP reply code, when there was one.
-        error: a short, secret-free description of the failure.
-        retry_after: seconds the receiver asked us to wait (``Retry-After``).
-        disable_endpoint: the webhook endpoint answered ``410 Gone``.
-        response: a small summary of what the receiver answered.
-    """
-
-    outcome: Outcome
-    status_code: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-    disable_endpoint: bool = False
-    response: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from email.utils import formatdate, getaddresses
 from typing import Any
 
 from billnotify.actions.base import (
-    AttemptResult,
     DocumentClient,
     InvalidMessageError,
     InvoiceClient,
@@ -46,8 +45,8 @@ from billnotify.actions.base import (
 )
 from billnotify.actions.smtp import Lease, SmtpPool
 from billnotify.config.models import Action, EmailAction, Rule, SmtpConfig
+from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer, build_context
 from billnotify.values import record_id
 

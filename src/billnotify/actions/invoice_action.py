@@ -21,19 +21,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from billnotify.actions.base import (
-    AttemptResult,
-    InvoiceClient,
-    NotApplicableError,
-    Rendered,
-    failure,
-)
+from billnotify.actions.base import InvoiceClient, NotApplicableError, Rendered, failure
 from billnotify.config.invoice_params import check_params, is_templated
 from billnotify.config.models import Action, InvoiceActionAction, Rule
 from billnotify.config.types import CUSTOMER_FACING_INVOICE_ACTIONS
+from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.errors import InvalidParameterError
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer, build_context
 from billnotify.values import record_id
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 from billnotify.actions.base import (
-    AttemptResult,
     InvalidMessageError,
     MqttSender,
     NotApplicableError,
@@ -18,8 +17,8 @@ from billnotify.actions.base import (
     failure,
 )
 from billnotify.config.models import Action, MqttAction, Rule
+from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer, build_context
 
 logger = logging.getLogger(__name__)

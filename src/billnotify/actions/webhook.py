@@ -29,7 +29,6 @@ from yarl import URL
 
 from billnotify import __version__
 from billnotify.actions.base import (
-    AttemptResult,
     InvalidMessageError,
     NotApplicableError,
     Rendered,
@@ -42,8 +41,8 @@ from billnotify.actions.signing import Signer, signing_key
 from billnotify.actions.ssrf import GuardedResolver, blocked_cause, check_url
 from billnotify.clients.codec import parse_retry_after
 from billnotify.config.models import Action, Rule, WebhookAction, WebhookEndpoint
+from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.events import CloudEvent
-from billnotify.store.base import Outcome
 from billnotify.templating import TemplateRenderer, body_template_name, build_context
 
 logger = logging.getLogger(__name__)

@@ -1,24 +1,9 @@
-"""Rules and the delivery ledger: event log -> deliveries -> attempts (SPEC §4, §4.1).
+"""Rules: which actions an event calls for, recorded as deliveries (SPEC §4).
 
 - :mod:`~billnotify.rules.matching`: which actions an event triggers (pure);
-- :mod:`~billnotify.rules.engine`: :class:`RuleHandler` records deliveries from the log;
-- :mod:`~billnotify.rules.policy`: attempt result -> next status (pure);
-- :mod:`~billnotify.rules.worker`: :class:`DeliveryWorker` attempts due deliveries;
-- :mod:`~billnotify.rules.reconcile`: settles uncertain invoice emails from the platform;
-- :mod:`~billnotify.rules.commands`: what the ``deliveries``/``render``/``replay`` commands do.
+- :mod:`~billnotify.rules.engine`: :class:`~billnotify.rules.engine.RuleHandler` reads
+  the event log and records the deliveries the rules call for.
+
+Attempting them is the business of :mod:`billnotify.deliveries`. Nothing is imported
+here, so that other stages can import :mod:`~billnotify.rules.matching` alone.
 """
-
-from billnotify.rules.engine import RuleHandler
-from billnotify.rules.matching import Match, match_event
-from billnotify.rules.policy import DEFAULT_SCHEDULE, Decision, decide
-from billnotify.rules.worker import DeliveryWorker
-
-__all__ = [
-    "DEFAULT_SCHEDULE",
-    "Decision",
-    "DeliveryWorker",
-    "Match",
-    "RuleHandler",
-    "decide",
-    "match_event",
-]

@@ -4,7 +4,7 @@ It reads the log in order from its position (``rules``), batch by batch. For eac
 it computes the deliveries the rules call for and records them **and** its new position
 in one store transaction, so a crash either loses the whole batch (it is read again) or
 keeps all of it; delivery ids are deterministic, so a batch recorded twice inserts
-nothing new. It never sends anything: the :class:`~billnotify.rules.worker.DeliveryWorker`
+nothing new. It never sends anything: the :class:`~billnotify.deliveries.worker.DeliveryWorker`
 does, from the ledger.
 
 Dry-run deliveries (global, rule or action ``dry_run``) are rendered here and recorded
@@ -23,17 +23,18 @@ from typing import Any, Protocol
 
 from billnotify.actions.base import ActionExecutor, fixed_target
 from billnotify.config.models import Action, Config, Rule
-from billnotify.errors import StoreError
-from billnotify.events import CloudEvent
-from billnotify.notices import Notices
-from billnotify.rules.ledger import (
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.ledger import (
     RULES_CONSUMER,
     LedgerStore,
     rendered_json,
     settle_without_sending,
 )
+from billnotify.errors import StoreError
+from billnotify.events import CloudEvent
+from billnotify.notices import Notices
 from billnotify.rules.matching import Match, admits, effective_dry_run, match_event
-from billnotify.store.base import DeliveryStatus, NewDelivery, StoredEvent
+from billnotify.store.base import NewDelivery, StoredEvent
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from billnotify.detect import Detection, Policy, detect
 from billnotify.errors import BillnotifyError
 from billnotify.events import CloudEvent, build_event
 from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
+from billnotify.sources.detect import Detection, Policy, detect
 from billnotify.store.base import Snapshot, SnapshotWrite, Store, StoredEvent
 from billnotify.values import record_id
 

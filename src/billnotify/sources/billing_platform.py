@@ -24,8 +24,8 @@ from typing import Any
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import BillingPlatformSource
 from billnotify.config.types import RESOURCES
-from billnotify.detect import Policy
 from billnotify.sources.base import Clock, PollStats, diff_page, sweep_due, utcnow
+from billnotify.sources.detect import Policy
 from billnotify.store.base import Store
 from billnotify.values import record_id
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from billnotify.clients.property_billing import PropertyBillingClient
 from billnotify.config.models import PropertyBillingSource
-from billnotify.detect import Policy
 from billnotify.errors import SourceError
 from billnotify.events import CloudEvent
 from billnotify.sources.base import Clock, PollStats, diff_page, utcnow
+from billnotify.sources.detect import Policy
 from billnotify.store.base import Store
 from billnotify.values import record_id
 

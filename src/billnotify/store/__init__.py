@@ -3,9 +3,7 @@
 from billnotify.store.base import (
     Attempt,
     Delivery,
-    DeliveryStatus,
     NewDelivery,
-    Outcome,
     Snapshot,
     SnapshotWrite,
     Store,
@@ -18,9 +16,7 @@ from billnotify.store.sqlite import SqliteStore
 __all__ = [
     "Attempt",
     "Delivery",
-    "DeliveryStatus",
     "NewDelivery",
-    "Outcome",
     "ProcessStore",
     "Snapshot",
     "SnapshotWrite",

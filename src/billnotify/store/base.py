@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.events import CloudEvent, digest
 
 
@@ -59,27 +59,6 @@ class LogEntry(NamedTuple):
     source: str
     """The source's name (``acme``)."""
     json: str
-
-
-class DeliveryStatus(StrEnum):
-    """Where a delivery stands. ``sending`` is written before the request goes out."""
-
-    PENDING = "pending"
-    SENDING = "sending"
-    SUCCEEDED = "succeeded"
-    RETRY_SCHEDULED = "retry_scheduled"
-    DEAD = "dead"
-    UNCERTAIN = "uncertain"
-    DRY_RUN = "dry_run"
-
-
-class Outcome(StrEnum):
-    """How one attempt ended, classified in one place (``actions/base.py::classify``)."""
-
-    SUCCESS = "success"
-    RETRYABLE = "retryable"
-    PERMANENT = "permanent"
-    UNCERTAIN = "uncertain"
 
 
 def delivery_id(rule: str, action_index: int, event_id: str) -> str:

@@ -8,17 +8,9 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
-from billnotify.store.base import (
-    Attempt,
-    AttemptEnd,
-    Delivery,
-    DeliveryStatus,
-    DueBatch,
-    DueDelivery,
-    NewDelivery,
-    Outcome,
-)
+from billnotify.store.base import Attempt, AttemptEnd, Delivery, DueBatch, DueDelivery, NewDelivery
 from billnotify.store.sqlite_base import (
     _ROWS,
     SqliteBase,

@@ -44,9 +44,10 @@ from datetime import datetime, timedelta
 
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import Config, EmailAction, InvoiceActionAction
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import BillnotifyError, NotFoundError
 from billnotify.events import CloudEvent
-from billnotify.store.base import Delivery, DeliveryStatus, Outcome, Store, delivery_id
+from billnotify.store.base import Delivery, Store, delivery_id
 
 logger = logging.getLogger(__name__)
 

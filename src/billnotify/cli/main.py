@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status_arg(text: str) -> str:
-    from billnotify.rules.commands import statuses_for
+    from billnotify.cli.commands import statuses_for
 
     try:
         statuses_for(text)
@@ -225,7 +225,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             live=not args.no_live,
         )
     if args.command == "check":
-        from billnotify.checks import run_check_file
+        from billnotify.cli.checks import run_check_file
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return await run_check_file(args.config, connect=args.connect)
@@ -243,7 +243,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "deliveries":
             return await _deliveries(store, args)
         if args.command == "status":
-            from billnotify.rules.commands import status_lines
+            from billnotify.cli.commands import status_lines
 
             print("\n".join(await status_lines(store, str(config.state_path))))
             return EXIT_OK
@@ -251,9 +251,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _render(config: Config, rule_name: str, event_file: Path) -> int:
-    from billnotify.checks import build_offline_executors
+    from billnotify.cli.checks import build_offline_executors
+    from billnotify.cli.commands import render_report
     from billnotify.events import CloudEvent
-    from billnotify.rules.commands import render_report
 
     try:
         event = CloudEvent.from_json(event_file.read_bytes())
@@ -315,7 +315,7 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
         count = await MqttPublisher(config.mqtt, store).republish(events)
         print(f"re-published {count} event(s) to MQTT")
     else:
-        from billnotify.rules.commands import replay_to_rules
+        from billnotify.cli.commands import replay_to_rules
 
         result = await replay_to_rules(config, store, events, force=args.force)
         print(
@@ -326,7 +326,7 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
 
 
 async def _deliveries(store: Any, args: argparse.Namespace) -> int:
-    from billnotify.rules import commands
+    from billnotify.cli import commands
 
     now = datetime.now(UTC)
     action = args.deliveries_command

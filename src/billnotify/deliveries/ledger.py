@@ -8,7 +8,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from billnotify.store.base import DeliveryStatus, Store
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.store.base import Store
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from billnotify.config.models import Action, Config, EmailAction, WebhookAction
 from billnotify.config.types import DEFAULT_RETRY_SCHEDULE
-from billnotify.store.base import DeliveryStatus, Outcome
+from billnotify.deliveries.base import DeliveryStatus, Outcome
 
 logger = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ from datetime import datetime, timedelta
 
 from billnotify.actions.base import ActionExecutor
 from billnotify.config.models import Action, Config, Rule, WebhookAction
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.ledger import settle_without_sending
+from billnotify.deliveries.policy import schedule_for
 from billnotify.errors import StoreError
 from billnotify.notices import Notices
-from billnotify.rules.ledger import settle_without_sending
 from billnotify.rules.matching import effective_dry_run
-from billnotify.rules.policy import schedule_for
-from billnotify.store.base import DeliveryStatus, DueDelivery, Store
+from billnotify.store.base import DueDelivery, Store
 
 logger = logging.getLogger(__name__)
 

@@ -30,11 +30,12 @@ from datetime import UTC, datetime
 from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor, Rendered
 from billnotify.config.models import Config, Rule
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.ledger import LedgerStore
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler, rule_named
-from billnotify.rules.ledger import LedgerStore
 from billnotify.rules.matching import evaluate_when, selects
-from billnotify.store.base import Delivery, DeliveryStatus, Store, StoredEvent
+from billnotify.store.base import Delivery, Store, StoredEvent
 from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable
 
-from billnotify.rules.due import Job
+from billnotify.deliveries.due import Job
 
 logger = logging.getLogger(__name__)
 

@@ -8,18 +8,18 @@ Each attempt follows one path::
 ``sending`` is committed **before** the request goes out, so a process killed mid-send
 leaves evidence: at the next start :meth:`DeliveryWorker.recover` turns exactly-once
 rows into ``uncertain`` (never sent twice) and others into due-now (retried). How an
-attempt's result becomes the next status is :func:`billnotify.rules.policy.decide`.
+attempt's result becomes the next status is :func:`billnotify.deliveries.policy.decide`.
 
 How the work flows:
 
-- a :class:`~billnotify.rules.due.DueQueue` reads due deliveries ahead, in the
+- a :class:`~billnotify.deliveries.due.DueQueue` reads due deliveries ahead, in the
   background, and settles those that must not be sent;
 - the worker starts them in groups: one transaction commits ``sending`` for a group
   before any of its requests goes out; once committed every one of them is attempted,
   even if a drain began meanwhile;
 - a fixed pool of ``delivery_concurrency`` slots takes started deliveries one after the
   other and runs their attempts;
-- outcomes are committed in groups (:class:`~billnotify.rules.outcomes.OutcomeWriter`);
+- outcomes are committed in groups (:class:`~billnotify.deliveries.outcomes.OutcomeWriter`);
   a delivery counts as settled, and leaves the in-flight set, only once its outcome is
   committed, and :meth:`DeliveryWorker.drain` waits for that.
 
@@ -49,19 +49,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from billnotify.actions.base import ActionExecutor, AttemptResult, Permit, preparer
+from billnotify.actions.base import ActionExecutor, Permit, preparer
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import Config, WebhookAction
+from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.deliveries.due import DueQueue, Job
+from billnotify.deliveries.outcomes import OutcomeWriter
+from billnotify.deliveries.policy import AttemptReport, Decision, decide
+from billnotify.deliveries.reconcile import InvoiceEmailReconciler
+from billnotify.deliveries.slots import Slots
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.logs import log_context
 from billnotify.notices import Notices
-from billnotify.rules.due import DueQueue, Job
-from billnotify.rules.outcomes import OutcomeWriter
-from billnotify.rules.policy import AttemptReport, Decision, decide
-from billnotify.rules.reconcile import InvoiceEmailReconciler
-from billnotify.rules.slots import Slots
-from billnotify.store.base import AttemptEnd, DeliveryStatus, Outcome, Store
+from billnotify.store.base import AttemptEnd, Store
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class DeliveryWorker:
         poll_interval: the longest idle wait (picks up work recorded by other processes,
             e.g. ``billnotify deliveries retry``).
         reconcile_interval: seconds between reconciliation passes.
-        settle_after: see :class:`~billnotify.rules.reconcile.InvoiceEmailReconciler`.
+        settle_after: see :class:`~billnotify.deliveries.reconcile.InvoiceEmailReconciler`.
         notices: reports deliveries that end ``dead`` or ``uncertain`` and endpoints
             disabled as events of the service's own (none: they are only logged).
 
