@@ -171,11 +171,8 @@ class DueBatch:
     disabled: dict[str, str]
 
 
-class Store(Protocol):
-    """Durable state. Every method is a coroutine; every write commits before returning."""
-
-    appended: asyncio.Condition
-    """Notified after events are appended (publisher and rule handlers wait on it)."""
+class Lifecycle(Protocol):
+    """Opening, closing and probing a store."""
 
     async def open(self) -> None:
         """Create or migrate the schema."""
@@ -186,7 +183,13 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Prove the store is writable; raise ``StoreError`` if not."""
 
-    # -- detection -------------------------------------------------------------------
+
+class Snapshots(Protocol):
+    """What detection needs: the last-seen record of each object and each poll cursor.
+
+    :meth:`commit` is the one write of a poll: snapshots, events and cursor together.
+    """
+
     async def get_snapshots(
         self, source: str, entity: str, ids: Sequence[str]
     ) -> dict[str, Snapshot]:
@@ -231,7 +234,13 @@ class Store(Protocol):
         duplicate); the appended ones are returned with their ``seq``.
         """
 
-    # -- the event log ---------------------------------------------------------------
+
+class EventLog(Protocol):
+    """The append-only event log and each consumer's position in it."""
+
+    appended: asyncio.Condition
+    """Notified after events are appended (publisher and rule handlers wait on it)."""
+
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events with ``seq > after_seq``, in order."""
 
@@ -260,7 +269,11 @@ class Store(Protocol):
     async def set_position(self, consumer: str, seq: int) -> None:
         """Advance a consumer's position."""
 
-    # -- the delivery ledger ---------------------------------------------------------
+
+class Ledger(Protocol):
+    """The delivery ledger as the rule handler and the worker drive it: record, read
+    what is due, open and close attempts."""
+
     async def record_deliveries(
         self,
         deliveries: Sequence[NewDelivery],
@@ -333,6 +346,10 @@ class Store(Protocol):
         """At start-up: ``sending`` rows become ``uncertain`` (exactly-once) or due
         again (at-least-once). Returns (uncertain, rescheduled)."""
 
+
+class Deliveries(Protocol):
+    """The ledger as operators, metrics and reconciliation read and settle it."""
+
     async def list_deliveries(
         self, statuses: Sequence[DeliveryStatus] | None = None, limit: int = 1000
     ) -> list[Delivery]:
@@ -361,6 +378,19 @@ class Store(Protocol):
     async def oldest_pending_at(self) -> datetime | None:
         """Creation time of the oldest pending / scheduled / sending delivery."""
 
+    async def get_deliveries(self, ids: Sequence[str]) -> list[Delivery]:
+        """Deliveries by id, without their attempt history (unknown ids are absent)."""
+
+    async def settled_since(
+        self, statuses: Sequence[DeliveryStatus], since: datetime, limit: int = 10_000
+    ) -> list[Delivery]:
+        """Deliveries in ``statuses`` whose row changed at or after ``since``, oldest first
+        (the start-up sweep of notices a crash may have lost)."""
+
+
+class Endpoints(Protocol):
+    """Webhook endpoints disabled by a ``410 Gone``."""
+
     async def disable_endpoint(self, name: str, reason: str, now: datetime) -> None:
         """Mark a webhook endpoint disabled (it answered 410 Gone)."""
 
@@ -370,11 +400,12 @@ class Store(Protocol):
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable an endpoint."""
 
-    async def get_deliveries(self, ids: Sequence[str]) -> list[Delivery]:
-        """Deliveries by id, without their attempt history (unknown ids are absent)."""
 
-    async def settled_since(
-        self, statuses: Sequence[DeliveryStatus], since: datetime, limit: int = 10_000
-    ) -> list[Delivery]:
-        """Deliveries in ``statuses`` whose row changed at or after ``since``, oldest first
-        (the start-up sweep of notices a crash may have lost)."""
+class Store(Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, Protocol):
+    """The whole durable state, as the composition root opens it.
+
+    Every method is a coroutine; every write commits before returning. Each stage
+    depends only on the narrow protocol it uses (:class:`Snapshots` for sources,
+    :class:`EventLog` for the publisher, :class:`Ledger` for the rule handler and the
+    worker, :class:`Deliveries` and :class:`Endpoints` for operators).
+    """
