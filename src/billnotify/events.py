@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from billnotify.config.types import RESOURCES
 
@@ -48,9 +47,6 @@ class CloudEvent(BaseModel):
     time: str
     datacontenttype: str = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
-    _logged: str | None = PrivateAttr(default=None)
-    """The JSON this event was parsed from (:meth:`from_json`), which :meth:`to_json`
-    gives back instead of serialising the event again."""
 
     @property
     def source_name(self) -> str:
@@ -73,36 +69,13 @@ class CloudEvent(BaseModel):
         return self.subject.partition("/")[2]
 
     def to_json(self) -> str:
-        """The event as compact JSON (as logged, for an event read from the log)."""
-        # the private attribute read from its dict: ``self._logged`` takes pydantic's
-        # ``__getattr__``, slower than serialising a small event
-        private = self.__pydantic_private__
-        logged = private.get("_logged") if private else None
-        return logged if logged is not None else self.model_dump_json()
+        """The event as compact JSON."""
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CloudEvent:
-        """Parse an event from JSON (which :meth:`to_json` will give back)."""
-        event = cls.model_validate_json(text)
-        event._logged = text if isinstance(text, str) else text.decode("utf-8")
-        return event
-
-    def __eq__(self, other: object) -> bool:
-        """Events with equal fields are equal, whether parsed or built."""
-        if not isinstance(other, CloudEvent):
-            return NotImplemented
-        return bool(
-            self.__dict__ == other.__dict__ and self.__pydantic_extra__ == other.__pydantic_extra__
-        )
-
-    __hash__ = None  # type: ignore[assignment]  # data is a dict: never hashable
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; one with ``update`` serialises itself again (its JSON changed)."""
-        copy = super().model_copy(update=update, deep=deep)
-        if update:
-            copy._logged = None
-        return copy
+        """Parse an event from JSON."""
+        return cls.model_validate_json(text)
 
 
 def event_id(source: str, subject: str, type_: str, key: str) -> str:
