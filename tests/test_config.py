@@ -369,3 +369,51 @@ def test_a_malformed_webhook_url_is_one_error_not_a_crash(tmp_path: Path) -> Non
     assert [i.split(":")[0] for i in caught.value.issues] == ["webhooks[0].url"]
     done = _check(path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+# -- templates: the config's folder over the shipped ones ---------------------------------
+
+
+def test_a_configured_templates_folder_that_does_not_exist_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[service]\ntemplates = "mine"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.issues == [
+        f"service.templates: no such folder: {tmp_path / 'mine'} "
+        "(leave the key out to use the shipped templates) (got 'mine')"
+    ]
+    for command in ("check", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "billnotify", command, "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "service.templates: no such folder" in done.stderr, (command, done.stderr)
+
+
+def test_without_a_templates_folder_the_shipped_ones_serve_and_a_folder_overrides(
+    tmp_path: Path,
+) -> None:
+    from billnotify.config.models import DEFAULT_TEMPLATES
+    from billnotify.templating import TemplateRenderer
+
+    path = tmp_path / "config.toml"
+    path.write_text('[service]\nname = "x"\n')
+    config = load_config(path)
+    assert config.template_folders == [DEFAULT_TEMPLATES]
+    shipped = TemplateRenderer(config.template_folders)
+    assert shipped.check(email_templates=["task_failed"], body_templates=["slack"]) == []
+    assert _check(path).returncode == 0
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "task_failed.subject.j2").write_text("ours {{ object.id }}\n")
+    config = load_config(path)
+    assert config.template_folders == [tmp_path / "templates", DEFAULT_TEMPLATES]
+    layered = TemplateRenderer(config.template_folders)
+    assert layered.render_file("task_failed.subject.j2", {"object": {"id": 7}}) == "ours 7\n"
+    assert layered.exists("task_failed.txt.j2")  # the rest still comes from the package

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import getaddresses
 from urllib.parse import urlsplit
@@ -34,6 +35,12 @@ def check_http_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
     return value.rstrip("/")
+
+
+def check_retry_schedule(value: list[timedelta]) -> list[timedelta]:
+    if not value:
+        raise ValueError("must list at least one attempt")
+    return value
 
 
 def is_templated(value: str) -> bool:
