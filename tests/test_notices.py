@@ -36,7 +36,7 @@ from billnotify.notices import (
 )
 from billnotify.publish.topics import event_topic
 from billnotify.store import SqliteStore
-from billnotify.store.base import NewDelivery
+from billnotify.store.records import NewDelivery
 from servers import Clock
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

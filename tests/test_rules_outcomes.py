@@ -13,7 +13,7 @@ from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.deliveries.outcomes import OutcomeWriter
 from billnotify.errors import StoreError
 from billnotify.store import NewDelivery, SqliteStore
-from billnotify.store.base import AttemptEnd
+from billnotify.store.records import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ import pytest
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.events import build_event
 from billnotify.store import NewDelivery, SnapshotWrite, SqliteStore
-from billnotify.store.base import AttemptEnd
+from billnotify.store.records import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

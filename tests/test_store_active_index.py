@@ -8,7 +8,7 @@ from pathlib import Path
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.store import NewDelivery, SqliteStore
-from billnotify.store.base import AttemptEnd
+from billnotify.store.records import AttemptEnd
 from billnotify.store.sqlite_ledger import _ACTIVE, _DUE
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

@@ -20,8 +20,8 @@ from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.events import build_event
 from billnotify.store import NewDelivery, ProcessStore, SnapshotWrite, SqliteStore
-from billnotify.store.base import AttemptEnd
 from billnotify.store.process import REMOTE
+from billnotify.store.records import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

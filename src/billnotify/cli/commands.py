@@ -35,7 +35,8 @@ from billnotify.deliveries.ledger import LedgerStore
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler, rule_named
 from billnotify.rules.matching import evaluate_when, selects
-from billnotify.store.base import Delivery, Store, StoredEvent
+from billnotify.store.base import Store
+from billnotify.store.records import Delivery, StoredEvent
 from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)

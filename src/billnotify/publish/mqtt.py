@@ -52,7 +52,8 @@ from billnotify.publish.topics import event_topic, status_topic
 from billnotify.publish.window import InflightWindow, Publish, WindowStalled
 
 if TYPE_CHECKING:
-    from billnotify.store.base import Store, StoredEvent
+    from billnotify.store.base import Store
+    from billnotify.store.records import StoredEvent
 
 logger = logging.getLogger(__name__)
 

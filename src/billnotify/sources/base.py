@@ -22,7 +22,8 @@ from billnotify.events import CloudEvent, build_event
 from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
 from billnotify.sources.detect import Detection, Policy, detect
-from billnotify.store.base import Snapshot, SnapshotWrite, Store, StoredEvent
+from billnotify.store.base import Store
+from billnotify.store.records import Snapshot, SnapshotWrite, StoredEvent
 from billnotify.values import record_id
 
 logger = logging.getLogger(__name__)

@@ -1,16 +1,16 @@
 """The state store: snapshots, cursors, the event log, positions and the delivery ledger."""
 
-from billnotify.store.base import (
+from billnotify.store.base import Store
+from billnotify.store.process import ProcessStore
+from billnotify.store.records import (
     Attempt,
     Delivery,
     NewDelivery,
     Snapshot,
     SnapshotWrite,
-    Store,
     StoredEvent,
     delivery_id,
 )
-from billnotify.store.process import ProcessStore
 from billnotify.store.sqlite import SqliteStore
 
 __all__ = [

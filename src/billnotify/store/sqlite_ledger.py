@@ -10,7 +10,14 @@ from typing import Any
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
-from billnotify.store.base import Attempt, AttemptEnd, Delivery, DueBatch, DueDelivery, NewDelivery
+from billnotify.store.records import (
+    Attempt,
+    AttemptEnd,
+    Delivery,
+    DueBatch,
+    DueDelivery,
+    NewDelivery,
+)
 from billnotify.store.sqlite_base import (
     _ROWS,
     SqliteBase,

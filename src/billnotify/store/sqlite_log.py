@@ -12,12 +12,7 @@ from typing import Any
 
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
-from billnotify.store.base import (
-    LogEntry,
-    Snapshot,
-    SnapshotWrite,
-    StoredEvent,
-)
+from billnotify.store.records import LogEntry, Snapshot, SnapshotWrite, StoredEvent
 from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _rows_with_text, _ts
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,167 @@
+"""The values the store trades in: snapshots, logged events, deliveries and attempts.
+
+Plain frozen dataclasses and tuples, shared by every backend (``store/base.py`` holds the
+protocols that trade in them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.events import CloudEvent, digest
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The last-seen state of one record."""
+
+    source: str
+    entity: str
+    id: str
+    record: dict[str, Any]
+    marks: frozenset[str] = frozenset()
+    due_at: datetime | None = None
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWrite:
+    """A snapshot to store (the version is the store's business)."""
+
+    entity: str
+    id: str
+    record: dict[str, Any]
+    marks: frozenset[str] = frozenset()
+    due_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event and its position (``seq``, increasing) in the log."""
+
+    seq: int
+    event: CloudEvent
+
+
+class LogEntry(NamedTuple):
+    """An event as logged, not parsed (:meth:`~billnotify.store.base.EventLog.read_log`)."""
+
+    seq: int
+    id: str
+    type: str
+    source: str
+    """The source's name (``acme``)."""
+    json: str
+
+
+def delivery_id(rule: str, action_index: int, event_id: str) -> str:
+    """The stable id of (rule, action, event): also the webhook's ``webhook-id``."""
+    return "dlv_" + digest(rule, str(action_index), event_id)[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A delivery to record before it is attempted."""
+
+    rule: str
+    action_index: int
+    action_type: str
+    event_id: str
+    event_seq: int
+    exactly_once: bool
+    """Customer-facing: never sent twice (a crash mid-send makes it ``uncertain``)."""
+    target: str = ""
+    """A human hint of where it goes (webhook name, invoice id and action, recipients)."""
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    next_attempt_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        """The delivery's stable id."""
+        return delivery_id(self.rule, self.action_index, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of a delivery."""
+
+    delivery_id: str
+    number: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: Outcome | None = None
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How one attempt ended, for :meth:`~billnotify.store.base.Ledger.finish_attempts`."""
+
+    delivery_id: str
+    number: int
+    finished_at: datetime
+    outcome: Outcome
+    status: DeliveryStatus
+    """The delivery's new status."""
+    next_attempt_at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A row of the delivery ledger."""
+
+    id: str
+    rule: str
+    action_index: int
+    action_type: str
+    event_id: str
+    event_seq: int
+    exactly_once: bool
+    target: str
+    status: DeliveryStatus
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    last_status_code: int | None = None
+    note: str | None = None
+    """An operator's or the reconciler's note (``resolve``, ``reconciled: delivered``)."""
+    history: list[Attempt] = field(default_factory=list)
+
+
+class DueDelivery(NamedTuple):
+    """A due delivery as the worker reads it, with its event (:meth:`~billnotify.store.base.Ledger.read_due`).
+
+    A plain tuple of strings and numbers: the worker holds many ahead of need, and the
+    garbage collector need not track them.
+    """
+
+    id: str
+    rule: str
+    action_index: int
+    action_type: str
+    event_id: str
+    exactly_once: bool
+    target: str
+    event: str | None
+    """The event's JSON as logged (None: it is no longer in the log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DueBatch:
+    """What the delivery worker reads in one trip (:meth:`~billnotify.store.base.Ledger.read_due`).
+
+    Attributes:
+        deliveries: due deliveries, oldest first.
+        disabled: disabled webhook endpoint name -> reason.
+    """
+
+    deliveries: list[DueDelivery]
+    disabled: dict[str, str]
