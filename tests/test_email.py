@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from billnotify.actions.email import EmailExecutor, document_ids
+from billnotify.actions.attachments import document_ids
+from billnotify.actions.email import EmailExecutor
 from billnotify.actions.smtp import SmtpPool
 from billnotify.config.models import EmailAction, Rule, SmtpConfig
 from billnotify.deliveries.base import Outcome
