@@ -9,7 +9,7 @@ from pathlib import Path
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.store import NewDelivery, SqliteStore
 from billnotify.store.records import AttemptEnd
-from billnotify.store.sqlite_ledger import _ACTIVE, _DUE
+from billnotify.store.sqlite_deliveries import _ACTIVE, _DUE
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

@@ -8,18 +8,23 @@ per transaction, not one per statement, keeps a busy event loop from stretching 
 transaction (and everything queued behind it) by a loop iteration per statement; that
 is why the store runs its own thread rather than aiosqlite's statement-per-trip one.
 
-- ``sqlite_base.py``: the connection, its thread, transactions;
-- ``sqlite_log.py``: snapshots, cursors, the event log, positions;
-- ``sqlite_ledger.py``: deliveries, attempts, endpoints.
+- ``sqlite_thread.py``: the thread and its group commit;
+- ``sqlite_base.py``: the connection, transactions, reads;
+- ``sqlite_log.py``: snapshots, cursors, the event log, positions (:class:`Snapshots`,
+  :class:`EventLog`);
+- ``sqlite_ledger.py``: deliveries recorded, due, attempted (:class:`Ledger`);
+- ``sqlite_deliveries.py``: deliveries read and settled, endpoints (:class:`Deliveries`,
+  :class:`Endpoints`).
 """
 
 from __future__ import annotations
 
+from billnotify.store.sqlite_deliveries import DeliveryTables
 from billnotify.store.sqlite_ledger import LedgerTables
 from billnotify.store.sqlite_log import LogTables
 
 
-class SqliteStore(LedgerTables, LogTables):
+class SqliteStore(LedgerTables, DeliveryTables, LogTables):
     """:class:`~billnotify.store.base.Store` on a SQLite file.
 
     Args:
