@@ -28,7 +28,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,14 +37,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from billnotify.actions.base import ActionExecutor
-from billnotify.config.models import Action, Rule
+from billnotify.config.models import DEFAULT_TEMPLATES, Action, Rule
 from billnotify.deliveries.base import Outcome
 from billnotify.events import CloudEvent
 
 Rate = Callable[[], Awaitable[float]]
 """One measured pass: returns its rate (sends/s)."""
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = DEFAULT_TEMPLATES
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-bench!").decode()
 FROM = "Billing <billing@example.com>"
 

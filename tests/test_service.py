@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from billnotify.app import Service
 from billnotify.config import Config, parse_config
+from billnotify.config.models import DEFAULT_TEMPLATES
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
 from conftest import free_port as free_tcp_port
@@ -555,7 +556,7 @@ async def test_secrets_never_reach_the_logs(
     }
     leaks = [*env.values(), env["HOOK_SECRET"].removeprefix("whsec_")]
     prop = "2eff1042c50c1eda889e61573e3c194c"
-    templates = Path(__file__).resolve().parents[1] / "templates"
+    templates = DEFAULT_TEMPLATES
     async with (
         Receiver(status=500) as receiver,
         echoing_platform() as rogue_url,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from billnotify.config.models import Rule
+from billnotify.config.models import DEFAULT_TEMPLATES, Rule
 from billnotify.config.types import EVENT_TYPES
 from billnotify.events import ENTITY_RESOURCE, CloudEvent
 from billnotify.templating import TemplateRenderer, build_context
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = DEFAULT_TEMPLATES
 EMAILS = ["task_failed", "task_stalled", "run_completed", "invoice_approved", "invoice_overdue"]
 BODIES = ["slack", "teams"]
 RULE = Rule.model_validate(
@@ -127,3 +126,12 @@ def test_slack_lists_changed_fields(renderer: TemplateRenderer) -> None:
     fields = payload["attachments"][0]["blocks"][1]["fields"]
     assert fields == [{"type": "mrkdwn", "text": "*status*\nRunning -> Failed"}]
     assert payload["attachments"][0]["color"] == "#D13438"
+
+
+def test_the_templates_ship_once_inside_the_package() -> None:
+    # one copy: the package's own folder (a real one, in the wheel), no second tree to drift
+    assert DEFAULT_TEMPLATES.is_dir() and not DEFAULT_TEMPLATES.is_symlink()
+    assert not (DEFAULT_TEMPLATES.parents[2] / "templates").exists()
+    assert {p.name for p in DEFAULT_TEMPLATES.glob("*.subject.j2")} == {
+        f"{name}.subject.j2" for name in EMAILS
+    }

@@ -16,14 +16,14 @@ import pytest
 from standardwebhooks import Webhook
 
 from billnotify.actions.webhook import USER_AGENT, WebhookExecutor
-from billnotify.config.models import Rule, WebhookAction, WebhookEndpoint
+from billnotify.config.models import DEFAULT_TEMPLATES, Rule, WebhookAction, WebhookEndpoint
 from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.events import CloudEvent
 from billnotify.templating import TemplateRenderer
 from servers import WebhookReceiver, free_port
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = DEFAULT_TEMPLATES
 RULE = Rule.model_validate(
     {
         "name": "alert-failed-task",

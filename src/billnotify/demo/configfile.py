@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from billnotify.config.service import DEFAULT_TEMPLATES
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.toml"
@@ -101,13 +103,8 @@ class DemoPeers:
 
 
 def templates_folder() -> Path | None:
-    """The shipped templates: the repository's ``templates/``, else the packaged copy."""
-    here = Path(__file__).resolve()
-    # src/billnotify/demo/configfile.py -> the repository root is three folders up
-    for candidate in (here.parents[3] / "templates", here.parents[1] / "default_templates"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """The shipped templates (packaged with billnotify), or None if they are missing."""
+    return DEFAULT_TEMPLATES if DEFAULT_TEMPLATES.is_dir() else None
 
 
 def _q(value: str) -> str:
