@@ -12,6 +12,7 @@ from typing import Any
 
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
+from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.records import LogEntry, Snapshot, SnapshotWrite, StoredEvent
 from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _rows_with_text, _ts
 
@@ -208,7 +209,7 @@ class LogTables(SqliteBase):
             ).fetchall()
             for entity, id_, version in rows:
                 # a record written twice in one commit returns two rows: keep the last
-                key = f"{entity}/{id_}"
+                key = record_key(entity, id_)
                 versions[key] = max(versions.get(key, 0), int(version))
         return versions
 
@@ -219,13 +220,10 @@ class LogTables(SqliteBase):
         now: float,
         versions: dict[str, int],
     ) -> list[tuple[int, int, str]]:
-        """Append the events whose id is new; returns (index, seq, id) of each, in order."""
-        candidates: list[str] = []
-        for id_, entity, object_id, *_ in events:
-            candidates.append(id_)
-            version = versions.get(f"{entity}/{object_id}")
-            if version is not None:
-                candidates.append(f"{id_}_{version}")
+        """Append the events whose id is new; returns (index, seq, id) of each, in order
+        (:mod:`~billnotify.store.occurrences` says which, and under which id)."""
+        keys = [(id_, entity, object_id) for id_, entity, object_id, *_ in events]
+        candidates = candidate_ids(keys, versions)
         taken: set[str] = set()
         for start in range(0, len(candidates), 500):
             ids = candidates[start : start + 500]
@@ -233,21 +231,11 @@ class LogTables(SqliteBase):
             rows = db.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids).fetchall()
             taken.update(str(r[0]) for r in rows)
         fresh: list[tuple[int, EventRow]] = []
-        for n, row in enumerate(events):
-            id_, entity, object_id, *_, body = row
-            if id_ in taken:
-                # The same transition happened again (A->B->A->B): a new occurrence, so
-                # salt the id with the snapshot version committed in this same
-                # transaction, which a crash-and-retry reproduces exactly.
-                version = versions.get(f"{entity}/{object_id}")
-                if version is None:
-                    continue
-                id_ = f"{id_}_{version}"
-                if id_ in taken:
-                    continue
-                salted = CloudEvent.from_json(body).model_copy(update={"id": id_})
+        for n, id_ in place(keys, versions, taken):
+            row = events[n]
+            if id_ != row[0]:
+                salted = CloudEvent.from_json(row[-1]).model_copy(update={"id": id_})
                 row = (id_, *row[1:-1], salted.to_json())
-            taken.add(id_)
             fresh.append((n, row))
         placed: list[tuple[int, int, str]] = []
         for start in range(0, len(fresh), self._CHUNK):
