@@ -19,7 +19,8 @@ convenience, not a production broker; its known limits (amqtt 0.12):
   10,000 events/s, QoS 1, 2 CPUs) once amqtt queues for a subscriber.
 - No TLS here (amqtt can, but the demo does not need it).
 
-It binds to ``host`` explicitly, loopback by default, so a demo never exposes a
+amqtt comes with the ``demo`` extra (``pip install 'billnotify[demo]'``), imported
+only when a broker starts. It binds to ``host`` explicitly, loopback by default, so a demo never exposes a
 broker on the network by accident. amqtt's per-connection INFO logging is turned
 down to WARNING.
 """
@@ -32,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from billnotify.errors import BusError
+from billnotify.extras import demo_extra
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +86,15 @@ class EmbeddedBroker:
         """Start serving.
 
         Raises:
-            BusError: the address cannot be bound (in use, not local, ...).
+            BusError: the address cannot be bound (in use, not local, ...), or amqtt is
+                not installed (the ``demo`` extra).
         """
         if self._broker is not None:
             return
+        with demo_extra("embedded:// MQTT", BusError):
+            from amqtt.broker import Broker
+            from amqtt.errors import BrokerError
         _quiet_amqtt()
-        from amqtt.broker import Broker
-        from amqtt.errors import BrokerError
 
         bind_host = f"[{self.host}]" if ":" in self.host else self.host
         config = {
