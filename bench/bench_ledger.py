@@ -42,6 +42,7 @@ from bench._peers import (
 from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor
 from billnotify.actions.email import EmailExecutor
+from billnotify.components import delivery_settings, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config, EmailAction
 from billnotify.deliveries.base import DeliveryStatus
@@ -117,9 +118,11 @@ async def _ledger_rate(
     """Deliveries/s from the first append to the last ``succeeded`` commit."""
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as folder:
         async with ProcessStore(Path(folder) / "state.db") as store:  # as the service
-            worker = DeliveryWorker(config, store, executors, _utcnow, poll_interval=0.5)
+            worker = DeliveryWorker(
+                delivery_settings(config), store, executors, _utcnow, poll_interval=0.5
+            )
             handler = RuleHandler(
-                config, store, templates, executors, _utcnow, on_recorded=worker.wake
+                rule_settings(config), store, templates, executors, _utcnow, on_recorded=worker.wake
             )
             succeeded = worker.settled
             started = time.perf_counter()
@@ -184,7 +187,12 @@ async def _webhooks(templates: TemplateRenderer) -> BenchResult:
     ):
         config = _config({"type": "webhook", "endpoint": "sink"}, WEBHOOK_CONCURRENCY, url, 25)
         executors = build_executors(
-            config, billing_clients={}, property_clients={}, mqtt=None, templates=templates
+            config.smtp,
+            config.webhooks,
+            billing_clients={},
+            property_clients={},
+            mqtt=None,
+            templates=templates,
         )
         events = _events(WEBHOOKS)
         body = events[0].to_json().encode()
@@ -207,7 +215,8 @@ async def _emails(templates: TemplateRenderer) -> BenchResult:
     with smtp_sink() as port:
         config = _config(email, EMAIL_CONCURRENCY, "http://127.0.0.1:9/hook", port)
         executors = build_executors(
-            config,
+            config.smtp,
+            config.webhooks,
             billing_clients={},
             property_clients={},
             mqtt=None,

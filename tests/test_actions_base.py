@@ -125,7 +125,8 @@ async def test_build_executors_covers_every_action_type(tmp_path: Path) -> None:
         }
     )
     executors = build_executors(
-        config,
+        config.smtp,
+        config.webhooks,
         billing_clients={},
         property_clients={},
         mqtt=None,

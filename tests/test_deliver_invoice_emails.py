@@ -20,6 +20,7 @@ import pytest
 
 from billnotify.actions.invoice_action import InvoiceActionExecutor
 from billnotify.clients.billing_platform import BillingPlatformClient
+from billnotify.components import build_reconciler, build_worker, delivery_settings, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config
 from billnotify.deliveries.base import DeliveryStatus
@@ -111,8 +112,8 @@ async def rig(tmp_path: Path, sim: Simulator) -> AsyncIterator[Rig]:
     }
     clock = Clock(T0)
     async with SqliteStore(tmp_path / "state.db") as store:
-        worker = DeliveryWorker(config, store, executors, clock, billing_clients={"acme": client})
-        handler = RuleHandler(config, store, templates, executors, clock)
+        worker = build_worker(config, store, executors, clock, billing_clients={"acme": client})
+        handler = RuleHandler(rule_settings(config), store, templates, executors, clock)
         try:
             yield Rig(sim, store, client, config, clock, handler, worker)
         finally:
@@ -194,13 +195,14 @@ async def test_uncertain_without_an_invoice_number_waits_for_an_operator(rig: Ri
 async def test_the_running_worker_reconciles_in_the_background(rig: Rig) -> None:
     executors = rig.worker.executors
     worker = DeliveryWorker(
-        rig.config,
+        delivery_settings(rig.config),
         rig.store,
         executors,
         rig.clock,
-        billing_clients={"acme": rig.client},
+        reconciler=build_reconciler(
+            rig.config, rig.store, {"acme": rig.client}, rig.clock, settle_after=timedelta(0)
+        ),
         reconcile_interval=0.05,
-        settle_after=timedelta(0),
     )
     delivered = await rig.approve()
     rig.sim.faults.add(INVOICES, "reset_after", method="POST")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from billnotify.actions.base import Rendered
+from billnotify.components import delivery_settings, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Action, Config, Rule
 from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
@@ -135,12 +136,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[Any]:
             "webhook": GatedExecutor("webhook", once=False),
             "invoice_action": GatedExecutor("invoice_action", once=True),
         }
-        worker = DeliveryWorker(config, store, executors, lambda: T0, poll_interval=0.05)
+        worker = DeliveryWorker(
+            delivery_settings(config), store, executors, lambda: T0, poll_interval=0.05
+        )
         made = Rig(store, executors, worker)
 
         async def start(*events: CloudEvent) -> Rig:
             await store.commit("acme", [], list(events))
-            handler = RuleHandler(config, store, TemplateRenderer(tmp_path), executors, lambda: T0)
+            handler = RuleHandler(
+                rule_settings(config), store, TemplateRenderer(tmp_path), executors, lambda: T0
+            )
             await handler.catch_up()
             made.task = asyncio.create_task(worker.run())
             return made

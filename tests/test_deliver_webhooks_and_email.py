@@ -17,6 +17,7 @@ from standardwebhooks import Webhook
 
 from billnotify.actions.email import EmailExecutor
 from billnotify.actions.webhook import WebhookExecutor
+from billnotify.components import delivery_settings, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config
 from billnotify.deliveries.base import DeliveryStatus
@@ -126,8 +127,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             clock = Clock(T0)
             try:
                 async with SqliteStore(tmp_path / "state.db") as store:
-                    worker = DeliveryWorker(config, store, executors, clock)
-                    handler = RuleHandler(config, store, templates, executors, clock)
+                    worker = DeliveryWorker(delivery_settings(config), store, executors, clock)
+                    handler = RuleHandler(rule_settings(config), store, templates, executors, clock)
                     yield Rig(receiver, sink, store, clock, handler, worker)
             finally:
                 for executor in executors.values():

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from billnotify.actions.base import Rendered
+from billnotify.components import delivery_settings, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Action, Config, Rule
 from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
@@ -133,12 +134,18 @@ class Rig:
     async def emit(self, *events: CloudEvent) -> None:
         await self.store.commit("acme", [], list(events))
         handler = RuleHandler(
-            self.config, self.store, TemplateRenderer(self.tmp), self.executors, self.clock
+            rule_settings(self.config),
+            self.store,
+            TemplateRenderer(self.tmp),
+            self.executors,
+            self.clock,
         )
         await handler.catch_up()
 
     def worker(self, config: Config | None = None, **kw: Any) -> DeliveryWorker:
-        return DeliveryWorker(config or self.config, self.store, self.executors, self.clock, **kw)
+        return DeliveryWorker(
+            delivery_settings(config or self.config), self.store, self.executors, self.clock, **kw
+        )
 
     async def invoice_action_answered(self, result: AttemptResult):
         """One invoice event whose invoice action one worker pass answers with ``result``;
@@ -388,7 +395,7 @@ async def test_drain_waits_for_quick_attempts_and_cuts_slow_ones(rig) -> None:
     assert (await r.only()).status is DeliveryStatus.SUCCEEDED
 
 
-async def test_an_injected_sleep_walks_the_schedule_in_virtual_time(rig) -> None:
+async def test_an_injected_timer_walks_the_schedule_in_virtual_time(rig) -> None:
     r = await rig(_config(["0s", "1h", "5h"]))
     r.hook.results = [
         AttemptResult(Outcome.RETRYABLE, 503, "HTTP 503"),
@@ -397,13 +404,13 @@ async def test_an_injected_sleep_walks_the_schedule_in_virtual_time(rig) -> None
     ]
     slept: list[float] = []
 
-    async def sleep(seconds: float) -> None:
+    def timer(seconds: float, callback: Callable[[], object]) -> asyncio.Handle:
         slept.append(seconds)
         r.clock.advance(seconds)
-        await asyncio.sleep(0)
+        return asyncio.get_running_loop().call_soon(callback)
 
     await r.emit(_event(1))
-    worker = r.worker(sleep=sleep, poll_interval=86400)
+    worker = r.worker(timer=timer, poll_interval=86400)
     task = asyncio.create_task(worker.run())
     async with asyncio.timeout(5):
         while (await r.only()).status is not DeliveryStatus.SUCCEEDED:
@@ -427,9 +434,11 @@ async def test_run_wakes_on_new_deliveries_and_when_a_retry_comes_due(tmp_path: 
     )
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
     async with SqliteStore(tmp_path / "state.db") as store:
-        worker = DeliveryWorker(config, store, {"webhook": hook}, clock, poll_interval=60)
+        worker = DeliveryWorker(
+            delivery_settings(config), store, {"webhook": hook}, clock, poll_interval=60
+        )
         handler = RuleHandler(
-            config,
+            rule_settings(config),
             store,
             TemplateRenderer(tmp_path),
             {"webhook": hook},

@@ -18,6 +18,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from billnotify.actions.email import EmailExecutor
+from billnotify.components import delivery_settings, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import DEFAULT_SMTP_RETRY_SCHEDULE, Config
 from billnotify.deliveries.base import DeliveryStatus
@@ -133,8 +134,8 @@ def make_rig(tmp_path: Path) -> Any:
         try:
             async with SqliteStore(tmp_path / "state.db") as store:
                 executors: dict[str, Any] = {"email": executor}
-                worker = DeliveryWorker(config, store, executors, clock)
-                rules = RuleHandler(config, store, templates, executors, clock)
+                worker = DeliveryWorker(delivery_settings(config), store, executors, clock)
+                rules = RuleHandler(rule_settings(config), store, templates, executors, clock)
                 yield Rig(sink, handler, store, clock, rules, worker)
         finally:
             await executor.close()

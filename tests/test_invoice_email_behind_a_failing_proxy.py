@@ -23,6 +23,7 @@ from aiohttp import web
 
 from billnotify.actions.invoice_action import InvoiceActionExecutor
 from billnotify.clients.billing_platform import BillingPlatformClient
+from billnotify.components import build_worker, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
@@ -157,10 +158,10 @@ async def rig(tmp_path: Path, sim: Simulator) -> AsyncIterator[Rig]:
         clock = Clock(T0)
         try:
             async with SqliteStore(tmp_path / "state.db") as store:
-                worker = DeliveryWorker(
+                worker = build_worker(
                     config, store, executors, clock, billing_clients={"acme": client}
                 )
-                handler = RuleHandler(config, store, templates, executors, clock)
+                handler = RuleHandler(rule_settings(config), store, templates, executors, clock)
                 yield Rig(sim, proxy, store, clock, handler, worker)
         finally:
             await client.close()

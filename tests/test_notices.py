@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from billnotify.components import delivery_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config
 from billnotify.deliveries.base import DeliveryStatus, Outcome
@@ -167,7 +168,9 @@ async def test_a_dead_delivery_becomes_one_notice_logged_once(
     config = _config()
     event = _task_event()
     delivery_id = await _settled(store, event, DeliveryStatus.DEAD, error=f"bad {SECRET}")
-    notices = Notices(config, store, Clock(T0), redact=Redactor([SECRET]))
+    notices = Notices(
+        config.service.name, config.rules, store, Clock(T0), redact=Redactor([SECRET])
+    )
 
     with caplog.at_level(logging.WARNING, logger="billnotify.notices"):
         notices.delivery(delivery_id)
@@ -214,7 +217,7 @@ async def test_a_delivery_for_a_notice_is_logged_but_never_a_notice(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = _config(["billnotify.delivery.dead"])
-    notices = Notices(config, store, Clock(T0))
+    notices = Notices(config.service.name, config.rules, store, Clock(T0))
     first = await _settled(store, _task_event(), DeliveryStatus.DEAD)
     notices.delivery(first)
     await notices.flush()
@@ -246,7 +249,7 @@ async def test_the_start_up_sweep_emits_what_a_crash_kept_from_being_told(
     # settled more than the sweep's look-back ago: not re-examined
     await store.set_delivery_status(old, DeliveryStatus.DEAD, now=T0 - timedelta(hours=2))
 
-    notices = Notices(config, store, clock)
+    notices = Notices(config.service.name, config.rules, store, clock)
     assert await notices.sweep() == 2
     assert await notices.sweep() == 0
     found = {n.type: n for n in await _notices_in_log(store)}
@@ -289,7 +292,13 @@ async def test_recovery_at_start_up_makes_each_interrupted_customer_mail_a_notic
     await store.start_attempts([new.id], T0)  # ... and the process was killed
 
     clock = Clock(T0 + timedelta(seconds=5))
-    worker = DeliveryWorker(config, store, {}, clock, notices=Notices(config, store, clock))
+    worker = DeliveryWorker(
+        delivery_settings(config),
+        store,
+        {},
+        clock,
+        notices=Notices(config.service.name, config.rules, store, clock),
+    )
     assert await worker.recover() == (1, 0)
     (notice,) = await _notices_in_log(store)
     assert notice.type == DELIVERY_UNCERTAIN

@@ -19,6 +19,7 @@ import pytest
 
 from billnotify.actions.invoice_action import InvoiceActionExecutor
 from billnotify.clients.billing_platform import BillingPlatformClient
+from billnotify.components import build_worker, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.reconcile import NOTE_AMBIGUOUS, NOTE_NOT_DELIVERED
@@ -106,8 +107,8 @@ async def make_rig(tmp_path: Path, sim: Simulator, rules: list[dict[str, Any]]) 
     clock = Clock(T0)
     store = SqliteStore(tmp_path / "state.db")
     await store.open()
-    worker = DeliveryWorker(config, store, executors, clock, billing_clients={"acme": client})
-    handler = RuleHandler(config, store, templates, executors, clock)
+    worker = build_worker(config, store, executors, clock, billing_clients={"acme": client})
+    handler = RuleHandler(rule_settings(config), store, templates, executors, clock)
     return Rig(sim, store, clock, handler, worker), client
 
 
@@ -206,9 +207,9 @@ async def test_not_delivered_waits_while_another_email_of_the_invoice_is_in_flig
     # only the first rule's delivery runs; the other one is "sending" (in flight)
     await rig.store.start_attempts([lost.id], rig.clock.now)
     result = await rig.worker.executors["invoice_action"].execute(
-        rig.worker.config.rules[0].actions[0],
+        rig.handler.settings.rules[0].actions[0],
         (await rig.store.get_events([lost.event_id]))[0].event,
-        rig.worker.config.rules[0],
+        rig.handler.settings.rules[0],
         delivery_id=lost.id,
         attempt=1,
     )

@@ -24,6 +24,7 @@ from billnotify.cli.commands import (
     status_lines,
     statuses_for,
 )
+from billnotify.components import build_actions, build_rule_handler, rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Action, Config, Rule
 from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
@@ -101,9 +102,16 @@ def _event(n: int, **data: Any) -> CloudEvent:
     )
 
 
+def _replayer(config: Config, store: SqliteStore) -> RuleHandler:
+    renderer = TemplateRenderer(config.template_folders)
+    return RuleHandler(rule_settings(config), store, renderer, EXECUTORS, lambda: T0)
+
+
 async def _seed(store: SqliteStore, tmp: Path, *events: CloudEvent) -> RuleHandler:
     await store.commit("acme", [], list(events))
-    handler = RuleHandler(_config(), store, TemplateRenderer(tmp), EXECUTORS, lambda: T0)
+    handler = RuleHandler(
+        rule_settings(_config()), store, TemplateRenderer(tmp), EXECUTORS, lambda: T0
+    )
     await handler.catch_up()
     return handler
 
@@ -181,7 +189,7 @@ async def test_replay_creates_only_missing_deliveries_unless_forced(
     await _set(store, mail.id, DeliveryStatus.SUCCEEDED)
     stored = await store.get_events([_event(1).id])
 
-    result = await replay_to_rules(_config(), store, stored, executors=EXECUTORS)
+    result = await replay_to_rules(_replayer(_config(), store), stored)
     assert (result.created, result.reset, result.unchanged) == (0, 0, 2)
     again = await store.get_delivery(mail.id)
     assert again is not None and again.status is DeliveryStatus.SUCCEEDED
@@ -194,10 +202,15 @@ async def test_replay_creates_only_missing_deliveries_unless_forced(
             {"name": "late", "on": ["*"], "actions": [{"type": "webhook", "endpoint": "ops"}]},
         ]
     )
-    result = await replay_to_rules(wider, store, stored, executors=EXECUTORS)
+    result = await replay_to_rules(_replayer(wider, store), stored)
     assert (result.created, result.reset) == (1, 0)
 
-    forced = await replay_to_rules(_config(), store, stored, force=True)  # real executors
+    actions = build_actions(_config())  # real executors, as ``billnotify replay`` has them
+    try:
+        handler = build_rule_handler(_config(), store, actions)
+        forced = await replay_to_rules(handler, stored, force=True)
+    finally:
+        await actions.close()
     assert forced.reset == 1  # the succeeded email; the pending webhook is left alone
     reset = await store.get_delivery(mail.id)
     assert reset is not None and reset.status is DeliveryStatus.PENDING

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from billnotify.actions.base import Rendered
+from billnotify.components import rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Action, Config, Rule
 from billnotify.deliveries.base import AttemptResult, DeliveryStatus
@@ -88,7 +89,9 @@ def _event(n: int, type_: str = "billing_task.created", **data: Any) -> CloudEve
 def _handler(store: SqliteStore, config: Config, tmp: Path, **kw: Any) -> RuleHandler:
     executors = {"webhook": Executor("webhook"), "invoice_action": Executor("invoice_action", True)}
     executors.update(kw.pop("executors", {}))
-    return RuleHandler(config, store, TemplateRenderer(tmp), executors, lambda: T0, **kw)
+    return RuleHandler(
+        rule_settings(config), store, TemplateRenderer(tmp), executors, lambda: T0, **kw
+    )
 
 
 async def test_deliveries_follow_the_log_and_the_position_moves_with_them(
@@ -147,7 +150,9 @@ async def test_a_failing_when_is_recorded_dead_with_its_error(
 
 async def test_a_missing_executor_is_a_dead_delivery(store: SqliteStore, tmp_path: Path) -> None:
     await store.commit("acme", [], [_event(1)])
-    handler = RuleHandler(_config(RULES), store, TemplateRenderer(tmp_path), {}, lambda: T0)
+    handler = RuleHandler(
+        rule_settings(_config(RULES)), store, TemplateRenderer(tmp_path), {}, lambda: T0
+    )
     await handler.catch_up()
     (row,) = await store.list_deliveries()
     assert row.status is DeliveryStatus.DEAD and "no executor" in (row.last_error or "")

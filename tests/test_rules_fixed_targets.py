@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from billnotify.actions.webhook import WebhookExecutor
+from billnotify.components import rule_settings
 from billnotify.config.loader import parse_config
 from billnotify.config.models import Config
 from billnotify.events import CloudEvent, build_event
@@ -67,7 +68,9 @@ async def _recorded(tmp_path: Path, config: Config, name: str) -> list[tuple[Any
     async with SqliteStore(tmp_path / f"{name}.db") as store:
         await store.commit("acme", [], [_event(1), _event(2, "invoice"), _event(3)])
         executors = {"webhook": WebhookExecutor(config.webhooks, TemplateRenderer(tmp_path))}
-        handler = RuleHandler(config, store, TemplateRenderer(tmp_path), executors, lambda: T0)
+        handler = RuleHandler(
+            rule_settings(config), store, TemplateRenderer(tmp_path), executors, lambda: T0
+        )
         assert await handler.catch_up() == 3
         rows = await store.list_deliveries()
         return sorted(
@@ -101,7 +104,9 @@ async def test_plan_of_a_parsed_event_agrees_with_the_recorded_rows(tmp_path: Pa
     async with SqliteStore(tmp_path / "state.db") as store:
         (stored,) = await store.commit("acme", [], [_event(7)])
         executors = {"webhook": WebhookExecutor(config.webhooks, TemplateRenderer(tmp_path))}
-        handler = RuleHandler(config, store, TemplateRenderer(tmp_path), executors, lambda: T0)
+        handler = RuleHandler(
+            rule_settings(config), store, TemplateRenderer(tmp_path), executors, lambda: T0
+        )
         planned = await handler.plan(StoredEvent(stored.seq, stored.event))
         await handler.catch_up()
         recorded = {d.id: d for d in await store.list_deliveries()}

@@ -10,71 +10,32 @@ publisher, which says ``offline``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from billnotify.actions import build_executors
-from billnotify.actions.base import ActionExecutor, Prepare, Rendered, preparer
-from billnotify.clients.billing_platform import BillingPlatformClient
-from billnotify.clients.property_billing import PropertyBillingClient
 from billnotify.collector import tuned_collector
-from billnotify.config.models import (
-    Action,
-    BillingPlatformSource,
-    Config,
-    PropertyBillingSource,
-    Rule,
-)
-from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.components import Components, build_components, utcnow
+from billnotify.config.models import Config
+from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.errors import BillnotifyError
-from billnotify.events import CloudEvent
 from billnotify.health import HealthServer
 from billnotify.hooks import hook_auth
-from billnotify.logs import Redactor
 from billnotify.metrics import Metrics
 from billnotify.notices import Notices
 from billnotify.publish.broker import EmbeddedBroker
 from billnotify.publish.mqtt import MqttPublisher
 from billnotify.rules.engine import RuleHandler
-from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
+from billnotify.sources import Poller
 from billnotify.sources.base import PollStats, ResourceSync
 from billnotify.store import ProcessStore, SqliteStore
 from billnotify.store.lock import StateLock
-from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    """The current time, aware UTC."""
-    return datetime.now(UTC)
-
-
-def secret_values(config: Config) -> list[str]:
-    """Every secret value in the config, for the log redactor."""
-    values: list[str] = []
-    for source in config.sources:
-        if isinstance(source, BillingPlatformSource):
-            values.append(source.api_key.reveal())
-        else:
-            values += [source.username.reveal(), source.password.reveal()]
-        if source.hook_secret:
-            raw = source.hook_secret.reveal()
-            values += [raw, raw.removeprefix("whsec_")]
-    if config.mqtt.password:
-        values.append(config.mqtt.password.reveal())
-    if config.smtp and config.smtp.password:
-        values.append(config.smtp.password.reveal())
-    for hook in config.webhooks:
-        raw = hook.secret.reveal()
-        values += [raw, raw.removeprefix("whsec_")]
-    return values
 
 
 class Service:
@@ -95,56 +56,8 @@ class Service:
         self.worker: DeliveryWorker | None = None
         self.notices: Notices | None = None
         self.health: HealthServer | None = None
-        self.billing_clients: dict[str, BillingPlatformClient] = {}
-        self.property_clients: dict[str, PropertyBillingClient] = {}
+        self.components: Components | None = None
         self.started = asyncio.Event()
-
-    # -- building --------------------------------------------------------------------
-    def _clients(self, stack: AsyncExitStack) -> None:
-        for source in self.config.sources:
-            timeout = source.timeout.total_seconds()
-            if isinstance(source, BillingPlatformSource):
-                client = BillingPlatformClient(
-                    source.base_url,
-                    source.api_key,
-                    timeout=timeout,
-                    max_attempts=source.max_attempts,
-                    page_size=source.page_size,
-                )
-                self.billing_clients[source.name] = client
-            else:
-                client = PropertyBillingClient(  # type: ignore[assignment]
-                    source.base_url,
-                    source.auth_url,
-                    source.username,
-                    source.password,
-                    source.administrator_ids,
-                    timeout=timeout,
-                    max_attempts=source.max_attempts,
-                    document_path=source.document_path,
-                )
-                self.property_clients[source.name] = client  # type: ignore[assignment]
-            stack.push_async_callback(client.close)
-
-    def _syncs(self) -> list[tuple[ResourceSync, BillingPlatformSource | PropertyBillingSource]]:
-        syncs: list[tuple[ResourceSync, BillingPlatformSource | PropertyBillingSource]] = []
-        for source in self.config.sources:
-            if isinstance(source, BillingPlatformSource):
-                client = self.billing_clients[source.name]
-                for sync in build_billing_syncs(source, client, self.store, clock=self.clock):
-                    syncs.append((sync, source))
-            else:
-                pclient = self.property_clients[source.name]
-                for uuid in source.properties:
-                    syncs.append(
-                        (
-                            PropertyBillingSync(
-                                source, uuid, pclient, self.store, clock=self.clock
-                            ),
-                            source,
-                        )
-                    )
-        return syncs
 
     def _on_poll(
         self,
@@ -238,54 +151,13 @@ class Service:
             await self.store.open()
             stack.push_async_callback(self.store.close)
             await stack.enter_async_context(self._broker())
-            self._clients(stack)
-            if config.mqtt.enabled:
-                self.publisher = MqttPublisher(config.mqtt, self.store)
-            renderer = TemplateRenderer(config.template_folders)
-            executors = build_executors(
-                config,
-                billing_clients=self.billing_clients,
-                property_clients=self.property_clients,
-                mqtt=self.publisher,
-                templates=renderer,
+            parts = build_components(
+                config, self.store, clock=self.clock, metrics=self.metrics, on_poll=self._on_poll
             )
-            counted = {
-                kind: _CountingExecutor(executor, self.metrics)
-                for kind, executor in executors.items()
-            }
-            self.notices = Notices(
-                config, self.store, self.clock, redact=Redactor(secret_values(config))
-            )
-            self.worker = DeliveryWorker(
-                config,
-                self.store,
-                counted,
-                self.clock,
-                billing_clients=self.billing_clients,
-                notices=self.notices,
-            )
-            stack.push_async_callback(_close_executors, executors)
-            rules = RuleHandler(
-                config,
-                self.store,
-                renderer,
-                executors,
-                self.clock,
-                on_recorded=self.worker.wake,
-                notices=self.notices,
-            )
-            self.pollers = [
-                Poller(
-                    sync,
-                    source.poll_interval,
-                    on_result=self._on_poll,
-                    notices=self.notices,
-                    failing_after_polls=source.failing_after_polls,
-                    failing_after=source.failing_after,
-                    clock=self.clock,
-                )
-                for sync, source in self._syncs()
-            ]
+            stack.push_async_callback(parts.close)
+            self.components = parts
+            self.publisher, self.notices = parts.publisher, parts.notices
+            self.worker, self.pollers = parts.worker, parts.pollers
             listen = config.service.listen()
             if listen is not None:
                 self.health = HealthServer(
@@ -303,7 +175,7 @@ class Service:
                 await self.health.start()
                 stack.push_async_callback(self.health.stop)
             stack.enter_context(tuned_collector())
-            await self._supervise(stop, rules)
+            await self._supervise(stop, parts.rules)
 
     async def _supervise(self, stop: asyncio.Event, rules: RuleHandler) -> None:
         assert self.worker is not None
@@ -337,44 +209,6 @@ class Service:
         logger.info("stopped")
 
 
-class _CountingExecutor:
-    """An executor that counts its attempts in ``billnotify_delivery_attempts``."""
-
-    def __init__(self, inner: ActionExecutor, metrics: Metrics) -> None:
-        self.inner = inner
-        self.action_type = inner.action_type
-        self._attempts = metrics.attempts
-        prepare = preparer(inner)
-        if prepare is not None:  # the worker prepares exactly-once attempts through us
-            self.prepare: Prepare = prepare
-
-    def exactly_once(self, action: Action) -> bool:
-        return self.inner.exactly_once(action)
-
-    def target(self, action: Action, event: CloudEvent) -> str:
-        return self.inner.target(action, event)
-
-    async def render(self, action: Action, event: CloudEvent, rule: Rule) -> Rendered:
-        return await self.inner.render(action, event, rule)
-
-    async def execute(
-        self, action: Action, event: CloudEvent, rule: Rule, *, delivery_id: str, attempt: int
-    ) -> AttemptResult:
-        try:
-            result = await self.inner.execute(
-                action, event, rule, delivery_id=delivery_id, attempt=attempt
-            )
-        except Exception:
-            # the worker records an executor that broke its never-raise promise as uncertain
-            self._attempts.labels(self.action_type, Outcome.UNCERTAIN.value).inc()
-            raise
-        self._attempts.labels(self.action_type, Outcome(result.outcome).value).inc()
-        return result
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 async def _finish_publishing(
     publisher: MqttPublisher | None, store: SqliteStore, grace: float
 ) -> None:
@@ -385,11 +219,3 @@ async def _finish_publishing(
     last = await store.last_seq()
     while time.monotonic() < deadline and publisher.last_published_seq < last:
         await asyncio.sleep(0.05)
-
-
-async def _close_executors(executors: dict[str, Any]) -> None:
-    for executor in executors.values():
-        close = getattr(executor, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()

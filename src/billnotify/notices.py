@@ -29,14 +29,15 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from billnotify.config.models import Config, WebhookAction
+from billnotify.config.models import Rule, WebhookAction
 from billnotify.config.types import NOTICE_TYPES
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent, event_id, format_time
-from billnotify.store.base import Delivery, Store, StoredEvent
+from billnotify.store.base import Deliveries, Endpoints, EventLog, Snapshots
+from billnotify.store.records import Delivery, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,11 @@ class FailureEpisode:
         return _notice(service, SOURCE_RECOVERED, "sources", self.source, self._key(), now, data)
 
 
+class NoticeStore(Snapshots, EventLog, Deliveries, Endpoints, Protocol):
+    """What notices need of the store: appending to the log (``commit``), the settled
+    deliveries and disabled endpoints they report."""
+
+
 class Notices:
     """Appends notices to the event log (and logs each one once, when it is appended).
 
@@ -217,7 +223,8 @@ class Notices:
     after its delivery settled is emitted by :meth:`sweep` at the next start.
 
     Args:
-        config: the configuration (service name, rules for webhook endpoints).
+        service: the service's name (``[service] name``), the notices' source.
+        rules: the configured rules (a delivery's webhook endpoint is found by its rule).
         store: the state store.
         clock: returns the current UTC time.
         redact: removes secret values from error text.
@@ -225,17 +232,18 @@ class Notices:
 
     def __init__(
         self,
-        config: Config,
-        store: Store,
+        service: str,
+        rules: Iterable[Rule],
+        store: NoticeStore,
         clock: Clock,
         *,
         redact: Callable[[str], str] = str,
     ) -> None:
-        self.service = config.service.name
+        self.service = service
         self.store = store
         self.clock = clock
         self.redact = redact
-        self._rules = {rule.name: rule for rule in config.rules}
+        self._rules = {rule.name: rule for rule in rules}
         self._deliveries: list[str] = []
         self._endpoints: list[tuple[str, str, datetime]] = []
         self._writer: asyncio.Task[None] | None = None

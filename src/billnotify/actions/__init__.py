@@ -8,7 +8,7 @@ interface. :func:`check_actions` lists what ``billnotify check`` should complain
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from billnotify.actions.base import (
@@ -28,13 +28,16 @@ from billnotify.config.models import (
     EmailAction,
     InvoiceActionAction,
     MqttAction,
+    SmtpConfig,
     WebhookAction,
+    WebhookEndpoint,
 )
 from billnotify.templating import TemplateRenderer
 
 
 def build_executors(
-    config: Config,
+    smtp: SmtpConfig | None,
+    webhooks: Sequence[WebhookEndpoint],
     *,
     billing_clients: Mapping[str, InvoiceClient],
     property_clients: Mapping[str, DocumentClient],
@@ -46,7 +49,8 @@ def build_executors(
     """One executor per action type, keyed by type (``webhook``, ``email``, ...).
 
     Args:
-        config: the configuration (``[smtp]``, ``[[webhooks]]``).
+        smtp: the ``[smtp]`` table (None: emails fail as not configured).
+        webhooks: the ``[[webhooks]]`` endpoints.
         billing_clients: billing platform clients by source name.
         property_clients: property billing clients by source name.
         mqtt: the broker connection, None when MQTT is disabled.
@@ -57,14 +61,14 @@ def build_executors(
     return {
         "invoice_action": InvoiceActionExecutor(billing_clients, templates),
         "email": EmailExecutor(
-            config.smtp,
+            smtp,
             templates,
             billing_clients=billing_clients,
             property_clients=property_clients,
             clock=clock,
             pool_size=smtp_pool_size,
         ),
-        "webhook": WebhookExecutor(config.webhooks, templates, clock=clock),
+        "webhook": WebhookExecutor(webhooks, templates, clock=clock),
         "mqtt": MqttExecutor(mqtt, templates),
     }
 

@@ -14,58 +14,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from billnotify.actions.base import ActionExecutor
 from billnotify.addresses import is_public, url_problem
 from billnotify.config.loader import parse_config, read_toml
-from billnotify.config.models import (
-    DEFAULT_TEMPLATES,
-    BillingPlatformSource,
-    Config,
-)
+from billnotify.config.models import DEFAULT_TEMPLATES, Config, PropertyBillingSource
 from billnotify.errors import BillnotifyError, ConfigError
 from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-
-
-def build_offline_executors(
-    config: Config,
-) -> tuple[TemplateRenderer, dict[str, ActionExecutor], Callable[[], Awaitable[None]]]:
-    """Executors for rendering only (clients are built but only used if asked)."""
-    from billnotify.actions import build_executors
-    from billnotify.clients.billing_platform import BillingPlatformClient
-    from billnotify.clients.property_billing import PropertyBillingClient
-
-    billing: dict[str, BillingPlatformClient] = {}
-    prop: dict[str, PropertyBillingClient] = {}
-    for source in config.sources:
-        if isinstance(source, BillingPlatformSource):
-            billing[source.name] = BillingPlatformClient(source.base_url, source.api_key)
-        else:
-            prop[source.name] = PropertyBillingClient(
-                source.base_url,
-                source.auth_url,
-                source.username,
-                source.password,
-                source.administrator_ids,
-                document_path=source.document_path,
-            )
-    renderer = TemplateRenderer(config.template_folders)
-    executors = build_executors(
-        config, billing_clients=billing, property_clients=prop, mqtt=None, templates=renderer
-    )
-
-    async def close() -> None:
-        for client in billing.values():
-            await client.close()
-        for pclient in prop.values():
-            await pclient.close()
-        for executor in executors.values():
-            await executor.close()
-
-    return renderer, executors, close
 
 
 async def run_check_file(path: str | os.PathLike[str] | None, *, connect: bool = False) -> int:
@@ -281,28 +238,18 @@ def _probes(config: Config) -> list[Probe]:
 def _source_probe(config: Config, name: str) -> Probe:
     async def probe() -> tuple[str, str | None]:
         from billnotify.clients.billing_platform import BillingPlatformClient
-        from billnotify.clients.property_billing import PropertyBillingClient
+        from billnotify.components import source_client
 
         source = config.source(name)
         label = f"source {name} ({source.base_url})"
         try:
-            if isinstance(source, BillingPlatformSource):
-                async with BillingPlatformClient(
-                    source.base_url, source.api_key, timeout=10, max_attempts=1
-                ) as client:
+            # one quick try: the service's own retries would hide a failure for minutes
+            async with source_client(source, timeout=10, max_attempts=1) as client:
+                if isinstance(client, BillingPlatformClient):
                     async for _ in client.iter_pages("billingTasks", max_records=1):
                         break
-            else:
-                async with PropertyBillingClient(
-                    source.base_url,
-                    source.auth_url,
-                    source.username,
-                    source.password,
-                    source.administrator_ids,
-                    timeout=10,
-                    max_attempts=1,
-                ) as pclient:
-                    await pclient.billing_headers(source.properties[0])
+                elif isinstance(source, PropertyBillingSource):
+                    await client.billing_headers(source.properties[0])
         except BillnotifyError as exc:
             return label, str(exc)
         return label, None

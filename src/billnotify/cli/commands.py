@@ -23,21 +23,18 @@ customer-facing actions too, which is what forcing means.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor, Rendered
 from billnotify.config.models import Config, Rule
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.ledger import LedgerStore
 from billnotify.events import CloudEvent, format_time
-from billnotify.rules.engine import Evaluator, Planned, RuleHandler, rule_named
+from billnotify.rules.engine import Evaluator, Planned, RuleHandler
 from billnotify.rules.matching import evaluate_when, selects
 from billnotify.store.base import Store
 from billnotify.store.records import Delivery, StoredEvent
-from billnotify.templating import TemplateRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +159,7 @@ def rule_fires(
     Raises:
         KeyError: no rule has that name.
     """
-    rule = rule_named(config, rule_name)
+    rule = _rule_named(config, rule_name)
     if not selects(rule, event):
         return _not_selected(rule, event)
     applies, error = evaluate_when(rule, event, renderer.evaluate)
@@ -219,7 +216,7 @@ async def render_report(
     Raises:
         KeyError: no rule has that name.
     """
-    rule = rule_named(config, rule_name)
+    rule = _rule_named(config, rule_name)
     where = f"rules[{config.rules.index(rule)}]"
     rendered = await render_rule(config, renderer, executors, rule_name, event)
     errors = [
@@ -255,7 +252,7 @@ async def render_rule(
         KeyError: no rule has that name.
     """
     del renderer  # the executors hold the template renderer; kept for the CLI's symmetry
-    rule = rule_named(config, rule_name)
+    rule = _rule_named(config, rule_name)
     rendered: list[Rendered] = []
     for action in rule.actions:
         executor = executors.get(action.type)
@@ -272,14 +269,7 @@ async def render_rule(
 
 
 async def replay_to_rules(
-    config: Config,
-    store: LedgerStore,
-    events: Sequence[StoredEvent],
-    *,
-    force: bool = False,
-    renderer: Evaluator | None = None,
-    executors: Mapping[str, ActionExecutor] | None = None,
-    clock: Callable[[], datetime] = _utcnow,
+    handler: RuleHandler, events: Sequence[StoredEvent], *, force: bool = False
 ) -> ReplayResult:
     """``replay ... --to rules``: record the deliveries the current rules call for.
 
@@ -287,33 +277,13 @@ async def replay_to_rules(
     running service picks new or reset deliveries up within its poll interval.
 
     Args:
-        config: the configuration (its rules decide).
-        store: the state store.
+        handler: the rule handler over the store (its rules decide; built by
+            :func:`billnotify.components.build_rule_handler`).
         events: the events to replay.
         force: also set settled deliveries back to pending.
-        renderer: evaluates ``when`` (default: the config's template folder).
-        executors: for exactly-once flags, targets and dry-run renders (default: built
-            from the config without any connection, closed afterwards).
-        clock: returns the current UTC time.
     """
     if not events:
         return ReplayResult(0, 0, 0)
-    templates = TemplateRenderer(config.template_folders)
-    own = executors is None
-    if executors is None:
-        executors = build_executors(
-            config, billing_clients={}, property_clients={}, mqtt=None, templates=templates
-        )
-    try:
-        handler = RuleHandler(config, store, renderer or templates, executors, clock)
-        return await _replay(handler, events, force)
-    finally:
-        if own:
-            for executor in executors.values():
-                await executor.close()
-
-
-async def _replay(handler: RuleHandler, events: Sequence[StoredEvent], force: bool) -> ReplayResult:
     store, now = handler.store, handler.clock()
     planned: list[Planned] = []
     for stored in events:
@@ -395,3 +365,11 @@ async def status_lines(store: Store, state: str) -> list[str]:
     for name, reason in sorted((await store.disabled_endpoints()).items()):
         lines.append(f"endpoint {name} disabled: {reason}")
     return lines
+
+
+def _rule_named(config: Config, name: str) -> Rule:
+    """The configured rule called ``name`` (KeyError when there is none)."""
+    for rule in config.rules:
+        if rule.name == name:
+            return rule
+    raise KeyError(name)

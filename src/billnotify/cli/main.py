@@ -180,7 +180,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _setup_logging(config: Config) -> None:
-    from billnotify.app import secret_values
+    from billnotify.components import secret_values
     from billnotify.logs import setup_logging
 
     setup_logging(config.service.log_level, config.service.log_format, secret_values(config))
@@ -251,8 +251,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _render(config: Config, rule_name: str, event_file: Path) -> int:
-    from billnotify.cli.checks import build_offline_executors
     from billnotify.cli.commands import render_report
+    from billnotify.components import build_actions
     from billnotify.events import CloudEvent
 
     try:
@@ -264,11 +264,11 @@ async def _render(config: Config, rule_name: str, event_file: Path) -> int:
         known = ", ".join(r.name for r in config.rules) or "none"
         print(f"billnotify: unknown rule {rule_name!r} (rules: {known})", file=sys.stderr)
         return EXIT_FAILURE
-    renderer, executors, close = build_offline_executors(config)
+    actions = build_actions(config)
     try:
-        report = await render_report(config, renderer, executors, rule_name, event)
+        report = await render_report(config, actions.renderer, actions.executors, rule_name, event)
     finally:
-        await close()
+        await actions.close()
     print(json.dumps([_jsonable(r) for r in report.rendered], indent=2, default=str))
     for error in report.errors:
         print(f"billnotify: template error: {error}", file=sys.stderr)
@@ -316,8 +316,14 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
         print(f"re-published {count} event(s) to MQTT")
     else:
         from billnotify.cli.commands import replay_to_rules
+        from billnotify.components import build_actions, build_rule_handler
 
-        result = await replay_to_rules(config, store, events, force=args.force)
+        actions = build_actions(config)
+        try:
+            handler = build_rule_handler(config, store, actions)
+            result = await replay_to_rules(handler, events, force=args.force)
+        finally:
+            await actions.close()
         print(
             f"{len(events)} event(s): {result.created} new delivery(ies), "
             f"{result.reset} reset, {result.unchanged} already recorded"

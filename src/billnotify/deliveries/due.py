@@ -2,7 +2,7 @@
 
 The worker takes its next deliveries from a :class:`DueQueue`, which reads due rows,
 their events and the disabled endpoints in one store trip
-(:meth:`~billnotify.store.base.Store.read_due`), in the background while requests are in
+(:meth:`~billnotify.store.base.Ledger.read_due`), in the background while requests are in
 flight, so that starting the next deliveries never waits for a read.
 
 A delivery that must not be sent is settled here, without an attempt: its rule or event
@@ -18,20 +18,27 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from billnotify.actions.base import ActionExecutor
-from billnotify.config.models import Action, Config, Rule, WebhookAction
+from billnotify.config.models import Action, Rule, WebhookAction
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.ledger import settle_without_sending
 from billnotify.deliveries.policy import schedule_for
+from billnotify.deliveries.settings import DeliverySettings
 from billnotify.errors import StoreError
 from billnotify.notices import Notices
 from billnotify.rules.matching import effective_dry_run
-from billnotify.store.base import DueDelivery, Store
+from billnotify.store.base import Deliveries, Ledger
+from billnotify.store.records import DueDelivery
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+class DueStore(Ledger, Deliveries, Protocol):
+    """What the due queue needs of the store: due rows, and settling those not sent."""
 
 
 @dataclass(slots=True)
@@ -57,7 +64,7 @@ class DueQueue:
     """Due deliveries, read and checked ahead, in the order they came due.
 
     Args:
-        config: the configuration (rules, dry run, retry schedules).
+        settings: the delivery stage's settings (rules, dry run, retry schedules).
         store: the state store.
         executors: action type -> executor.
         clock: returns the current UTC time.
@@ -76,8 +83,8 @@ class DueQueue:
 
     def __init__(
         self,
-        config: Config,
-        store: Store,
+        settings: DeliverySettings,
+        store: DueStore,
         executors: Mapping[str, ActionExecutor],
         clock: Clock,
         *,
@@ -86,7 +93,7 @@ class DueQueue:
         on_ready: Callable[[], None],
         notices: Notices | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.store = store
         self.executors = executors
         self.clock = clock
@@ -96,7 +103,6 @@ class DueQueue:
         self._settled = settled
         self._on_ready = on_ready
         self._notices = notices
-        self._rules = {rule.name: rule for rule in config.rules}
         self._ready: collections.deque[Job] = collections.deque()
         self._reading = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
@@ -182,7 +188,7 @@ class DueQueue:
 
     async def _prepare(self, delivery: DueDelivery, now: datetime) -> Job | None:
         """Check a due delivery; None when it is not to be sent (it is settled here)."""
-        rule = self._rules.get(delivery.rule)
+        rule = self.settings.rules.get(delivery.rule)
         action = _action_at(rule, delivery)
         executor = self.executors.get(delivery.action_type)
         reason: str | None = None
@@ -203,13 +209,13 @@ class DueQueue:
             return None
         assert rule is not None and action is not None and delivery.event is not None
         assert executor is not None
-        if effective_dry_run(self.config.service.dry_run, rule, action):
+        if effective_dry_run(self.settings.dry_run, rule, action):
             await self.store.set_delivery_status(
                 delivery.id, DeliveryStatus.DRY_RUN, now=now, note="dry run: not sent"
             )
             self._settled[DeliveryStatus.DRY_RUN.value] += 1
             return None
-        schedule = schedule_for(self.config, action)
+        schedule = schedule_for(self.settings, action)
         return Job(delivery, rule, action, delivery.event, executor, schedule)
 
 

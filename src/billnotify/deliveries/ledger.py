@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.store.base import Store
+from billnotify.store.base import Deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -17,12 +17,8 @@ RULES_CONSUMER = "rules"
 """The rule handler's position in the event log."""
 
 
-LedgerStore = Store
-"""Kept as a name for the rules package; the store protocol has everything it needs."""
-
-
 async def settle_without_sending(
-    store: Store, delivery_id: str, status: DeliveryStatus, error: str, now: datetime
+    store: Deliveries, delivery_id: str, status: DeliveryStatus, error: str, now: datetime
 ) -> None:
     """Give a delivery a final status and a visible error without attempting it.
 

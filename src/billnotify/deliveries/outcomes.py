@@ -3,7 +3,7 @@
 An attempt's outcome must be committed before the worker counts the delivery as
 settled. Committing each one in its own transaction would make the store the
 bottleneck; :class:`OutcomeWriter` commits the outcomes that arrive close together in one
-:meth:`~billnotify.store.base.Store.finish_attempts` transaction instead, and tells each
+:meth:`~billnotify.store.base.Ledger.finish_attempts` transaction instead, and tells each
 writer once the commit that holds its outcome is over.
 
 A commit that fails for the store's sake (a full disk) is tried again until it holds,
@@ -19,7 +19,8 @@ import logging
 from collections.abc import Callable
 
 from billnotify.errors import StoreError
-from billnotify.store.base import AttemptEnd, Store
+from billnotify.store.base import Ledger
+from billnotify.store.records import AttemptEnd
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class OutcomeWriter:
     adds no delay.
     """
 
-    def __init__(self, store: Store, max_batch: int = 500) -> None:
+    def __init__(self, store: Ledger, max_batch: int = 500) -> None:
         self._store = store
         self._max_batch = max_batch
         self._queue: list[tuple[AttemptEnd, Committed]] = []

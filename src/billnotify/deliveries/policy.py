@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from billnotify.config.models import Action, Config, EmailAction, WebhookAction
+from billnotify.config.models import Action, EmailAction, WebhookAction
 from billnotify.config.types import DEFAULT_RETRY_SCHEDULE
 from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.settings import DeliverySettings
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +81,13 @@ class Decision:
     disable_endpoint: bool = False
 
 
-def schedule_for(config: Config, action: Action) -> Sequence[timedelta]:
+def schedule_for(settings: DeliverySettings, action: Action) -> Sequence[timedelta]:
     """The retry schedule of an action: its endpoint's for webhooks, ``[smtp]``'s for
     emails, else the default."""
     if isinstance(action, WebhookAction):
-        try:
-            return config.webhook(action.endpoint).retry_schedule
-        except KeyError:
-            return DEFAULT_SCHEDULE
-    if isinstance(action, EmailAction) and config.smtp is not None:
-        return config.smtp.retry_schedule
+        return settings.webhook_schedules.get(action.endpoint, DEFAULT_SCHEDULE)
+    if isinstance(action, EmailAction) and settings.email_schedule is not None:
+        return settings.email_schedule
     return DEFAULT_SCHEDULE
 
 

@@ -39,15 +39,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
-from billnotify.clients.billing_platform import BillingPlatformClient
-from billnotify.config.models import Config, EmailAction, InvoiceActionAction
+from billnotify.config.models import EmailAction, InvoiceActionAction, Rule
 from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.settings import DEFAULT_SETTLE_AFTER
 from billnotify.errors import BillnotifyError, NotFoundError
 from billnotify.events import CloudEvent
-from billnotify.store.base import Delivery, Store, delivery_id
+from billnotify.store.base import Deliveries, EventLog
+from billnotify.store.records import Delivery, delivery_id
+from billnotify.values import record_id
 
 logger = logging.getLogger(__name__)
 
@@ -61,24 +64,40 @@ DEFAULT_SCAN_LIMIT = 10_000
 
 _EMAIL_TARGET = re.compile(r"^invoice (?P<invoice>\S+) email(?: on \S+)?$")
 _MAYBE_EMAILED = frozenset({DeliveryStatus.SUCCEEDED, DeliveryStatus.UNCERTAIN})
+_INVOICES = "invoices"
 
 
-def invoice_email_action(config: Config, delivery: Delivery) -> InvoiceActionAction | None:
+class ReconcileStore(EventLog, Deliveries, Protocol):
+    """What the reconciler needs of the store: deliveries and the events behind them."""
+
+
+class InvoiceRecords(Protocol):
+    """What the reconciler asks a billing platform, as raw records (a
+    :class:`~billnotify.clients.billing_platform.BillingPlatformClient`)."""
+
+    async def get_record(self, resource: str, record_id: int | str) -> dict[str, Any]:
+        """Fetch ``resource/ID`` (raises ``NotFoundError`` when there is none)."""
+        ...
+
+    def iter_pages(
+        self, resource: str, params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield every page of a list endpoint."""
+        ...
+
+
+def invoice_email_action(
+    rules: Mapping[str, Rule], delivery: Delivery
+) -> InvoiceActionAction | None:
     """The ``invoice_action`` ``email`` action behind a delivery, if that is what it is."""
     if delivery.action_type != "invoice_action":
         return None
-    for rule in config.rules:
-        if rule.name == delivery.rule and delivery.action_index < len(rule.actions):
-            action = rule.actions[delivery.action_index]
-            if isinstance(action, InvoiceActionAction) and action.action == "email":
-                return action
+    rule = rules.get(delivery.rule)
+    if rule is not None and delivery.action_index < len(rule.actions):
+        action = rule.actions[delivery.action_index]
+        if isinstance(action, InvoiceActionAction) and action.action == "email":
+            return action
     return None
-
-
-def default_settle_after(config: Config) -> timedelta:
-    """Longer than any request to a billing platform can take: its timeout plus a margin."""
-    timeouts = [source.timeout for source in config.sources]
-    return max(timeouts, default=timedelta(seconds=30)) + timedelta(seconds=5)
 
 
 def emailed_invoice(delivery: Delivery) -> str | None:
@@ -121,32 +140,30 @@ class InvoiceEmailReconciler:
     """Resolves uncertain invoice-email deliveries against the platform.
 
     Args:
-        config: the configuration (rules and sources).
+        rules: the configured rules by name.
         store: the state store.
         billing_clients: source name -> client of that billing platform.
         clock: returns the current UTC time.
         settle_after: how old an interrupted attempt must be before we trust the
-            platform's view of it (default: :func:`default_settle_after`).
+            platform's view of it (longer than any request to the platform can take).
         scan_limit: how many of the newest deliveries are searched for other emails of
             the same invoice (every ``sending`` and ``uncertain`` one is, always).
     """
 
     def __init__(
         self,
-        config: Config,
-        store: Store,
-        billing_clients: Mapping[str, BillingPlatformClient],
+        rules: Mapping[str, Rule],
+        store: ReconcileStore,
+        billing_clients: Mapping[str, InvoiceRecords],
         clock: Callable[[], datetime],
-        settle_after: timedelta | None = None,
+        settle_after: timedelta = DEFAULT_SETTLE_AFTER,
         scan_limit: int = DEFAULT_SCAN_LIMIT,
     ) -> None:
-        self.config = config
+        self.rules = rules
         self.store = store
         self.billing_clients = billing_clients
         self.clock = clock
-        self.settle_after = (
-            settle_after if settle_after is not None else default_settle_after(config)
-        )
+        self.settle_after = settle_after
         self.scan_limit = scan_limit
         self.delivered = 0
         """Deliveries found delivered (-> succeeded) since start."""
@@ -162,7 +179,7 @@ class InvoiceEmailReconciler:
         candidates = [
             (delivery, action)
             for delivery in await self.store.list_deliveries([DeliveryStatus.UNCERTAIN], limit)
-            if (action := invoice_email_action(self.config, delivery)) is not None
+            if (action := invoice_email_action(self.rules, delivery)) is not None
             and not (delivery.note or "").startswith(NOTE_AMBIGUOUS)
         ]
         ready = [
@@ -259,7 +276,7 @@ class InvoiceEmailReconciler:
 
     def _same_event_emails(self, delivery: Delivery, event: CloudEvent) -> Iterable[str]:
         """Ids of the event's other deliveries that email the invoice or fetch its PDF."""
-        for rule in self.config.rules:
+        for rule in self.rules.values():
             for index, action in enumerate(rule.actions):
                 emails = isinstance(action, InvoiceActionAction) and action.action == "email"
                 downloads = isinstance(action, EmailAction) and "invoice_pdf" in action.attach
@@ -289,7 +306,7 @@ class InvoiceEmailReconciler:
         logger.warning("delivery %s: %s; resolve it by hand", delivery.id, note)
 
     @staticmethod
-    async def _is_delivered(client: BillingPlatformClient, event: CloudEvent) -> bool | None:
+    async def _is_delivered(client: InvoiceRecords, event: CloudEvent) -> bool | None:
         """True / False from the platform, None when it cannot tell."""
         obj = event.data.get("object") or {}
         number = obj.get("invoiceNumber")
@@ -297,12 +314,15 @@ class InvoiceEmailReconciler:
         if not number:
             return None
         try:
-            await client.get_invoice(invoice_id)
+            await client.get_record(_INVOICES, invoice_id)
         except NotFoundError:
             return None  # deleted: nothing to compare against
-        undelivered = await client.list_invoices(undelivered=True, invoice_number=str(number))
+        query = {"undelivered": True, "invoiceNumber": str(number)}
+        undelivered = [
+            record async for page in client.iter_pages(_INVOICES, query) for record in page
+        ]
         still = any(
-            str(inv.id) == invoice_id or str(inv.invoice_number) == str(number)
-            for inv in undelivered
+            record_id(record) == invoice_id or str(record.get("invoiceNumber")) == str(number)
+            for record in undelivered
         )
         return not still

@@ -22,19 +22,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from billnotify.actions.base import ActionExecutor, fixed_target
-from billnotify.config.models import Action, Config, Rule
+from billnotify.config.models import Action, Rule
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.ledger import (
-    RULES_CONSUMER,
-    LedgerStore,
-    rendered_json,
-    settle_without_sending,
-)
+from billnotify.deliveries.ledger import RULES_CONSUMER, rendered_json, settle_without_sending
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.notices import Notices
 from billnotify.rules.matching import Match, admits, effective_dry_run, match_event
-from billnotify.store.base import NewDelivery, StoredEvent
+from billnotify.store.base import Deliveries, EventLog, Ledger
+from billnotify.store.records import NewDelivery, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +43,24 @@ class Evaluator(Protocol):
     def evaluate(self, expression: str, context: Mapping[str, Any]) -> bool:
         """Evaluate a Jinja expression to a bool (raises on errors)."""
         ...
+
+
+class RuleStore(EventLog, Ledger, Deliveries, Protocol):
+    """What the rule handler needs of the store: the log it reads, the ledger it records
+    deliveries in (with its position), the rows it notes errors on."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """What the rule handler reads of the configuration.
+
+    Attributes:
+        rules: the configured rules, in order.
+        dry_run: the global ``[service] dry_run`` switch.
+    """
+
+    rules: Sequence[Rule]
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +83,7 @@ class RuleHandler:
     """Consumes the event log and records deliveries.
 
     Args:
-        config: the configuration (rules, dry-run switch).
+        settings: the rules and the dry-run switch.
         store: the state store.
         renderer: evaluates ``when`` expressions.
         executors: action type -> executor (exactly-once flag, target, dry-run render).
@@ -85,8 +99,8 @@ class RuleHandler:
 
     def __init__(
         self,
-        config: Config,
-        store: LedgerStore,
+        settings: RuleSettings,
+        store: RuleStore,
         renderer: Evaluator,
         executors: Mapping[str, ActionExecutor],
         clock: Clock,
@@ -97,7 +111,7 @@ class RuleHandler:
         consumer: str = RULES_CONSUMER,
         notices: Notices | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.store = store
         self.renderer = renderer
         self.executors = executors
@@ -111,7 +125,7 @@ class RuleHandler:
         """Events consumed since start (for metrics)."""
         self.deliveries_recorded = 0
         """New deliveries recorded since start (for metrics)."""
-        self._fixed = _fixed_rules(config, executors)
+        self._fixed = _fixed_rules(settings, executors)
         self._admitted: dict[tuple[str, str], list[Rule]] = {}
         """(type, source) -> the rules whose ``on`` and ``sources`` admit such events."""
 
@@ -176,7 +190,7 @@ class RuleHandler:
         for entry in batch:
             admitted = self._admitted.get((entry.type, entry.source))
             if admitted is None:
-                admitted = [r for r in self.config.rules if admits(r, entry.type, entry.source)]
+                admitted = [r for r in self.settings.rules if admits(r, entry.type, entry.source)]
                 if len(self._admitted) >= 1024:  # event types and sources are few
                     self._admitted.clear()
                 self._admitted[(entry.type, entry.source)] = admitted
@@ -208,7 +222,7 @@ class RuleHandler:
     async def plan(self, stored: StoredEvent) -> list[Planned]:
         """The deliveries one event calls for (nothing is written)."""
         event = stored.event
-        matches = match_event(self.config.rules, event, self.renderer.evaluate)
+        matches = match_event(self.settings.rules, event, self.renderer.evaluate)
         return [await self._plan_match(stored, match) for match in matches]
 
     async def _plan_match(self, stored: StoredEvent, match: Match) -> Planned:
@@ -233,7 +247,7 @@ class RuleHandler:
         exactly_once, target = _describe(executor, action, event)
         if match.error is not None:
             return Planned(row(DeliveryStatus.DEAD, exactly_once, target), error=match.error)
-        if not effective_dry_run(self.config.service.dry_run, rule, action):
+        if not effective_dry_run(self.settings.dry_run, rule, action):
             return Planned(row(DeliveryStatus.PENDING, exactly_once, target))
         delivery = row(DeliveryStatus.DRY_RUN, exactly_once, target)
         try:
@@ -304,7 +318,7 @@ def _describe(executor: ActionExecutor, action: Action, event: CloudEvent) -> tu
 
 
 def _fixed_rules(
-    config: Config, executors: Mapping[str, ActionExecutor]
+    settings: RuleSettings, executors: Mapping[str, ActionExecutor]
 ) -> dict[str, list[NewDelivery]]:
     """Rules whose deliveries do not depend on the event they match, with those
     deliveries (event id and seq left blank).
@@ -314,13 +328,13 @@ def _fixed_rules(
     :meth:`RuleHandler.plan` would record for it, it records without parsing the event.
     """
     fixed: dict[str, list[NewDelivery]] = {}
-    for rule in config.rules:
+    for rule in settings.rules:
         if rule.when is not None and rule.when.strip():
             continue
         deliveries: list[NewDelivery] = []
         for index, action in enumerate(rule.actions):
             executor = executors.get(action.type)
-            if executor is None or effective_dry_run(config.service.dry_run, rule, action):
+            if executor is None or effective_dry_run(settings.dry_run, rule, action):
                 break
             try:
                 target = fixed_target(executor, action)
@@ -335,15 +349,3 @@ def _fixed_rules(
         else:
             fixed[rule.name] = deliveries
     return fixed
-
-
-def rule_named(config: Config, name: str) -> Rule:
-    """The configured rule called ``name``.
-
-    Raises:
-        KeyError: there is none.
-    """
-    for rule in config.rules:
-        if rule.name == name:
-            return rule
-    raise KeyError(name)
