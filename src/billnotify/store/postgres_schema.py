@@ -1,0 +1,148 @@
+"""The PostgreSQL schema as versioned migrations, applied at start-up under a lock.
+
+Each migration runs once, in its own transaction, and records its number in
+``schema_version``. :func:`migrate` holds a session advisory lock while it reads the
+version and applies what is missing, so several processes starting at once on a fresh
+database wait for the first and then find nothing left to do.
+
+The tables mirror the SQLite store's (``store/schema.py``), with two differences:
+
+- ``log_head`` is the event log's one-row counter: an append locks it (``FOR UPDATE``)
+  until its transaction commits, so appends are serialized and each commit's ``seq``
+  values are above every seq committed before it. A reader that has seen ``seq = N``
+  can never later find a new event below ``N`` (a ``BIGSERIAL`` alone would allow
+  that: writer B may commit seq 8 before writer A commits seq 7).
+- ``deliveries.claimed_by`` names the instance that started the attempt in flight, for
+  recovery of a dead instance's ``sending`` rows once several share the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_LOCK = 0x62696C6C6E6F7469
+"""The advisory lock key held while migrating (``billnoti`` as a big-endian int64)."""
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        source TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        id TEXT NOT NULL,
+        record TEXT NOT NULL,
+        marks TEXT NOT NULL DEFAULT '[]',
+        due_at TIMESTAMPTZ,
+        version INTEGER NOT NULL DEFAULT 1,
+        dirty BOOLEAN NOT NULL DEFAULT TRUE,
+        updated_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (source, entity, id)
+    );
+    CREATE INDEX snapshots_due ON snapshots (source, entity, due_at)
+        WHERE due_at IS NOT NULL;
+    CREATE INDEX snapshots_dirty ON snapshots (source) WHERE dirty;
+    CREATE TABLE cursors (
+        source TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (source, resource)
+    );
+    CREATE TABLE log_head (
+        one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+        seq BIGINT NOT NULL
+    );
+    INSERT INTO log_head (seq) VALUES (0);
+    CREATE TABLE events (
+        seq BIGINT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        source TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        time TEXT NOT NULL,
+        recorded_at TIMESTAMPTZ NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_recorded ON events (recorded_at);
+    CREATE TABLE positions (
+        consumer TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        action_index INTEGER NOT NULL,
+        action_type TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_seq BIGINT NOT NULL,
+        exactly_once BOOLEAN NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TIMESTAMPTZ,
+        last_error TEXT,
+        last_status_code INTEGER,
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        rendered TEXT,
+        note TEXT,
+        claimed_by TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at, event_seq)
+        WHERE status IN ('pending', 'retry_scheduled');
+    CREATE INDEX deliveries_active ON deliveries (created_at)
+        WHERE status IN ('pending', 'retry_scheduled', 'sending');
+    CREATE INDEX deliveries_created ON deliveries (created_at, event_seq);
+    CREATE INDEX deliveries_changed ON deliveries (status, updated_at);
+    CREATE TABLE attempts (
+        delivery_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        finished_at TIMESTAMPTZ,
+        outcome TEXT,
+        status_code INTEGER,
+        error TEXT,
+        PRIMARY KEY (delivery_id, number)
+    );
+    CREATE TABLE endpoints (
+        name TEXT PRIMARY KEY,
+        disabled_at TIMESTAMPTZ NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
+)
+"""Migration N (from 1) is ``MIGRATIONS[N - 1]``; append, never edit a released one."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(conn: Any) -> tuple[int, int]:
+    """Bring the schema on ``conn`` (an asyncpg connection) up to :data:`SCHEMA_VERSION`.
+
+    Returns:
+        (version found, version now).
+
+    Raises:
+        ValueError: the database's schema is newer than this code knows.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        found = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+        if found > SCHEMA_VERSION:
+            raise ValueError(
+                f"its schema is version {found}, newer than this billnotify's {SCHEMA_VERSION}"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            async with conn.transaction():
+                await conn.execute(MIGRATIONS[version - 1])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        return found, SCHEMA_VERSION
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK)
