@@ -1,4 +1,4 @@
-"""Webhook deadlines: one timer cuts late attempts, and only them, and only for lateness."""
+"""Webhook deadlines: late attempts are cut, only they, and only for lateness."""
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -76,64 +75,6 @@ class _Target:
     invalid: str | None
 
 
-class _Deadlines:
-    """Cuts attempts that run past their deadline, with one timer for all of them.
-
-    ``asyncio.timeout`` (or aiohttp's ``total``) arms and disarms a timer per request, a
-    good part of what a request to a quick receiver costs. Here an attempt registers its
-    task and deadline; one timer, set for the earliest deadline, cancels the tasks it
-    finds late, and :meth:`leave` tells that cancellation from any other the way
-    ``asyncio.timeout`` does (by the task's count of cancellation requests).
-    """
-
-    def __init__(self) -> None:
-        self._due: dict[asyncio.Task[Any], tuple[float, int]] = {}
-        self._cut: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def enter(self, seconds: float) -> asyncio.Task[Any]:
-        """Cut the current task's attempt ``seconds`` from now (until :meth:`leave`)."""
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("an attempt runs in a task")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        self._due[task] = (deadline, task.cancelling())
-        if deadline < self._timer_at or loop is not self._loop:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._timer_at = loop.call_at(deadline, self._expire), deadline
-            self._loop = loop
-        return task
-
-    def leave(self, task: asyncio.Task[Any], *, cancelled: bool) -> bool:
-        """Forget ``task``'s deadline; True when its cancellation was the deadline's."""
-        entry = self._due.pop(task, None)
-        if entry is None or task not in self._cut:
-            return False
-        self._cut.discard(task)
-        return task.uncancel() <= entry[1] and cancelled
-
-    def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
-        now, earliest = loop.time(), math.inf
-        for task, (deadline, _) in list(self._due.items()):
-            if task.done():  # its loop went away mid-attempt: nothing to cut
-                del self._due[task]
-                self._cut.discard(task)
-            elif deadline <= now:
-                if task not in self._cut:
-                    self._cut.add(task)
-                    task.cancel()
-            elif deadline < earliest:
-                earliest = deadline
-        self._timer, self._timer_at = None, math.inf
-        if earliest < math.inf:
-            self._timer, self._timer_at = loop.call_at(earliest, self._expire), earliest
-
-
 class WebhookExecutor:
     """Delivers ``webhook`` actions to the configured ``[[webhooks]]`` endpoints.
 
@@ -160,7 +101,6 @@ class WebhookExecutor:
         self._endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self._keys = {name: signing_key(e.secret) for name, e in self._endpoints.items()}
         self._targets: dict[tuple[str, str], _Target] = {}
-        self._deadlines = _Deadlines()
         self._templates = templates
         self._clock = clock
         self._max_bytes = max_response_bytes
@@ -303,23 +243,17 @@ class WebhookExecutor:
         headers["webhook-signature"] = target.signer.sign(delivery_id, timestamp, body)
         session = self._session(target.endpoint)
         status: int | None = None
-        task = self._deadlines.enter(target.deadline)
+        deadline = asyncio.timeout(target.deadline)
         try:
-            async with session.post(
-                target.url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
+            async with (
+                deadline,
+                session.post(target.url, data=body, headers=headers, allow_redirects=False) as resp,
+            ):
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 location = resp.headers.get("Location")
                 content_type = resp.headers.get("Content-Type", "")
                 content = await _read_capped(resp, self._max_bytes)
-        except asyncio.CancelledError:
-            if not self._deadlines.leave(task, cancelled=True):
-                raise
-            got = f" (HTTP {status} received, body unfinished)" if status else ""
-            raise SendFailedError(
-                f"no complete answer within {target.deadline:g}s{got}", sent=True
-            ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
             blocked = blocked_cause(exc)
             if blocked is not None:
@@ -327,8 +261,13 @@ class WebhookExecutor:
             connecting = isinstance(exc, aiohttp.ClientConnectorError)
             what = "cannot connect" if connecting else "request failed"
             raise SendFailedError(f"{what}: {_describe(exc)}", sent=not connecting) from None
-        finally:
-            self._deadlines.leave(task, cancelled=False)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            got = f" (HTTP {status} received, body unfinished)" if status else ""
+            raise SendFailedError(
+                f"no complete answer within {target.deadline:g}s{got}", sent=True
+            ) from None
         return self._result(status, retry_after, location, content_type, content)
 
     def _result(
