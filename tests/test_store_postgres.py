@@ -21,6 +21,7 @@ from billnotify.store.postgres import PgStore
 from billnotify.store.postgres_schema import SCHEMA_VERSION
 from billnotify.store.records import AttemptEnd, NewDelivery, SnapshotWrite
 from servers import free_port
+from store_contract import EventLogContract, LifecycleContract, SnapshotsContract
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -68,20 +69,28 @@ async def _until(predicate: object, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-# -- the SQLite store's semantics ---------------------------------------------------------
+# -- the store contract (tests/store_contract.py) ----------------------------------------
 
 
-async def test_commit_writes_snapshots_events_and_cursor_together(store: PgStore) -> None:
-    writes = [SnapshotWrite("billing_task", "1", {"id": "1", "status": "Pending"})]
-    stored = await store.commit("acme", writes, [_event("1")], ("billing_tasks", "c1"))
-    assert [s.seq for s in stored] == [1]
-    assert await store.get_cursor("acme", "billing_tasks") == "c1"
-    snaps = await store.get_snapshots("acme", "billing_task", ["1", "2"])
-    assert list(snaps) == ["1"]
-    assert snaps["1"].record["status"] == "Pending"
-    assert snaps["1"].version == 1
-    assert await store.count_snapshots("acme") == 1
-    assert await store.count_snapshots("acme", "invoice") == 0
+@pytest.fixture
+async def backend(store: PgStore) -> PgStore:
+    """The contract's open, empty store."""
+    return store
+
+
+class TestLifecycle(LifecycleContract):
+    pass
+
+
+class TestSnapshots(SnapshotsContract):
+    pass
+
+
+class TestEventLog(EventLogContract):
+    pass
+
+
+# -- the SQLite store's semantics beyond the contract so far ------------------------------
 
 
 async def test_events_keep_their_json_through_the_log(store: PgStore) -> None:
@@ -95,34 +104,6 @@ async def test_events_keep_their_json_through_the_log(store: PgStore) -> None:
     assert [s.seq for s in await store.list_events(type_glob="billing_task.*")] == [1]
     assert await store.list_events(type_glob="invoice.*") == []
     assert await store.list_events(since=datetime.now(UTC) + timedelta(hours=1)) == []
-
-
-async def test_a_duplicate_event_id_is_never_logged_twice(store: PgStore) -> None:
-    await store.commit("acme", [], [_event("1")])
-    assert await store.commit("acme", [], [_event("1")]) == []
-    assert await store.last_seq() == 1
-
-
-async def test_a_repeated_transition_gets_a_new_salted_id(store: PgStore) -> None:
-    write = SnapshotWrite("billing_task", "1", {"id": "1"})
-    await store.commit("acme", [write], [_event("1", "same")])
-    again = await store.commit("acme", [write], [_event("1", "same")])
-    assert len(again) == 1
-    assert again[0].event.id.endswith("_2")
-    (logged,) = await store.get_events([again[0].event.id])
-    assert logged.event.id == again[0].event.id  # the JSON logged carries the salted id
-
-
-async def test_one_commit_with_a_repeated_event_logs_it_once_or_salted(store: PgStore) -> None:
-    plain = await store.commit("acme", [], [_event("1"), _event("2"), _event("1")])
-    assert [s.event.id for s in plain] == [_event("1").id, _event("2").id]
-    assert [s.seq for s in plain] == [1, 2]
-    write = SnapshotWrite("billing_task", "3", {"id": "3"})
-    salted = await store.commit("acme", [write, write], [_event("3"), _event("3")])
-    assert [s.event.id for s in salted] == [_event("3").id, _event("3").id + "_2"]
-    assert [s.seq for s in salted] == [3, 4]
-    snaps = await store.get_snapshots("acme", "billing_task", ["3"])
-    assert snaps["3"].version == 2
 
 
 async def test_a_failed_transaction_leaves_nothing(store: PgStore) -> None:

@@ -25,7 +25,6 @@ class PgStore(LedgerTables, LogTables):
             ``PGPASSWORD`` / ``~/.pgpass`` or ``password``.
         password: an explicit password (never logged, never in an error).
         instance: this process's name (default ``hostname-pid``).
-        pool_size: connections at most in the pool.
         timeout: seconds to connect, and at most per statement.
     """
 

@@ -81,7 +81,6 @@ class PgBase:
         password: the password, if not from ``PGPASSWORD`` / ``~/.pgpass`` (which asyncpg
             reads itself).
         instance: this process's name, recorded on the deliveries it starts.
-        pool_size: connections at most in the pool (the listener is one more).
         timeout: seconds to connect, and at most per statement.
     """
 
@@ -91,7 +90,6 @@ class PgBase:
         *,
         password: str | None = None,
         instance: str | None = None,
-        pool_size: int = 10,
         timeout: float = 30.0,
     ) -> None:
         self.where = where(url)
@@ -99,10 +97,10 @@ class PgBase:
         self.appended = asyncio.Condition()
         self._url = url
         self._password = password
-        self._pool_size = pool_size
         self._timeout = timeout
         self._token = uuid.uuid4().hex
         self._pool: Any = None
+        self._order = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._wakes: set[asyncio.Task[None]] = set()
 
@@ -119,7 +117,7 @@ class PgBase:
                 self._url,
                 password=self._password,
                 min_size=1,
-                max_size=self._pool_size,
+                max_size=1,  # calls run one at a time (see _connection)
                 timeout=self._timeout,
                 command_timeout=self._timeout,
             )
@@ -177,12 +175,15 @@ class PgBase:
 
     @contextlib.asynccontextmanager
     async def _connection(self, doing: str = "read failed") -> AsyncIterator[Any]:
-        """A connection of the pool, errors wrapped."""
-        if self._pool is None:
-            raise StoreError(f"the state store {self.where} is not open")
-        with self._wrapped(doing):
-            async with self._pool.acquire() as conn:
-                yield conn
+        """A connection of the pool, errors wrapped; one call at a time, in the order
+        of the calls (the store contract: a read made after a write sees it, as with
+        SQLite's one thread). Several processes still run side by side."""
+        async with self._order:
+            if self._pool is None:
+                raise StoreError(f"the state store {self.where} is not open")
+            with self._wrapped(doing):
+                async with self._pool.acquire() as conn:
+                    yield conn
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Any]:
