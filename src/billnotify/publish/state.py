@@ -23,7 +23,7 @@ from billnotify.publish.topics import state_topic
 from billnotify.publish.window import InflightWindow
 
 if TYPE_CHECKING:
-    from billnotify.store.base import Store
+    from billnotify.store.base import Snapshots
 
 
 class StatePublisher:
@@ -34,7 +34,7 @@ class StatePublisher:
         store: where the dirty snapshots are.
     """
 
-    def __init__(self, config: MqttConfig, store: Store) -> None:
+    def __init__(self, config: MqttConfig, store: Snapshots) -> None:
         self._config = config
         self._store = store
         self._retain = frozenset(config.retain_state)

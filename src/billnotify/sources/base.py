@@ -22,7 +22,7 @@ from billnotify.events import CloudEvent, build_event
 from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
 from billnotify.sources.detect import Detection, Policy, detect
-from billnotify.store.base import Store
+from billnotify.store.base import Snapshots
 from billnotify.store.records import Snapshot, SnapshotWrite, StoredEvent
 from billnotify.values import record_id
 
@@ -130,7 +130,7 @@ def diff_page(
 
 
 async def sweep_due(
-    store: Store, source: str, entity: str, *, now: datetime, policy: Policy
+    store: Snapshots, source: str, entity: str, *, now: datetime, policy: Policy
 ) -> list[StoredEvent]:
     """Emit time-based events (stalled, overdue) for unchanged records that became due."""
     emitted: list[StoredEvent] = []

@@ -26,7 +26,7 @@ from billnotify.config.models import BillingPlatformSource
 from billnotify.config.types import RESOURCES
 from billnotify.sources.base import Clock, PollStats, diff_page, sweep_due, utcnow
 from billnotify.sources.detect import Policy
-from billnotify.store.base import Store
+from billnotify.store.base import Snapshots
 from billnotify.values import record_id
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class BillingPlatformSync:
         config: BillingPlatformSource,
         resource: str,
         client: BillingPlatformClient,
-        store: Store,
+        store: Snapshots,
         *,
         clock: Clock = utcnow,
     ) -> None:
@@ -137,7 +137,7 @@ class BillingPlatformSync:
 def build_billing_syncs(
     config: BillingPlatformSource,
     client: BillingPlatformClient,
-    store: Store,
+    store: Snapshots,
     *,
     clock: Callable[[], datetime] = utcnow,
 ) -> list[BillingPlatformSync]:

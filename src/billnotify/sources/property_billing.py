@@ -18,7 +18,7 @@ from billnotify.errors import SourceError
 from billnotify.events import CloudEvent
 from billnotify.sources.base import Clock, PollStats, diff_page, utcnow
 from billnotify.sources.detect import Policy
-from billnotify.store.base import Store
+from billnotify.store.base import Snapshots
 from billnotify.values import record_id
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class PropertyBillingSync:
         config: PropertyBillingSource,
         property_uuid: str,
         client: PropertyBillingClient,
-        store: Store,
+        store: Snapshots,
         *,
         clock: Clock = utcnow,
     ) -> None:
