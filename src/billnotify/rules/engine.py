@@ -30,7 +30,7 @@ from billnotify.events import CloudEvent
 from billnotify.notices import Notices
 from billnotify.rules.matching import Match, admits, effective_dry_run, match_event
 from billnotify.store.base import Deliveries, EventLog, Ledger
-from billnotify.store.records import NewDelivery, StoredEvent
+from billnotify.store.records import LogEntry, NewDelivery, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -196,29 +196,37 @@ class RuleHandler:
                 self._admitted[(entry.type, entry.source)] = admitted
             if not admitted:
                 continue
-            if all(rule.name in self._fixed for rule in admitted):
-                # nothing of the event is needed: no parsed event for the collector to walk
-                planned.extend(
-                    Planned(
-                        NewDelivery(
-                            d.rule,
-                            d.action_index,
-                            d.action_type,
-                            entry.id,
-                            entry.seq,
-                            d.exactly_once,
-                            d.target,
-                        )
-                    )
-                    for rule in admitted
-                    for d in self._fixed[rule.name]
-                )
-                continue
-            event = CloudEvent.from_json(entry.json)  # one at a time, dropped once planned
-            planned.extend(await self.plan(StoredEvent(entry.seq, event)))
+            planned.extend(await self._plan_entry(entry, admitted))
         return planned, batch[0].seq, batch[-1].seq, len(batch)
 
     # -- planning --------------------------------------------------------------------
+    async def _plan_entry(self, entry: LogEntry, admitted: Sequence[Rule]) -> list[Planned]:
+        """The deliveries one log entry calls for, given the rules that admit it.
+
+        When every admitted rule is fixed (:func:`_fixed_rules`), its deliveries are
+        known without the event, so it is not parsed: a parsed event per log entry is
+        what the garbage collector would otherwise walk (``python -m bench ledger``).
+        Otherwise the event goes through :meth:`plan`, the one general path.
+        """
+        if all(rule.name in self._fixed for rule in admitted):
+            return [
+                Planned(
+                    NewDelivery(
+                        d.rule,
+                        d.action_index,
+                        d.action_type,
+                        entry.id,
+                        entry.seq,
+                        d.exactly_once,
+                        d.target,
+                    )
+                )
+                for rule in admitted
+                for d in self._fixed[rule.name]
+            ]
+        event = CloudEvent.from_json(entry.json)  # one at a time, dropped once planned
+        return await self.plan(StoredEvent(entry.seq, event))
+
     async def plan(self, stored: StoredEvent) -> list[Planned]:
         """The deliveries one event calls for (nothing is written)."""
         event = stored.event
