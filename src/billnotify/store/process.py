@@ -1,13 +1,13 @@
 """The SQLite store in a process of its own, for the running service.
 
 :class:`SqliteStore` keeps its connection on a thread, which still shares the
-interpreter lock with the event loop: measured on the delivery path, the store's work
-(some 80 µs of CPU per delivery) and its share of the lock slowed the loop beside it by
-about a third. :class:`ProcessStore` runs the very same :class:`SqliteStore` in a child
-interpreter (``python -m billnotify.store.child PATH``) and talks to it with pickled
-frames, one per call on the child's stdin, one reply on its stdout. Writes run whole in
-the child (:data:`REMOTE`); reads run their statements there and make their objects
-here, so that what crosses is rows: strings and numbers, cheap to pickle.
+interpreter lock with the event loop and slowed the loop beside it on the delivery path
+(measured in ``docs/performance.md``). :class:`ProcessStore` runs the very same
+:class:`SqliteStore` in a child interpreter (``python -m billnotify.store.child PATH``)
+and talks to it with pickled frames, one per call on the child's stdin, one reply on its
+stdout. Writes run whole in the child (:data:`REMOTE`); reads run their statements
+there and make their objects here, so that what crosses is rows: strings and numbers,
+cheap to pickle.
 
 What stays the same: every call is one store call, run in the order the calls were made
 (the child starts them in arrival order, and its store thread runs them in that order),
