@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.base import DeliveryStatus
 from billnotify.store import NewDelivery, SqliteStore
-from billnotify.store.records import AttemptEnd
 from billnotify.store.sqlite_deliveries import _ACTIVE, _DUE
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -64,44 +63,3 @@ async def test_a_store_made_before_gets_the_new_index_and_keeps_its_rows(tmp_pat
         "snapshots_due",
         "snapshots_dirty",
     }
-
-
-async def test_due_reads_pass_over_deliveries_in_flight_in_order(store: SqliteStore) -> None:
-    rows = _rows(6)
-    await store.record_deliveries(rows, "rules", 6, NOW)
-    ids = [row.id for row in rows]
-    assert [d.id for d in await store.due_deliveries(NOW, limit=10)] == ids
-    await store.start_attempts(ids[:3], NOW)  # the oldest are in flight
-    assert [d.id for d in await store.due_deliveries(NOW, limit=2)] == ids[3:5]
-    assert await store.next_due_at() == NOW
-    assert await store.oldest_pending_at() == NOW
-
-
-async def test_settled_deliveries_leave_the_index_and_retries_come_back(store: SqliteStore) -> None:
-    rows = _rows(2)
-    await store.record_deliveries(rows, "rules", 2, NOW)
-    numbers = await store.start_attempts([row.id for row in rows], NOW)
-    later = NOW + timedelta(minutes=5)
-    await store.finish_attempts(
-        [
-            AttemptEnd(
-                rows[0].id,
-                numbers[rows[0].id],
-                finished_at=NOW,
-                outcome=Outcome.SUCCESS,
-                status=DeliveryStatus.SUCCEEDED,
-            ),
-            AttemptEnd(
-                rows[1].id,
-                numbers[rows[1].id],
-                finished_at=NOW,
-                outcome=Outcome.RETRYABLE,
-                status=DeliveryStatus.RETRY_SCHEDULED,
-                next_attempt_at=later,
-            ),
-        ]
-    )
-    assert await store.due_deliveries(NOW) == []
-    assert await store.next_due_at() == later
-    assert [d.id for d in await store.due_deliveries(later)] == [rows[1].id]
-    assert await store.oldest_pending_at() == NOW  # the retry, created at NOW

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.events import build_event
-from billnotify.store import NewDelivery, ProcessStore, SnapshotWrite, SqliteStore
+from billnotify.store import ProcessStore, SqliteStore
 from billnotify.store.process import REMOTE
-from billnotify.store.records import AttemptEnd
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -62,56 +60,6 @@ def _alive(pid: int) -> bool:
         return stat.read().split(") ")[1][0] != "Z"
 
 
-async def test_the_ledger_round_trip_runs_in_the_child(pstore: ProcessStore) -> None:
-    stored = await pstore.commit("acme", [], [_event(1), _event(2)], ("billing_tasks", "c1"))
-    assert [s.seq for s in stored] == [1, 2]
-    assert stored[0].event == _event(1)
-    assert [e.id for e in await pstore.read_log(0)] == [_event(1).id, _event(2).id]
-    assert await pstore.get_cursor("acme", "billing_tasks") == "c1"
-    rows = [NewDelivery("r", 0, "webhook", s.event.id, s.seq, exactly_once=False) for s in stored]
-    assert await pstore.record_deliveries(rows, "rules", 2, NOW) == 2
-    due = await pstore.read_due(NOW)
-    assert [d.id for d in due.deliveries] == [r.id for r in rows]
-    assert due.deliveries[0].event == _event(1).to_json()
-    numbers = await pstore.start_attempts([r.id for r in rows], NOW)
-    await pstore.finish_attempts(
-        [
-            AttemptEnd(
-                id_,
-                number,
-                finished_at=NOW,
-                outcome=Outcome.SUCCESS,
-                status=DeliveryStatus.SUCCEEDED,
-                status_code=200,
-            )
-            for id_, number in numbers.items()
-        ]
-    )
-    assert await pstore.count_deliveries() == {("webhook", "succeeded"): 2}
-    delivery = await pstore.get_delivery(rows[0].id)
-    assert delivery is not None and delivery.history[0].status_code == 200
-
-
-async def test_a_commit_wakes_those_waiting_for_events(pstore: ProcessStore) -> None:
-    async def wait() -> None:
-        async with pstore.appended:
-            await pstore.appended.wait()
-
-    waiter = asyncio.create_task(wait())
-    await asyncio.sleep(0.05)
-    await pstore.commit("acme", [], [_event(1)])
-    await asyncio.wait_for(waiter, 5)
-
-
-async def test_calls_run_in_the_order_they_are_made(pstore: ProcessStore) -> None:
-    calls = []
-    for seq in range(1, 51):
-        calls.append(pstore.set_position("rules", seq))
-        calls.append(pstore.get_position("rules"))
-    results = await asyncio.gather(*calls)
-    assert results[1::2] == list(range(1, 51))
-
-
 def test_every_method_that_writes_runs_whole_in_the_child() -> None:
     for name, method in inspect.getmembers(SqliteStore, inspect.iscoroutinefunction):
         source = inspect.getsource(method)
@@ -121,25 +69,6 @@ def test_every_method_that_writes_runs_whole_in_the_child() -> None:
             assert name in REMOTE, f"{name} writes (or reads by a closure): add it to REMOTE"
         else:
             assert name not in REMOTE or name == "ping", name
-
-
-async def test_snapshots_and_events_cross_as_rows(pstore: ProcessStore) -> None:
-    writes = [SnapshotWrite("billing_task", "1", {"id": "1", "status": "Failed"}, {"stall"})]
-    first = await pstore.commit("acme", writes, [_event(1)])
-    again = await pstore.commit("acme", writes, [_event(1)])  # the same transition again
-    assert [s.event.id for s in first + again] == [_event(1).id, _event(1).id + "_2"]
-    logged = await pstore.read_events(0)
-    assert [e.event.id for e in logged] == [_event(1).id, _event(1).id + "_2"]
-    assert logged[1].event.to_json() == again[0].event.to_json()
-    snapshot = (await pstore.get_snapshots("acme", "billing_task", ["1"]))["1"]
-    assert snapshot.record == {"id": "1", "status": "Failed"}
-    assert snapshot.marks == {"stall"} and snapshot.version == 2
-
-
-async def test_errors_come_back_as_store_errors(pstore: ProcessStore) -> None:
-    with pytest.raises(StoreError, match="unknown delivery dlv_nope"):
-        await pstore.start_attempt("dlv_nope", NOW)
-    assert await pstore.last_seq() == 0  # and the store goes on
 
 
 async def test_close_lets_every_call_made_finish(tmp_path: Path) -> None:

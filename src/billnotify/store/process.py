@@ -118,8 +118,10 @@ class ProcessStore(SqliteStore):
 
     async def _remote(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         child = self._child
-        if child is None or self._gone is not None:
-            raise StoreError(self._gone or "the state store is not open")
+        if child is None:
+            raise StoreError("the state store is not open")
+        if self._gone is not None:
+            raise StoreError(self._gone)
         number = next(self._numbers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[number] = future

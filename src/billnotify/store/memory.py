@@ -1,0 +1,35 @@
+"""Every store protocol in memory: for tests, demos, and as the contract's reference.
+
+:class:`MemoryStore` keeps the semantics of the SQLite store (``tests/store_contract.py``
+holds every backend to them): unique event ids and increasing positions, snapshot
+versions and dirty marks, the ledger's statuses and attempts, what is due and in which
+order. Records are kept as JSON, as a database keeps them, so changing a value read
+from the store never changes the store. Nothing is durable: the data lives as long as
+the object (and outlives :meth:`~MemoryStore.close`, as a file would).
+
+- ``memory_log.py``: snapshots, cursors, the event log, positions;
+- ``memory_ledger.py``: deliveries, attempts, endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from billnotify.store.base import Store
+from billnotify.store.memory_ledger import LedgerTables
+from billnotify.store.memory_log import LogTables
+
+
+class MemoryStore(LedgerTables, LogTables):
+    """:class:`~billnotify.store.base.Store` in memory (see the module docstring)."""
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+if TYPE_CHECKING:
+    _: Store = MemoryStore()

@@ -1,0 +1,57 @@
+"""The store contract (``store_contract*.py``) run against every backend.
+
+A new backend (PostgreSQL) is one more entry in :data:`BACKENDS`: a factory of an
+unopened store given the test's temp folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from billnotify.store import MemoryStore, ProcessStore, SqliteStore, Store
+from store_contract import EventLogContract, LifecycleContract, SnapshotsContract
+from store_contract_ledger import DeliveriesContract, EndpointsContract, LedgerContract
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {
+    "memory": lambda folder: MemoryStore(),
+    "sqlite": lambda folder: SqliteStore(folder / "state.db"),
+    "process": lambda folder: ProcessStore(folder / "state.db"),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, empty store of each backend."""
+    store = BACKENDS[request.param](tmp_path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+class TestLifecycle(LifecycleContract):
+    pass
+
+
+class TestSnapshots(SnapshotsContract):
+    pass
+
+
+class TestEventLog(EventLogContract):
+    pass
+
+
+class TestLedger(LedgerContract):
+    pass
+
+
+class TestDeliveries(DeliveriesContract):
+    pass
+
+
+class TestEndpoints(EndpointsContract):
+    pass
