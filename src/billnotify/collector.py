@@ -1,16 +1,9 @@
 """The garbage collector's settings while the service runs.
 
-Deliveries in flight hold many small objects for a few milliseconds each (requests,
-futures, jobs). With CPython's default first-generation threshold (700 net
-allocations) the collector runs every few dozen deliveries, finds most of those objects
-still alive, and promotes them to older generations that it then scans again: measured
-on the ``ledger`` benchmark, 25-45 µs of every delivery (10-15 % of its cost) went to
-collections that freed almost nothing. A threshold of :data:`GEN0_THRESHOLD` lets the
-objects of an attempt die by reference counting first, so a collection finds little to
-scan; what cyclic garbage there is waits a little longer (at most that many objects).
-
-What start-up built (config, templates, clients, modules) lives as long as the process:
-frozen, the collector's full passes no longer walk it.
+Deliveries in flight hold many small objects for a few milliseconds each; a higher
+first-generation threshold lets them die by reference counting before a collection
+scans and promotes them, and what start-up built is frozen out of full passes. The
+measurements are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
