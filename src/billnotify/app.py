@@ -32,7 +32,7 @@ from billnotify.publish.mqtt import MqttPublisher
 from billnotify.rules.engine import RuleHandler
 from billnotify.sources import Poller
 from billnotify.sources.base import PollStats, ResourceSync
-from billnotify.store import ProcessStore, SqliteStore
+from billnotify.store import ProcessStore, Store
 from billnotify.store.lock import StateLock
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Service:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.store: SqliteStore = ProcessStore(config.state_path)
+        self.store: Store = ProcessStore(config.state_path)
         self.pollers: list[Poller] = []
         self.publisher: MqttPublisher | None = None
         self.worker: DeliveryWorker | None = None
@@ -209,9 +209,7 @@ class Service:
         logger.info("stopped")
 
 
-async def _finish_publishing(
-    publisher: MqttPublisher | None, store: SqliteStore, grace: float
-) -> None:
+async def _finish_publishing(publisher: MqttPublisher | None, store: Store, grace: float) -> None:
     """Give the publisher a moment to flush what is already logged."""
     if publisher is None or not publisher.connected:
         return

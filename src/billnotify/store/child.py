@@ -1,7 +1,7 @@
 """``python -m billnotify.store.child PATH``: the process a :class:`ProcessStore` talks to.
 
 It opens a :class:`~billnotify.store.sqlite.SqliteStore` on ``PATH`` and serves calls
-framed on stdin (see :mod:`billnotify.store.process`), one reply per call on stdout, until
+framed on stdin (see :mod:`billnotify.store.channel`), one reply per call on stdout, until
 stdin closes; then it finishes the calls it has and closes the store. SIGINT and SIGTERM
 are ignored: stopping is the parent's business.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from billnotify.collector import tuned_collector
 from billnotify.errors import StoreError
-from billnotify.store.process import frame, read_frame
+from billnotify.store.channel import frame, read_frame
 from billnotify.store.sqlite import SqliteStore
 
 
@@ -33,6 +33,8 @@ async def serve(path: str) -> None:
 
     async def handle(number: int, name: str, args: tuple[Any, ...], kwargs: Any) -> None:
         try:
+            if name.startswith("_"):
+                raise StoreError(f"not a store method: {name}")
             reply = frame((number, True, await getattr(store, name)(*args, **kwargs)))
         except Exception as exc:
             try:

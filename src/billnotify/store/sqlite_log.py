@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
@@ -22,6 +23,57 @@ SnapshotRow = tuple[str, str, str, str, float | None]
 """A snapshot as written: entity, id, record JSON, marks JSON, due_at."""
 EventRow = tuple[str, str, str, str, str, str, str, str]
 """An event as logged: id, entity, object id, type, source name, subject, time, JSON."""
+
+
+def commit_rows_of(
+    writes: Sequence[SnapshotWrite], events: Sequence[CloudEvent]
+) -> tuple[list[SnapshotRow], list[EventRow]]:
+    """The rows of a commit, for :meth:`LogTables.commit_rows`."""
+    snapshots = [
+        (
+            w.entity,
+            w.id,
+            json.dumps(w.record, separators=(",", ":")),
+            json.dumps(sorted(w.marks)),
+            _ts(w.due_at),
+        )
+        for w in writes
+    ]
+    logged = [
+        (e.id, e.entity, e.object_id, e.type, e.source_name, e.subject, e.time, e.to_json())
+        for e in events
+    ]
+    return snapshots, logged
+
+
+async def announce(
+    appended: asyncio.Condition,
+    events: Sequence[CloudEvent],
+    placed: Sequence[tuple[int, int, str]],
+) -> list[StoredEvent]:
+    """The events :meth:`LogTables.commit_rows` placed, as stored; wakes those waiting
+    on ``appended`` if there are any."""
+    stored = [
+        StoredEvent(
+            seq,
+            events[n] if id_ == events[n].id else events[n].model_copy(update={"id": id_}),
+        )
+        for n, seq, id_ in placed
+    ]
+    if stored:
+        async with appended:
+            appended.notify_all()
+    return stored
+
+
+def parse_log(rows: Iterable[tuple[int, str]]) -> list[StoredEvent]:
+    """Events as logged (seq, JSON), parsed.
+
+    Parsed for each reader, never kept: the rule handler reads an event once and the
+    worker reads its JSON (a parsed event kept around would only give the collector
+    more to scan).
+    """
+    return [StoredEvent(seq=int(seq), event=CloudEvent.from_json(body)) for seq, body in rows]
 
 
 class LogTables(SqliteBase):
@@ -131,32 +183,9 @@ class LogTables(SqliteBase):
 
         The rows are made here, on the loop, and :meth:`commit_rows` writes them.
         """
-        snapshots = [
-            (
-                w.entity,
-                w.id,
-                json.dumps(w.record, separators=(",", ":")),
-                json.dumps(sorted(w.marks)),
-                _ts(w.due_at),
-            )
-            for w in writes
-        ]
-        logged = [
-            (e.id, e.entity, e.object_id, e.type, e.source_name, e.subject, e.time, e.to_json())
-            for e in events
-        ]
+        snapshots, logged = commit_rows_of(writes, events)
         placed = await self.commit_rows(source, snapshots, logged, cursor)
-        appended = [
-            StoredEvent(
-                seq,
-                events[n] if id_ == events[n].id else events[n].model_copy(update={"id": id_}),
-            )
-            for n, seq, id_ in placed
-        ]
-        if appended:
-            async with self.appended:
-                self.appended.notify_all()
-        return appended
+        return await announce(self.appended, events, placed)
 
     async def commit_rows(
         self,
@@ -256,16 +285,9 @@ class LogTables(SqliteBase):
         return placed
 
     # -- the event log ---------------------------------------------------------------
-    @staticmethod
-    def _stored(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
-        # Parsed for each reader, never kept: the rule handler reads an event once and
-        # the worker reads its JSON (a parsed event kept around would only give the
-        # collector more to scan).
-        return [StoredEvent(seq=int(row[0]), event=CloudEvent.from_json(row[1])) for row in rows]
-
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events after ``after_seq``, in order."""
-        return self._stored((e.seq, e.json) for e in await self.read_log(after_seq, limit))
+        return parse_log((e.seq, e.json) for e in await self.read_log(after_seq, limit))
 
     async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
         """Events after ``after_seq`` as logged, in order."""
@@ -298,7 +320,7 @@ class LogTables(SqliteBase):
         rows = await self._fetch(sql, (_ts(since) or 0.0,))
         if type_glob:
             rows = [r for r in rows if fnmatch.fnmatchcase(r[2], type_glob)]
-        return self._stored(rows[-limit:] if limit else rows)
+        return parse_log((seq, body) for seq, body, _ in (rows[-limit:] if limit else rows))
 
     async def get_events(self, ids: Sequence[str]) -> list[StoredEvent]:
         """Events by id, in log order."""
@@ -308,7 +330,7 @@ class LogTables(SqliteBase):
         rows = await self._fetch(
             f"SELECT seq, body FROM events WHERE id IN ({marks}) ORDER BY seq", list(ids)
         )
-        return self._stored(rows)
+        return parse_log(rows)
 
     async def last_seq(self) -> int:
         """The newest seq, 0 when empty."""
