@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
@@ -21,6 +21,8 @@ from billnotify.store.records import (
     AttemptEnd,
     Delivery,
     DueBatch,
+    Instance,
+    Lease,
     LogEntry,
     NewDelivery,
     Snapshot,
@@ -257,6 +259,38 @@ class Endpoints(Protocol):
 
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable an endpoint."""
+
+
+class Leases(Protocol):
+    """Which live process holds which role, for several processes on one store.
+
+    A single-process store (SQLite, memory) implements it too, with the same rules, so
+    the stages run one code path whatever the backend.
+    """
+
+    async def heartbeat(
+        self, instance: str, now: datetime, info: Mapping[str, str] | None = None
+    ) -> None:
+        """Record that ``instance`` is alive at ``now`` (with what it says of itself)."""
+
+    async def instances(self, now: datetime, ttl: timedelta) -> list[Instance]:
+        """The instances whose last heartbeat is younger than ``ttl``, by name."""
+
+    async def acquire(
+        self, name: str, instance: str, now: datetime, ttl: timedelta
+    ) -> Lease | None:
+        """Take lease ``name`` for ``instance``, or renew it if it already holds it.
+
+        Taken when free, lapsed (``expires_at <= now``) or held by ``instance``; the
+        epoch grows by one when it changes hands. Returns the lease held, or None when
+        another instance holds it and it has not lapsed.
+        """
+
+    async def release(self, name: str, instance: str) -> None:
+        """Give up lease ``name`` if ``instance`` holds it (a clean shutdown)."""
+
+    async def leases(self) -> list[Lease]:
+        """Every lease, lapsed or not, by name."""
 
 
 class Store(Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, Protocol):

@@ -165,3 +165,43 @@ class DueBatch:
 
     deliveries: list[DueDelivery]
     disabled: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A role held by one live process (SPEC §7.1): polling a source's resource
+    (``poll:acme/billing_tasks``), publishing to MQTT (``publish``), planning deliveries
+    (``rules``), reconciling (``reconcile``).
+
+    Attributes:
+        name: the role.
+        holder: the instance that holds it.
+        epoch: the fencing token: grows by one each time the lease changes hands, never
+            on a renewal. A write made under a lease names its epoch, and the store
+            refuses it once another holder has taken the lease (a paused ex-holder
+            cannot write stale state).
+        expires_at: when the lease lapses unless renewed.
+    """
+
+    name: str
+    holder: str
+    epoch: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One running ``billnotify run`` process, as its heartbeats show it.
+
+    Attributes:
+        name: ``[service] instance`` (default hostname-pid).
+        started_at: its first heartbeat.
+        heartbeat_at: its latest heartbeat; it is dead once this is older than the
+            lease TTL.
+        info: what it says of itself (``http``, ``pid``, ``host``, ``version``).
+    """
+
+    name: str
+    started_at: datetime
+    heartbeat_at: datetime
+    info: dict[str, str] = field(default_factory=dict)
