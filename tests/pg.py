@@ -9,6 +9,7 @@ refuses to run as root.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -18,6 +19,8 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+import pytest
 
 from servers import free_port
 
@@ -122,3 +125,22 @@ class PostgresServer:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_shared: PostgresServer | None = None
+
+
+def shared() -> PostgresServer:
+    """The test process's one private server, started on first use and stopped at exit;
+    the calling test is skipped (with :func:`available`'s reason) where there is none.
+
+    Tests take a fresh database of it each (:meth:`PostgresServer.database`).
+    """
+    global _shared
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    if _shared is None:
+        _shared = PostgresServer().init()
+        atexit.register(_shared.close)
+    return _shared

@@ -1,7 +1,8 @@
 """The store contract (``store_contract*.py``) run against every backend.
 
-A new backend (PostgreSQL) is one more entry in :data:`BACKENDS`: a factory of an
-unopened store given the test's temp folder.
+A backend is one entry in :data:`BACKENDS`: a factory of an unopened store given the
+test's temp folder. PostgreSQL gets a fresh database of the session's private server
+(``tests/pg.py``); its tests are skipped where PostgreSQL is not installed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import pg
 from billnotify.store import MemoryStore, ProcessStore, SqliteStore, Store
+from billnotify.store.postgres import PgStore
 from store_contract import EventLogContract, LifecycleContract, SnapshotsContract
 from store_contract_ledger import DeliveriesContract, EndpointsContract, LedgerContract
 
@@ -19,6 +22,7 @@ BACKENDS: dict[str, Callable[[Path], Store]] = {
     "memory": lambda folder: MemoryStore(),
     "sqlite": lambda folder: SqliteStore(folder / "state.db"),
     "process": lambda folder: ProcessStore(folder / "state.db"),
+    "postgres": lambda folder: PgStore(pg.shared().database(), instance="contract"),
 }
 
 
