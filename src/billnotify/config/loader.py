@@ -7,6 +7,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
@@ -15,13 +16,16 @@ from pydantic import ValidationError
 from billnotify.addresses import url_problem
 from billnotify.config.base import email_address_problem, is_templated
 from billnotify.config.models import Config
-from billnotify.errors import ConfigError
+from billnotify.errors import ConfigError, SecretError
+from billnotify.secrets import Secret
 
 _TAGS = frozenset(
     {"billing_platform", "property_billing", "invoice_action", "email", "webhook", "mqtt"}
 )
 DEFAULT_CONFIG = "config.toml"
-SECRET_KEYS = frozenset({"password", "api_key", "secret", "hook_secret", "console_token"})
+SECRET_KEYS = frozenset(
+    {"password", "api_key", "secret", "hook_secret", "console_token", "state_password"}
+)
 """Keys whose values should be ``env:NAME`` / ``file:/path`` references, not the secret."""
 
 
@@ -74,6 +78,24 @@ def load_config(
         )
     except ConfigError as exc:
         raise ConfigError(exc.issues, str(file)) from None
+
+
+def with_state_password(config: Config) -> Config:
+    """``config`` with ``[service] state_password`` read, when a command that reads no
+    other secret still connects to a PostgreSQL state (``status``, ``events``, ...).
+
+    Raises:
+        ConfigError: the variable is unset or the file unreadable.
+    """
+    secret = config.service.state_password
+    if secret is None or secret.resolved or secret.reference is None:
+        return config
+    try:
+        password = Secret.resolve(secret.reference, base_dir=config.base_dir)
+    except SecretError as exc:
+        raise ConfigError([f"service.state_password: {exc}"]) from None
+    service = config.service.model_copy(update={"state_password": password})
+    return config.model_copy(update={"service": service})
 
 
 def parse_config(
@@ -145,7 +167,7 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
             ctx = error["ctx"]
             message = f"unknown {ctx['discriminator'].strip(chr(39))} {ctx['tag']!r} (expected {ctx['expected_tags']})"
         if kind not in ("missing", "extra_forbidden", "union_tag_not_found") and "input" in error:
-            shown = error["input"]
+            shown = _without_password(error["input"])
             if (
                 isinstance(shown, str | int | float | bool)
                 and not _looks_secret(where)
@@ -158,7 +180,22 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
 
 def _looks_secret(where: str) -> bool:
     leaf = where.rsplit(".", 1)[-1]
-    return leaf in {"password", "api_key", "secret", "hook_secret", "username"}
+    return leaf in SECRET_KEYS or leaf == "username"
+
+
+def _without_password(value: Any) -> Any:
+    """``value`` with the password of a URL in it (``scheme://user:pw@host``) masked."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:  # not a URL that splits: the model says what is wrong with it
+        return value
+    if password is None:
+        return value
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _names(items: Any) -> list[str]:
