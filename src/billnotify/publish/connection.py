@@ -34,7 +34,9 @@ def effective_protocol(config: MqttConfig) -> int:
     return 4 if config.embedded else config.protocol
 
 
-def make_client(config: MqttConfig, identifier: str, *, session: bool) -> aiomqtt.Client:
+def make_client(
+    config: MqttConfig, identifier: str, *, session: bool, availability: str | None = None
+) -> aiomqtt.Client:
     """An aiomqtt client for ``config``, not yet connected.
 
     Args:
@@ -42,7 +44,8 @@ def make_client(config: MqttConfig, identifier: str, *, session: bool) -> aiomqt
         identifier: the MQTT client id.
         session: a persistent session (MQTT 3.1.1 ``clean_session=False``, MQTT 5
             ``clean_start=False`` with a session expiry) and the Last Will
-            ``{prefix}/status = offline``; False for short-lived helper connections.
+            ``offline`` on ``availability``; False for short-lived helper connections.
+        availability: the availability topic (default ``{prefix}/status``).
 
     Raises:
         BusError: the TLS files cannot be loaded.
@@ -69,7 +72,8 @@ def make_client(config: MqttConfig, identifier: str, *, session: bool) -> aiomqt
         kwargs["protocol"] = aiomqtt.ProtocolVersion.V311
         kwargs["clean_session"] = not session
     if session:
-        kwargs["will"] = aiomqtt.Will(status_topic(config.prefix), OFFLINE, qos=1, retain=True)
+        topic = availability or status_topic(config.prefix)
+        kwargs["will"] = aiomqtt.Will(topic, OFFLINE, qos=1, retain=True)
     if config.tls:
         kwargs["tls_context"] = tls_context(config)
     client = aiomqtt.Client(**kwargs)

@@ -9,7 +9,9 @@ twice (subscribers de-duplicate on the CloudEvent ``id``). Events leave in log o
 one connection, so each object's events stay in order.
 
 Availability is ``online`` (retained) after connecting and ``offline`` both on a clean
-shutdown and, as the Last Will, when the process dies. A store that cannot be read
+shutdown and, as the Last Will, when the process dies: at ``{prefix}/status``, or, for
+one of several instances on one state, at ``{prefix}/status/{instance}`` with the client
+id ``{client_id}-{instance}`` (SPEC §7.1). A store that cannot be read
 makes it wait and retry, like a broker outage.
 
 No aiomqtt exception leaves this module: they become :class:`~billnotify.errors.BusError`.
@@ -31,7 +33,7 @@ from billnotify.config.models import MqttConfig
 from billnotify.errors import BusError, StoreError
 from billnotify.publish.connection import OFFLINE, ONLINE, make_client, watch_disconnect
 from billnotify.publish.pump import CONTENT_TYPE, POSITION, LogPump
-from billnotify.publish.topics import status_topic
+from billnotify.publish.topics import client_id, status_topic
 from billnotify.publish.window import WindowStalled
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ class MqttPublisher:
             no event is appended.
         publish_timeout: how long one publish may wait for its acknowledgement
             before the connection is considered broken.
+        instance: this process's name when several share one state: its own client
+            id and availability topic (None: the single-process ones).
     """
 
     def __init__(
@@ -69,8 +73,11 @@ class MqttPublisher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         idle_interval: float = 1.0,
         publish_timeout: float | None = None,
+        instance: str | None = None,
     ) -> None:
         self._config = config
+        self._client_id = client_id(config.client_id, instance)
+        self._status = status_topic(config.prefix, instance)
         self._clock = clock
         self._sleep = sleep
         keepalive = config.keepalive.total_seconds()
@@ -214,7 +221,7 @@ class MqttPublisher:
 
     async def _session(self, lost_at: float | None) -> None:
         self._client_was_connected = False
-        client = make_client(self._config, self._config.client_id, session=True)
+        client = make_client(self._config, self._client_id, session=True, availability=self._status)
         async with client:
             self._client_was_connected = True
             try:
@@ -234,7 +241,7 @@ class MqttPublisher:
 
     async def _serve(self, client: aiomqtt.Client, lost_at: float | None) -> None:
         await client.publish(
-            status_topic(self._config.prefix),
+            self._status,
             ONLINE,
             qos=1,
             retain=True,
@@ -264,7 +271,7 @@ class MqttPublisher:
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         try:
             await client.publish(
-                status_topic(self._config.prefix),
+                self._status,
                 OFFLINE,
                 qos=1,
                 retain=True,

@@ -3,6 +3,7 @@
 Layout under ``prefix``::
 
     {prefix}/status                                   retained online / offline
+    {prefix}/status/{instance}                        the same, per instance (several)
     {prefix}/events/{source}/{entity}/{id}/{action}   one message per event
                                    (the service's own: {service}/delivery/{dlv_id}/dead)
     {prefix}/state/{source}/{entity}/{id}             retained latest record
@@ -28,9 +29,16 @@ def topic_level(value: str) -> str:
     return value.translate(_TABLE) if value else "_"
 
 
-def status_topic(prefix: str) -> str:
-    """The availability topic, ``{prefix}/status``."""
-    return f"{prefix}/status"
+def status_topic(prefix: str, instance: str | None = None) -> str:
+    """The availability topic: ``{prefix}/status`` for a single process,
+    ``{prefix}/status/{instance}`` for each of several sharing one state (SPEC §7.1)."""
+    return f"{prefix}/status" if instance is None else f"{prefix}/status/{topic_level(instance)}"
+
+
+def client_id(base: str, instance: str | None = None) -> str:
+    """The MQTT client id: ``client_id``, or ``{client_id}-{instance}`` for each of several
+    processes (one id shared by several would knock each other off the broker)."""
+    return base if instance is None else f"{base}-{instance}"
 
 
 def event_topic(prefix: str, event: CloudEvent) -> str:
