@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from billnotify.collector import tuned_collector
-from billnotify.components import Components, build_components, utcnow
+from billnotify.components import Components, build_components, build_store, utcnow
 from billnotify.config.models import Config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
@@ -32,7 +32,7 @@ from billnotify.publish.mqtt import MqttPublisher
 from billnotify.rules.engine import RuleHandler
 from billnotify.sources import Poller
 from billnotify.sources.base import PollStats, ResourceSync
-from billnotify.store import ProcessStore, Store
+from billnotify.store import Store
 from billnotify.store.lock import StateLock
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Service:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.store: Store = ProcessStore(config.state_path)
+        self.store: Store = build_store(config, child=True)
         self.pollers: list[Poller] = []
         self.publisher: MqttPublisher | None = None
         self.worker: DeliveryWorker | None = None
@@ -94,6 +94,11 @@ class Service:
         if self.publisher is not None:
             checks["mqtt"] = "ok" if self.publisher.connected else "disconnected"
         return all(v == "ok" for v in checks.values()), checks
+
+    def held_leases(self) -> list[str]:
+        """The names of the leases this process holds (``/readyz``): none until the
+        stages run under leases."""
+        return []
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that come from the store (and readiness)."""
@@ -145,9 +150,10 @@ class Service:
         """Run until ``stop`` is set, then shut down gracefully."""
         config = self.config
         async with AsyncExitStack() as stack:
-            # one process per SQLite state: a second one would send everything twice
-            holder = {"service": config.service.name, "http": config.service.http}
-            stack.enter_context(StateLock(config.state_path, holder))
+            if not config.service.postgres:
+                # one process per SQLite state: a second one would send everything twice
+                holder = {"service": config.service.name, "http": config.service.http}
+                stack.enter_context(StateLock(config.state_path, holder))
             await self.store.open()
             stack.push_async_callback(self.store.close)
             await stack.enter_async_context(self._broker())
@@ -171,6 +177,8 @@ class Service:
                         if source.hook_secret
                     },
                     on_hook=self._poll_now,
+                    instance=config.service.instance_name,
+                    leases=self.held_leases,
                 )
                 await self.health.start()
                 stack.push_async_callback(self.health.stop)

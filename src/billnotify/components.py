@@ -10,11 +10,14 @@ values are built here, from the one :class:`~billnotify.config.models.Config`.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from billnotify import __version__
 from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor, Prepare, Rendered, preparer
 from billnotify.clients.billing_platform import BillingPlatformClient
@@ -36,13 +39,19 @@ from billnotify.deliveries.reconcile import (
 from billnotify.deliveries.settings import DeliverySettings
 from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import CloudEvent
+from billnotify.leases import PUBLISH, RULES, LeaseKeeper, poll_lease
 from billnotify.logs import Redactor
 from billnotify.metrics import Metrics
 from billnotify.notices import Notices
 from billnotify.publish.mqtt import MqttPublisher
 from billnotify.rules.engine import RuleHandler, RuleSettings, RuleStore
-from billnotify.sources import Poller, PropertyBillingSync, build_billing_syncs
-from billnotify.sources.base import PollStats, ResourceSync
+from billnotify.sources import (
+    BillingPlatformSync,
+    Poller,
+    PropertyBillingSync,
+    build_billing_syncs,
+)
+from billnotify.sources.base import FencedSnapshots, PollStats, ResourceSync
 from billnotify.store.base import Store
 from billnotify.templating import TemplateRenderer
 
@@ -95,7 +104,29 @@ def secret_values(config: Config) -> list[str]:
     for hook in config.webhooks:
         raw = hook.secret.reveal()
         values += [raw, raw.removeprefix("whsec_")]
+    if config.service.state_password and config.service.state_password.resolved:
+        values.append(config.service.state_password.reveal())
     return values
+
+
+# -- the store -----------------------------------------------------------------------------
+def build_store(config: Config, *, child: bool = False) -> Store:
+    """The store ``[service] state`` names, not yet open.
+
+    A ``postgresql://`` URL is :class:`~billnotify.store.postgres.PgStore` (several
+    processes may share it, each as ``[service] instance``); anything else is the SQLite
+    file, in a process of its own for the service (``child``) or in this one for the
+    commands.
+    """
+    service = config.service
+    if service.postgres:
+        from billnotify.store.postgres import PgStore  # asyncpg only where it is used
+
+        password = service.state_password.reveal() if service.state_password else None
+        return PgStore(service.state, password=password, instance=service.instance_name)
+    from billnotify.store import ProcessStore, SqliteStore
+
+    return ProcessStore(config.state_path) if child else SqliteStore(config.state_path)
 
 
 # -- the platform clients and the executors ----------------------------------------------
@@ -234,6 +265,7 @@ class Components:
         worker: the delivery worker.
         rules: the rule handler.
         pollers: one per source resource.
+        keeper: this process's heartbeat and the leases the stages work under.
     """
 
     actions: Actions
@@ -242,6 +274,7 @@ class Components:
     worker: DeliveryWorker
     rules: RuleHandler
     pollers: list[Poller]
+    keeper: LeaseKeeper
 
     async def close(self) -> None:
         """Close the executors and the clients."""
@@ -255,14 +288,27 @@ def build_components(
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
     on_poll: OnPoll | None = None,
+    keeper: LeaseKeeper | None = None,
 ) -> Components:
     """Build every stage of the service over ``store`` (open it first).
 
     Args:
         metrics: counts delivery attempts by outcome (none: not counted).
         on_poll: called after every poll (the service's metrics).
+        keeper: the leases the stages work under (default: one for ``[service]
+            instance`` and ``lease_ttl``; run it beside them).
     """
-    publisher = MqttPublisher(config.mqtt, store) if config.mqtt.enabled else None
+    service = config.service
+    keeper = keeper or LeaseKeeper(
+        store, service.instance_name, ttl=service.lease_ttl, clock=clock, info=_info(config)
+    )
+    # several processes on one PostgreSQL state: each its own client id and availability
+    instance = config.service.instance_name if config.service.postgres else None
+    publisher = (
+        MqttPublisher(config.mqtt, store, instance=instance, role=keeper.role(PUBLISH))
+        if config.mqtt.enabled
+        else None
+    )
     actions = build_actions(config, mqtt=publisher)
     notices = Notices(
         config.service.name, config.rules, store, clock, redact=Redactor(secret_values(config))
@@ -271,10 +317,22 @@ def build_components(
     if metrics is not None:
         executors = {kind: _CountingExecutor(ex, metrics) for kind, ex in executors.items()}
     worker = build_worker(
-        config, store, executors, clock, billing_clients=actions.billing_clients, notices=notices
+        config,
+        store,
+        executors,
+        clock,
+        billing_clients=actions.billing_clients,
+        notices=notices,
+        keeper=keeper,
     )
     rules = build_rule_handler(
-        config, store, actions, clock, on_recorded=worker.wake, notices=notices
+        config,
+        store,
+        actions,
+        clock,
+        on_recorded=worker.wake,
+        notices=notices,
+        role=keeper.role(RULES),
     )
     pollers = [
         Poller(
@@ -285,16 +343,26 @@ def build_components(
             failing_after_polls=source.failing_after_polls,
             failing_after=source.failing_after,
             clock=clock,
+            role=keeper.role(poll_lease(sync.source, sync.resource)),
         )
-        for sync, source in _syncs(config, actions, store, clock)
+        for sync, source in _syncs(config, actions, store, clock, keeper)
     ]
-    return Components(actions, publisher, notices, worker, rules, pollers)
+    return Components(actions, publisher, notices, worker, rules, pollers, keeper)
+
+
+def _info(config: Config) -> dict[str, str]:
+    """What an instance says of itself in its heartbeats (``billnotify status``)."""
+    info = {"pid": str(os.getpid()), "host": socket.gethostname(), "version": __version__}
+    if config.service.http:
+        info["http"] = config.service.http
+    return info
 
 
 def _syncs(
-    config: Config, actions: Actions, store: Store, clock: Clock
+    config: Config, actions: Actions, store: Store, clock: Clock, keeper: LeaseKeeper
 ) -> list[tuple[ResourceSync, SourceConfig]]:
-    syncs: list[tuple[ResourceSync, SourceConfig]] = []
+    """Every source resource's sync, committing under its ``poll:`` lease."""
+    syncs: list[tuple[BillingPlatformSync | PropertyBillingSync, SourceConfig]] = []
     for source in config.sources:
         if isinstance(source, BillingPlatformSource):
             client = actions.billing_clients[source.name]
@@ -305,7 +373,9 @@ def _syncs(
                 (PropertyBillingSync(source, uuid, pclient, store, clock=clock), source)
                 for uuid in source.properties
             ]
-    return syncs
+    for sync, _source in syncs:
+        sync.store = FencedSnapshots(store, keeper.role(poll_lease(sync.source, sync.resource)))
+    return list(syncs)
 
 
 class _CountingExecutor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,8 @@ from billnotify.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+HeldLeases = Callable[[], Sequence[str]]
+"""The names of the leases this process holds now (``poll:acme/invoices``, ``publish``)."""
 
 _LINGER = 2.0
 """Seconds the server still reads (and drops) of a refused body, so the client sees the
@@ -38,6 +40,8 @@ class HealthServer:
         on_hook: called with the source of each accepted hook.
         hook_read_timeout: seconds a hook's body may take to arrive (a body trickled in
             byte by byte must not hold a connection for long): 408 after that.
+        instance: this process's name, which ``/readyz`` reports (SPEC §7.1).
+        leases: the leases this process holds, which ``/readyz`` lists.
     """
 
     def __init__(
@@ -51,7 +55,11 @@ class HealthServer:
         hooks: Mapping[str, HookAuth] | None = None,
         on_hook: Callable[[str], None] | None = None,
         hook_read_timeout: float = 10.0,
+        instance: str | None = None,
+        leases: HeldLeases | None = None,
     ) -> None:
+        self.instance = instance
+        self._leases = leases
         self.host = host
         self.port = port
         self._readiness = readiness
@@ -95,10 +103,12 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         ready, checks = await self._readiness()
         self._metrics.ready.set(1 if ready else 0)
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if self.instance is not None:
+            body["instance"] = self.instance
+            body["leases"] = sorted(self._leases()) if self._leases is not None else []
+        body["checks"] = checks
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics_handler(self, _: web.Request) -> web.Response:
         if self._refresh is not None:

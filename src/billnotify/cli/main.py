@@ -15,6 +15,7 @@ from typing import Any
 
 from billnotify import __version__
 from billnotify.config import Config, load_config
+from billnotify.config.loader import with_state_password
 from billnotify.durations import parse_duration
 from billnotify.errors import BillnotifyError, ConfigError
 
@@ -50,7 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", parents=[common], help="run the service")
+    run = sub.add_parser("run", parents=[common], help="run the service")
+    run.add_argument("--instance", help="this process's name among several ([service] instance)")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="listen address of /readyz and /metrics ([service] http)",
+    )
     check = sub.add_parser("check", parents=[common], help="validate config and templates")
     check.add_argument("--connect", action="store_true", help="also try sources, broker, SMTP")
 
@@ -87,7 +94,29 @@ def _parser() -> argparse.ArgumentParser:
         help="with --to rules: also send again deliveries that already succeeded",
     )
 
-    sub.add_parser("status", parents=[common], help="the event log's backlog and the ledger")
+    sub.add_parser(
+        "status", parents=[common], help="the event log's backlog, the ledger, live instances"
+    )
+    state = sub.add_parser("state", help="the state store itself")
+    ssub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    copy = ssub.add_parser(
+        "copy",
+        parents=[common],
+        help="copy a SQLite state into PostgreSQL",
+        description="Copy the SQLite state (events, snapshots, cursors, positions, "
+        "deliveries and attempts, disabled endpoints) into a PostgreSQL database, so "
+        "that the service started on it takes no new baseline and sends nothing again. "
+        "Stop the service first.",
+    )
+    copy.add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB")
+    source = copy.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from-config",
+        action="store_true",
+        help="copy the config's [service] state (the default)",
+    )
+    source.add_argument("--from", dest="source", metavar="FILE", help="another SQLite state file")
+    copy.add_argument("--force", action="store_true", help="replace what the target holds")
     deliveries = sub.add_parser("deliveries", parents=[common], help="the delivery ledger")
     deliveries.add_argument(
         "--status",
@@ -165,13 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-READ_ONLY = frozenset({"events", "deliveries", "status"})
-"""Commands that read (or settle) the ledger only: their config's secrets stay unread."""
+READ_ONLY = frozenset({"events", "deliveries", "status", "state"})
+"""Commands that read (or settle) the ledger only: their config's secrets stay unread
+(but for the state's own password)."""
 
 
 def _load(args: argparse.Namespace) -> Config:
     if args.command in READ_ONLY:
-        return load_config(args.config, resolve_secrets=False)
+        return with_state_password(load_config(args.config, resolve_secrets=False))
     warnings: list[str] = []
     config = load_config(args.config, warnings=warnings)
     for warning in warnings:
@@ -191,6 +221,9 @@ def _run(args: argparse.Namespace) -> int:
     # KeyboardInterrupt, exit 0) instead of killing the process with status -15.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     config = _load(args)
+    if args.instance is not None or args.http is not None:
+        service = config.service.overridden(instance=args.instance, http=args.http)
+        config = config.model_copy(update={"service": service})
     _setup_logging(config)
     return asyncio.run(run_service(config))
 
@@ -233,9 +266,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "render":
         return await _render(config, args.rule, args.event)
-    from billnotify.store import SqliteStore
+    if args.command == "state":
+        from billnotify.cli.state import copy_command
 
-    async with SqliteStore(config.state_path) as store:
+        return await copy_command(config, args.to, source=args.source, force=args.force)
+    from billnotify.components import build_store
+
+    store = build_store(config)
+    await store.open()
+    try:
         if args.command == "events":
             return await _events(store, args)
         if args.command == "replay":
@@ -243,10 +282,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "deliveries":
             return await _deliveries(store, args)
         if args.command == "status":
-            from billnotify.cli.commands import status_lines
+            from billnotify.cli.state import status_report
 
-            print("\n".join(await status_lines(store, str(config.state_path))))
+            print("\n".join(await status_report(config, store)))
             return EXIT_OK
+    finally:
+        await store.close()
     raise AssertionError(args.command)
 
 
