@@ -96,9 +96,10 @@ class Service:
         return all(v == "ok" for v in checks.values()), checks
 
     def held_leases(self) -> list[str]:
-        """The names of the leases this process holds (``/readyz``): none until the
-        stages run under leases."""
-        return []
+        """The names of the leases this process holds (``/readyz``)."""
+        if self.components is None:
+            return []
+        return [lease.name for lease in self.components.keeper.held()]
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that come from the store (and readiness)."""
@@ -188,7 +189,11 @@ class Service:
     async def _supervise(self, stop: asyncio.Event, rules: RuleHandler) -> None:
         assert self.worker is not None
         grace = self.config.service.shutdown_grace.total_seconds()
+        assert self.components is not None
         async with asyncio.TaskGroup() as group:
+            # first in, last out: the stages wait for their leases, and a clean stop
+            # releases them only once every stage is done
+            keeper = group.create_task(self.components.keeper.run(), name="leases")
             publisher = (
                 group.create_task(self.publisher.run(), name="mqtt") if self.publisher else None
             )
@@ -214,12 +219,14 @@ class Service:
             if publisher is not None:
                 await _finish_publishing(self.publisher, self.store, grace)
                 publisher.cancel()
+                await asyncio.gather(publisher, return_exceptions=True)
+            keeper.cancel()
         logger.info("stopped")
 
 
 async def _finish_publishing(publisher: MqttPublisher | None, store: Store, grace: float) -> None:
     """Give the publisher a moment to flush what is already logged."""
-    if publisher is None or not publisher.connected:
+    if publisher is None or not publisher.connected or not publisher.publishing:
         return
     deadline = time.monotonic() + min(grace, 5.0)
     last = await store.last_seq()

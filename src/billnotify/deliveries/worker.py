@@ -31,6 +31,12 @@ recovery makes them due again, which is what at-least-once allows. Exactly-once
 deliveries are started only for a slot that is free, so recovery turns into
 ``uncertain`` only deliveries whose request was about to go out or had gone.
 
+Every process on a shared store runs a worker: a claim (``start_attempts``) skips rows
+another process holds, recovery resolves only the rows of dead instances
+(:mod:`~billnotify.deliveries.recovery`), the store's ``due_changed`` wakes an idle
+worker when any process makes work due, and reconciliation runs in the one process that
+holds the ``reconcile`` lease.
+
 A free slot is not enough when the request then queues for something scarcer (four SMTP
 connections behind sixteen slots): an executor's ``prepare`` step lets its exactly-once
 deliveries go to a slot unstarted, and the slot starts them
@@ -50,9 +56,11 @@ from billnotify.deliveries.attempts import AttemptRunner, AttemptStore
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.deliveries.due import DueQueue, DueStore, Job
 from billnotify.deliveries.reconcile import InvoiceEmailReconciler
+from billnotify.deliveries.recovery import Recovery, RecoveryStore
 from billnotify.deliveries.settings import DeliverySettings
 from billnotify.deliveries.slots import Slots
 from billnotify.errors import StoreError
+from billnotify.leases import RECONCILE, LeaseKeeper, run_while_held
 from billnotify.notices import Notices
 
 logger = logging.getLogger(__name__)
@@ -63,8 +71,9 @@ _MIN_READ = 32
 """Due deliveries read at least per trip (a small concurrency would read a few at a time)."""
 
 
-class WorkerStore(AttemptStore, DueStore, Protocol):
-    """What the worker needs of the store: the ledger, delivery statuses, endpoints."""
+class WorkerStore(AttemptStore, DueStore, RecoveryStore, Protocol):
+    """What the worker needs of the store: the ledger, delivery statuses, endpoints,
+    who is alive."""
 
 
 class Timer(Protocol):
@@ -111,6 +120,7 @@ class DeliveryWorker:
         reconcile_interval: seconds between reconciliation passes.
         notices: reports deliveries that end ``dead`` or ``uncertain`` and endpoints
             disabled as events of the service's own (none: they are only logged).
+        keeper: this process's leases, when several processes may share the store.
 
     Attributes:
         attempts: attempts by outcome (``success``, ``retryable``, ...) since start.
@@ -130,6 +140,7 @@ class DeliveryWorker:
         poll_interval: float = 5.0,
         reconcile_interval: float = 15.0,
         notices: Notices | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.store = store
         self.executors = executors
@@ -171,6 +182,8 @@ class DeliveryWorker:
         )
         self._stopping = False
         self._drained = asyncio.Event()
+        self._recovery = Recovery(store, clock, keeper=keeper, notices=notices, on_due=self.wake)
+        self._reconcile_role = keeper.role(RECONCILE) if keeper is not None else None
 
     # -- public control ----------------------------------------------------------------
     @property
@@ -184,18 +197,8 @@ class DeliveryWorker:
         self._wake.set()
 
     async def recover(self) -> tuple[int, int]:
-        """Resolve ``sending`` rows a previous process left behind (start-up only)."""
-        self.recovered = await self.store.recover_in_flight(self.clock())
-        if any(self.recovered):
-            logger.warning(
-                "recovered interrupted deliveries: %d uncertain, %d due again", *self.recovered
-            )
-        if self.notices is not None:
-            # the ones recovery just made uncertain, and any a crash kept from being told
-            try:
-                await self.notices.sweep()
-            except StoreError as exc:
-                logger.error("cannot emit the notices of settled deliveries: %s", exc)
+        """Resolve ``sending`` rows a previous process (or a dead one) left behind."""
+        self.recovered = await self._recovery.at_start()
         return self.recovered
 
     async def run(self) -> None:
@@ -213,11 +216,17 @@ class DeliveryWorker:
         self._slots.open()
         failures = 0
         # reconciliation talks to the platform, which may be slow: never in this loop
-        reconciling = (
-            asyncio.create_task(self._reconcile_forever(), name="reconcile")
-            if self.reconciler is not None and self.reconciler.billing_clients
-            else None
-        )
+        helpers = [
+            asyncio.create_task(self._recovery.sweep_forever(self._sleep), name="recover"),
+            asyncio.create_task(self._follow_due(), name="due-wake"),
+        ]
+        if self.reconciler is not None and self.reconciler.billing_clients:
+            helpers.append(
+                asyncio.create_task(
+                    run_while_held(self._reconcile_role, self._reconcile_forever),
+                    name="reconcile",
+                )
+            )
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -238,9 +247,9 @@ class DeliveryWorker:
             await self._due.stop()
             await self._slots.close()
             await self._runner.flush()
-            if reconciling is not None:
-                reconciling.cancel()
-                await asyncio.gather(reconciling, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def drain(self, grace: float | timedelta) -> int:
         """Stop taking work; wait up to ``grace`` for in-flight attempts.
@@ -297,6 +306,14 @@ class DeliveryWorker:
     # -- the loop ----------------------------------------------------------------------
     async def _sleep(self, delay: float) -> None:
         await wait_for_event(asyncio.Event(), delay, self.timer)
+
+    async def _follow_due(self) -> None:
+        """Wake when the store says work became due (another process's, too)."""
+        due = self.store.due_changed
+        while True:
+            async with due:
+                await due.wait()
+            self.wake()
 
     async def _reconcile_forever(self) -> None:
         while True:

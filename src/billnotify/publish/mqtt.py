@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -31,6 +32,7 @@ import aiomqtt
 
 from billnotify.config.models import MqttConfig
 from billnotify.errors import BusError, StoreError
+from billnotify.leases import Role, run_while_held
 from billnotify.publish.connection import OFFLINE, ONLINE, make_client, watch_disconnect
 from billnotify.publish.pump import CONTENT_TYPE, POSITION, LogPump
 from billnotify.publish.topics import client_id, status_topic
@@ -62,6 +64,8 @@ class MqttPublisher:
             before the connection is considered broken.
         instance: this process's name when several share one state: its own client
             id and availability topic (None: the single-process ones).
+        role: the ``publish`` lease: the log is published only while it is held
+            (None: always). The connection stays up either way (rule actions use it).
     """
 
     def __init__(
@@ -74,8 +78,10 @@ class MqttPublisher:
         idle_interval: float = 1.0,
         publish_timeout: float | None = None,
         instance: str | None = None,
+        role: Role | None = None,
     ) -> None:
         self._config = config
+        self._role = role
         self._client_id = client_id(config.client_id, instance)
         self._status = status_topic(config.prefix, instance)
         self._clock = clock
@@ -90,6 +96,7 @@ class MqttPublisher:
             on_ack=self._acked,
             idle_interval=idle_interval,
             publish_timeout=self._publish_timeout,
+            role=role,
         )
         self.published_total = 0
         """Messages (events, state, rule actions) acknowledged by the broker since start."""
@@ -102,6 +109,11 @@ class MqttPublisher:
     def last_published_seq(self) -> int:
         """Highest seq published and acknowledged together with every earlier one."""
         return self._pump.last_published_seq
+
+    @property
+    def publishing(self) -> bool:
+        """Whether this process publishes the log (it holds the ``publish`` lease)."""
+        return self._role is None or self._role.lease is not None
 
     @property
     def connected(self) -> bool:
@@ -257,7 +269,9 @@ class MqttPublisher:
                 self._where,
                 self._clock() - lost_at,
             )
-        pump = asyncio.create_task(self._pump.run(client), name="mqtt-pump")
+        pump = asyncio.create_task(
+            run_while_held(self._role, functools.partial(self._pump.run, client)), name="mqtt-pump"
+        )
         watch = asyncio.create_task(watch_disconnect(client), name="mqtt-watch")
         try:
             done, _pending = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)

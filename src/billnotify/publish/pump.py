@@ -10,6 +10,11 @@ each one it gets.
 A store that cannot be written (a full disk) does not stop it: a position that cannot
 be saved is saved later (until then a restart publishes a little again). Either is
 logged once per episode.
+
+With several processes on one store only the holder of the ``publish`` lease runs a
+pump, so events leave in log order from one publisher: a pump looks at its lease before
+each batch and writes its position fenced by it, so one that lost the lease (a paused
+process that woke up) stops instead of moving the position of the new holder.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from billnotify.config.models import MqttConfig
-from billnotify.errors import StoreError
+from billnotify.errors import FencedError, StoreError
 from billnotify.publish.connection import effective_protocol, properties
 from billnotify.publish.state import StatePublisher
 from billnotify.publish.topics import event_topic
 from billnotify.publish.window import InflightWindow, Publish
 
 if TYPE_CHECKING:
+    from billnotify.leases import Role
     from billnotify.store.base import EventLog, Snapshots
     from billnotify.store.records import StoredEvent
 
@@ -60,6 +66,7 @@ class LogPump:
             is appended.
         publish_timeout: how long the window may wait for an acknowledgement before
             the connection is considered broken.
+        role: the ``publish`` lease this pump works under (None: a single process).
     """
 
     def __init__(
@@ -70,8 +77,10 @@ class LogPump:
         on_ack: Callable[[], None],
         idle_interval: float,
         publish_timeout: float,
+        role: Role | None = None,
     ) -> None:
         self._config = config
+        self._role = role
         self._store = store
         self._on_ack = on_ack
         self._idle_interval = idle_interval
@@ -95,7 +104,8 @@ class LogPump:
 
         The next batch is read while the current one is published and the position
         is stored in the background, so the window never runs dry waiting for SQLite.
-        Returns only by an error (of the connection or the store) or cancellation.
+        Returns only by an error (of the connection or the store, or
+        :class:`~billnotify.errors.FencedError` once the lease is lost) or cancellation.
         """
         store = self._store
         limit = self._config.batch_size
@@ -111,6 +121,8 @@ class LogPump:
         try:
             while True:
                 batch = await reader
+                if self._role is not None:
+                    self._role.fence()  # a lapsed lease stops the pump before a publish
                 if batch:
                     sent = batch[-1].seq
                     reader = asyncio.create_task(store.read_events(sent, limit))
@@ -162,11 +174,18 @@ class LogPump:
             await window.close()
 
     async def save_position(self, acked: int) -> None:
-        """Store ``acked`` as the position; one that cannot be stored now is later."""
+        """Store ``acked`` as the position; one that cannot be stored now is later.
+
+        Raises:
+            FencedError: the ``publish`` lease moved to another process.
+        """
         if acked > self._stored_seq:
+            fence = self._role.fence() if self._role is not None else None
             try:
                 # Shielded: a shutdown must not interrupt a store transaction half-way.
-                await asyncio.shield(self._store.set_position(POSITION, acked))
+                await asyncio.shield(self._store.set_position(POSITION, acked, fence=fence))
+            except FencedError:
+                raise
             except StoreError as exc:
                 self.store_failed(exc)
                 return

@@ -7,6 +7,10 @@ keeps all of it; delivery ids are deterministic, so a batch recorded twice inser
 nothing new. It never sends anything: the :class:`~billnotify.deliveries.worker.DeliveryWorker`
 does, from the ledger.
 
+With several processes on one store, only the holder of the ``rules`` lease runs it
+(:func:`~billnotify.leases.run_while_held`); it looks at the lease before recording each
+batch, so a process that lost it stops.
+
 Dry-run deliveries (global, rule or action ``dry_run``) are rendered here and recorded
 with status ``dry_run`` and what would have been sent; the worker never picks them up.
 """
@@ -25,8 +29,9 @@ from billnotify.actions.base import ActionExecutor, fixed_target
 from billnotify.config.models import Action, Rule
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.ledger import RULES_CONSUMER, rendered_json, settle_without_sending
-from billnotify.errors import StoreError
+from billnotify.errors import FencedError, StoreError
 from billnotify.events import CloudEvent
+from billnotify.leases import Role, run_while_held
 from billnotify.notices import Notices
 from billnotify.rules.matching import Match, admits, effective_dry_run, match_event
 from billnotify.store.base import Deliveries, EventLog, Ledger
@@ -95,6 +100,7 @@ class RuleHandler:
         consumer: the position name in the log.
         notices: reports deliveries recorded ``dead`` (a ``when`` or a template that
             failed) as ``billnotify.delivery.dead``.
+        role: the ``rules`` lease it works under (None: always).
     """
 
     def __init__(
@@ -110,8 +116,10 @@ class RuleHandler:
         on_recorded: Callable[[], None] | None = None,
         consumer: str = RULES_CONSUMER,
         notices: Notices | None = None,
+        role: Role | None = None,
     ) -> None:
         self.settings = settings
+        self.role = role
         self.store = store
         self.renderer = renderer
         self.executors = executors
@@ -131,13 +139,19 @@ class RuleHandler:
 
     # -- the loop --------------------------------------------------------------------
     async def run(self) -> None:
-        """Process the log forever: catch up, then wait for new events."""
+        """Process the log forever (while the lease is held): catch up, then wait for
+        new events."""
+        await run_while_held(self.role, self._follow)
+
+    async def _follow(self) -> None:
         failures = 0
         while True:
             try:
                 await self.catch_up()
                 failures = 0
                 await self.wait_for_events()
+            except FencedError:
+                raise
             except StoreError as exc:
                 failures += 1
                 delay = min(30.0, 0.5 * 2**failures)
@@ -172,6 +186,8 @@ class RuleHandler:
         planned, first, last, count = await self._plan_batch(position)
         if not count:
             return 0
+        if self.role is not None:
+            self.role.fence()  # not recorded by a process that lost the lease meanwhile
         # the batch's parsed events are gone by now: none is held while the store writes
         new = await self.record(planned, last)
         self.events_processed += count

@@ -2,7 +2,10 @@
 
 A :class:`ResourceSync` knows how to fetch one resource of one source
 (``poll_once``); a :class:`Poller` runs it on the source's interval as its own task, so
-a slow or failing source never delays another.
+a slow or failing source never delays another. With several processes on one store, a
+poller polls only while its process holds the resource's lease
+(:func:`~billnotify.leases.poll_lease`), and its sync commits through
+:class:`FencedSnapshots`, so a process that lost the lease cannot write stale state.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from billnotify.errors import BillnotifyError
+from billnotify.errors import BillnotifyError, FencedError
 from billnotify.events import CloudEvent, build_event
+from billnotify.leases import Role, run_while_held
 from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
 from billnotify.sources.detect import Detection, Policy, detect
 from billnotify.store.base import Snapshots
-from billnotify.store.records import Snapshot, SnapshotWrite, StoredEvent
+from billnotify.store.records import Lease, Snapshot, SnapshotWrite, StoredEvent
 from billnotify.values import record_id
 
 logger = logging.getLogger(__name__)
@@ -152,12 +156,67 @@ async def sweep_due(
             return emitted
 
 
+class FencedSnapshots:
+    """:class:`~billnotify.store.base.Snapshots` whose commits carry a role's lease.
+
+    A sync commits through it unchanged; the store refuses the commit once another
+    process took the lease (:class:`~billnotify.errors.FencedError`), and a lease that
+    is not held (or may have lapsed) refuses it here, before the store is asked.
+    """
+
+    def __init__(self, store: Snapshots, role: Role) -> None:
+        self._store = store
+        self.role = role
+
+    async def get_snapshots(
+        self, source: str, entity: str, ids: Sequence[str]
+    ) -> dict[str, Snapshot]:
+        return await self._store.get_snapshots(source, entity, ids)
+
+    async def due_snapshots(
+        self, source: str, entity: str, now: datetime, limit: int = 500
+    ) -> list[Snapshot]:
+        return await self._store.due_snapshots(source, entity, now, limit)
+
+    async def count_snapshots(self, source: str, entity: str | None = None) -> int:
+        return await self._store.count_snapshots(source, entity)
+
+    async def iter_snapshots(
+        self, source: str, entity: str, after_id: str = "", limit: int = 500
+    ) -> list[Snapshot]:
+        return await self._store.iter_snapshots(source, entity, after_id, limit)
+
+    async def dirty_snapshots(self, limit: int = 500) -> list[Snapshot]:
+        return await self._store.dirty_snapshots(limit)
+
+    async def clear_dirty(self, snapshots: Sequence[Snapshot]) -> None:
+        await self._store.clear_dirty(snapshots)
+
+    async def get_cursor(self, source: str, resource: str) -> str | None:
+        return await self._store.get_cursor(source, resource)
+
+    async def commit(
+        self,
+        source: str,
+        writes: Sequence[SnapshotWrite],
+        events: Sequence[CloudEvent],
+        cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
+    ) -> list[StoredEvent]:
+        return await self._store.commit(
+            source, writes, events, cursor, fence=fence or self.role.fence()
+        )
+
+
 class Poller:
     """Runs one :class:`ResourceSync` every ``interval`` until cancelled.
 
     With ``notices``, polls that keep failing (``failing_after_polls`` in a row, or for
     ``failing_after``) are reported once per episode as ``billnotify.source.failing``,
     and the first success after that as ``billnotify.source.recovered``.
+
+    With a ``role``, it polls only while the role's lease is held, so only the holder
+    polls and reports a failing source; the others stand by.
 
     Attributes:
         last_success: monotonic time of the last successful poll (None before).
@@ -177,8 +236,10 @@ class Poller:
         failing_after_polls: int = 3,
         failing_after: timedelta = timedelta(minutes=5),
         clock: Clock = utcnow,
+        role: Role | None = None,
     ) -> None:
         self.sync = sync
+        self.role = role
         self.interval = interval.total_seconds()
         self.min_gap = min_gap.total_seconds()
         """Least time between the starts of two polls when :meth:`poll_now` asks early."""
@@ -209,14 +270,21 @@ class Poller:
         """
         self._wake.set()
 
+    @property
+    def standby(self) -> bool:
+        """Another process holds this resource's lease: this one does not poll it."""
+        return self.role is not None and self.role.lease is None
+
     def healthy(self, now: float | None = None, intervals: float = 3.0) -> bool:
-        """Polled successfully, and not failing for long.
+        """Polled successfully, and not failing for long (or standing by).
 
         Unhealthy before the first success; once polls have been failing for more than
         ``intervals`` poll intervals (a single failed poll is not yet a problem); and when
         nothing succeeded for ``intervals`` intervals plus a minute (a poll stuck in slow
         requests, which has not failed yet).
         """
+        if self.standby:
+            return True
         if self.last_success is None:
             return False
         now = time.monotonic() if now is None else now
@@ -236,6 +304,8 @@ class Poller:
         error: BaseException | None = None
         try:
             stats = await self.sync.poll_once()
+        except FencedError:
+            raise  # not the source's failure: the lease moved (run() stands by)
         except BillnotifyError as exc:
             error = exc
             self.last_error = str(exc)
@@ -278,7 +348,11 @@ class Poller:
             logger.error("cannot record the state of source %s: %s", self.name, exc)
 
     async def run(self) -> None:
-        """Poll forever on the interval, and after :meth:`poll_now`."""
+        """Poll forever on the interval, and after :meth:`poll_now`, while the lease is
+        held (at once when it is gained)."""
+        await run_while_held(self.role, self._poll_forever)
+
+    async def _poll_forever(self) -> None:
         while True:
             # Cleared before the poll starts: a request that arrives while it runs may
             # concern a change it no longer sees, so it queues the next poll.
