@@ -111,7 +111,10 @@ async def test_a_state_of_a_newer_billnotify_is_refused(tmp_path: Path) -> None:
             "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
         )
     db.close()
-    with pytest.raises(StoreError, match="schema version '2'; this billnotify understands up to"):
+    with pytest.raises(
+        StoreError,
+        match=f"schema version '{SCHEMA_VERSION + 1}'; this billnotify understands up to",
+    ):
         await SqliteStore(state).open()
 
 

@@ -16,13 +16,20 @@ import pg
 from billnotify.store import MemoryStore, ProcessStore, SqliteStore, Store
 from billnotify.store.postgres import PgStore
 from store_contract import EventLogContract, LifecycleContract, SnapshotsContract
+from store_contract_leases import (
+    INSTANCE,
+    DueWakeUpContract,
+    FencingContract,
+    LeasesContract,
+    RecoveryContract,
+)
 from store_contract_ledger import DeliveriesContract, EndpointsContract, LedgerContract
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "memory": lambda folder: MemoryStore(),
-    "sqlite": lambda folder: SqliteStore(folder / "state.db"),
-    "process": lambda folder: ProcessStore(folder / "state.db"),
-    "postgres": lambda folder: PgStore(pg.shared().database(), instance="contract"),
+    "memory": lambda folder: MemoryStore(INSTANCE),
+    "sqlite": lambda folder: SqliteStore(folder / "state.db", INSTANCE),
+    "process": lambda folder: ProcessStore(folder / "state.db", INSTANCE),
+    "postgres": lambda folder: PgStore(pg.shared().database(), instance=INSTANCE),
 }
 
 
@@ -58,4 +65,20 @@ class TestDeliveries(DeliveriesContract):
 
 
 class TestEndpoints(EndpointsContract):
+    pass
+
+
+class TestLeases(LeasesContract):
+    pass
+
+
+class TestFencing(FencingContract):
+    pass
+
+
+class TestRecovery(RecoveryContract):
+    pass
+
+
+class TestDueWakeUp(DueWakeUpContract):
     pass

@@ -37,6 +37,7 @@ enter, so none of them leaks out of its adapter::
     │       └── InvalidParameterError(ValueError)  an invoice action parameter the
     │                                      platform would refuse (unknown, wrong type)
     └── StoreError                         the state store cannot be read or written
+        └── FencedError                    a write under a lease another instance took over
 """
 
 from __future__ import annotations
@@ -310,3 +311,8 @@ class InvalidParameterError(DeliveryError, ValueError):
 
 class StoreError(BillnotifyError):
     """The state store cannot be read or written."""
+
+
+class FencedError(StoreError):
+    """A write made under a lease that another instance has taken since: nothing was
+    written (a paused ex-holder must not write stale state)."""

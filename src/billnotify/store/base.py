@@ -1,11 +1,12 @@
 """The store's protocols: a few narrow seams, one per stage that needs durable state.
 
 Everything durable lives behind them: the last-seen snapshot of every record, poll
-cursors, the append-only event log, each consumer's position in it, the delivery ledger
-and disabled endpoints. :class:`Store` combines them for the composition root. Backends:
-``store/memory.py`` (in memory, for tests), ``store/sqlite.py`` (the default) and
-``store/process.py`` (SQLite in a child process, as the service runs it); the values
-they trade in are in ``store/records.py``.
+cursors, the append-only event log, each consumer's position in it, the delivery ledger,
+disabled endpoints, and the leases of the processes sharing the store. :class:`Store`
+combines them for the composition root. Backends: ``store/memory.py`` (in memory, for
+tests), ``store/sqlite.py`` (the default), ``store/process.py`` (SQLite in a child
+process, as the service runs it) and ``store/postgres.py`` (one database, any number of
+processes); the values they trade in are in ``store/records.py``.
 """
 
 from __future__ import annotations
@@ -87,11 +88,17 @@ class Snapshots(Protocol):
         writes: Sequence[SnapshotWrite],
         events: Sequence[CloudEvent],
         cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
     ) -> list[StoredEvent]:
         """Write snapshots, append events and advance a cursor in ONE transaction.
 
         Events whose id is already in the log are skipped (the log never holds a
         duplicate); the appended ones are returned with their ``seq``.
+
+        Raises:
+            FencedError: ``fence`` is given and its lease is no longer held by
+                ``fence.holder`` at ``fence.epoch`` (checked in the same transaction);
+                nothing was written.
         """
 
 
@@ -126,13 +133,25 @@ class EventLog(Protocol):
     async def get_position(self, consumer: str) -> int:
         """How far a consumer (``mqtt``, ``rules``) has processed the log."""
 
-    async def set_position(self, consumer: str, seq: int) -> None:
-        """Advance a consumer's position."""
+    async def set_position(self, consumer: str, seq: int, fence: Lease | None = None) -> None:
+        """Advance a consumer's position.
+
+        Raises:
+            FencedError: as :meth:`Snapshots.commit`; the position did not move.
+        """
 
 
 class Ledger(Protocol):
     """The delivery ledger as the rule handler and the worker drive it: record, read
     what is due, open and close attempts."""
+
+    due_changed: asyncio.Condition
+    """Notified when work may have become due: deliveries recorded, a delivery made
+    ``pending`` / ``retry_scheduled`` (a retry, an operator, a recovery). Idle delivery
+    workers wait on it instead of polling the table. On PostgreSQL it is notified for
+    the changes of every process on the database (``LISTEN billnotify_due``), and
+    also when the listening connection comes back (changes meanwhile went unheard);
+    on SQLite and in memory for this store's own changes."""
 
     async def record_deliveries(
         self,
@@ -202,9 +221,24 @@ class Ledger(Protocol):
     async def finish_attempts(self, ends: Sequence[AttemptEnd]) -> None:
         """:meth:`finish_attempt` for several attempts in ONE transaction."""
 
-    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
-        """At start-up: ``sending`` rows become ``uncertain`` (exactly-once) or due
-        again (at-least-once). Returns (uncertain, rescheduled)."""
+    async def recover_in_flight(
+        self,
+        now: datetime,
+        *,
+        instance: str | None = None,
+        live: Collection[str] | None = None,
+    ) -> tuple[int, int]:
+        """``sending`` rows left by a process that died: they become ``uncertain``
+        (exactly-once) or due again (at-least-once), and their open attempts end
+        ``uncertain``. Returns (uncertain, rescheduled).
+
+        Without ``instance`` and ``live`` (one process on the store, at start-up) every
+        ``sending`` row is recovered. With them, only the rows started by ``instance``
+        (this process's previous life under the same name) or by an instance not in
+        ``live`` (a dead one; rows of no recorded instance count as dead): a running
+        instance sweeps with ``live`` alone, never recovering its own rows in flight.
+        Each row is recovered once, even by several processes sweeping at once.
+        """
 
 
 class Deliveries(Protocol):
@@ -283,21 +317,24 @@ class Leases(Protocol):
 
         Taken when free, lapsed (``expires_at <= now``) or held by ``instance``; the
         epoch grows by one when it changes hands. Returns the lease held, or None when
-        another instance holds it and it has not lapsed.
+        another instance holds it and it has not lapsed. Atomic: of several instances
+        acquiring at once, one gets it.
         """
 
     async def release(self, name: str, instance: str) -> None:
-        """Give up lease ``name`` if ``instance`` holds it (a clean shutdown)."""
+        """Give up lease ``name`` if ``instance`` holds it (a clean shutdown): it lapses
+        at once, its holder and epoch stay as they were."""
 
     async def leases(self) -> list[Lease]:
         """Every lease, lapsed or not, by name."""
 
 
-class Store(Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, Protocol):
+class Store(Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, Leases, Protocol):
     """The whole durable state, as the composition root opens it.
 
     Every method is a coroutine; every write commits before returning. Each stage
     depends only on the narrow protocol it uses (:class:`Snapshots` for sources,
     :class:`EventLog` for the publisher, :class:`Ledger` for the rule handler and the
-    worker, :class:`Deliveries` and :class:`Endpoints` for operators).
+    worker, :class:`Deliveries` and :class:`Endpoints` for operators, :class:`Leases`
+    for the processes sharing the store).
     """

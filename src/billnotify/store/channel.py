@@ -42,10 +42,12 @@ class Channel:
 
     Args:
         path: the database file the child opens.
+        instance: the name the child's store records on the deliveries it starts.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, instance: str) -> None:
         self.path = path
+        self.instance = instance
         self._child: asyncio.subprocess.Process | None = None
         self._replies: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
@@ -58,7 +60,7 @@ class Channel:
         return self._child.pid if self._child is not None else None
 
     async def start(self) -> None:
-        """Start the child (``python -m billnotify.store.child PATH``)."""
+        """Start the child (``python -m billnotify.store.child PATH INSTANCE``)."""
         self._gone = None
         # the child imports what this process imports, however it found billnotify
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -67,6 +69,7 @@ class Channel:
             "-m",
             "billnotify.store.child",
             str(self.path),
+            self.instance,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,

@@ -1,6 +1,8 @@
-"""``python -m billnotify.store.child PATH``: the process a :class:`ProcessStore` talks to.
+"""``python -m billnotify.store.child PATH [INSTANCE]``: the process a :class:`ProcessStore`
+talks to.
 
-It opens a :class:`~billnotify.store.sqlite.SqliteStore` on ``PATH`` and serves calls
+It opens a :class:`~billnotify.store.sqlite.SqliteStore` on ``PATH`` (recording
+``INSTANCE`` on the deliveries it starts) and serves calls
 framed on stdin (see :mod:`billnotify.store.channel`), one reply per call on stdout, until
 stdin closes; then it finishes the calls it has and closes the store. SIGINT and SIGTERM
 are ignored: stopping is the parent's business.
@@ -20,7 +22,7 @@ from billnotify.store.channel import frame, read_frame
 from billnotify.store.sqlite import SqliteStore
 
 
-async def serve(path: str) -> None:
+async def serve(path: str, instance: str | None = None) -> None:
     """Serve the store at ``path`` over this process's stdin and stdout."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**31 - 1)
@@ -29,7 +31,7 @@ async def serve(path: str) -> None:
         asyncio.streams.FlowControlMixin, sys.stdout.buffer
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    store = SqliteStore(path)
+    store = SqliteStore(path, instance)
 
     async def handle(number: int, name: str, args: tuple[Any, ...], kwargs: Any) -> None:
         try:
@@ -70,12 +72,12 @@ async def serve(path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the store at ``argv[0]`` until stdin closes."""
+    """Serve the store at ``argv[0]`` (as instance ``argv[1]``) until stdin closes."""
     args = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with tuned_collector():
-        asyncio.run(serve(args[0]))
+        asyncio.run(serve(args[0], args[1] if len(args) > 1 else None))
     return 0
 
 

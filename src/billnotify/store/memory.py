@@ -8,7 +8,8 @@ from the store never changes the store. Nothing is durable: the data lives as lo
 the object (and outlives :meth:`~MemoryStore.close`, as a file would).
 
 - ``memory_log.py``: snapshots, cursors, the event log, positions;
-- ``memory_ledger.py``: deliveries, attempts, endpoints.
+- ``memory_ledger.py``: deliveries, attempts, endpoints;
+- ``memory_leases.py``: instances' heartbeats and leases.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from billnotify.store.base import Store
+from billnotify.store.memory_leases import LeaseTables
 from billnotify.store.memory_ledger import LedgerTables
 from billnotify.store.memory_log import LogTables
 
 
-class MemoryStore(LedgerTables, LogTables):
-    """:class:`~billnotify.store.base.Store` in memory (see the module docstring)."""
+class MemoryStore(LedgerTables, LeaseTables, LogTables):
+    """:class:`~billnotify.store.base.Store` in memory (see the module docstring).
+
+    Args:
+        instance: this process's name, recorded on the deliveries it starts (default
+            ``hostname-pid``).
+    """
 
     async def __aenter__(self) -> MemoryStore:
         await self.open()

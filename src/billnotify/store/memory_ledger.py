@@ -11,19 +11,21 @@ from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.store.memory_log import MemoryBase, _utc
 from billnotify.store.records import (
+    DUE_STATUSES,
+    INTERRUPTED,
     Attempt,
     AttemptEnd,
     Delivery,
     DueBatch,
     DueDelivery,
     NewDelivery,
+    recoverable,
 )
 
 _UNSETTLED = frozenset(
     {DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.SENDING}
 )
-_DUE = frozenset({DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED})
-_INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
+_DUE = DUE_STATUSES
 
 
 @dataclass(slots=True)
@@ -35,13 +37,15 @@ class _Ledger:
     rendered: dict[str, str] = field(default_factory=dict)
     attempts: dict[str, dict[int, Attempt]] = field(default_factory=dict)
     endpoints: dict[str, str] = field(default_factory=dict)
+    claimed: dict[str, str] = field(default_factory=dict)
+    """Delivery id -> the instance that started its latest attempt."""
 
 
 class LedgerTables(MemoryBase):
     """The delivery ledger as every stage drives and reads it; disabled endpoints."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, instance: str | None = None) -> None:
+        super().__init__(instance)
         self._ledger = _Ledger()
 
     def _rows(self) -> dict[str, Delivery]:
@@ -85,6 +89,8 @@ class LedgerTables(MemoryBase):
                 self._ledger.rendered[d.id] = rendered[d.id]
             inserted += 1
         self._log.positions[consumer] = position
+        if inserted:
+            await self._wake(self.due_changed)
         return inserted
 
     async def get_rendered(self, delivery_id: str) -> str | None:
@@ -149,6 +155,7 @@ class LedgerTables(MemoryBase):
     def _start(self, row: Delivery, now: datetime) -> int:
         number = row.attempts + 1
         self._update(row, status=DeliveryStatus.SENDING, attempts=number, updated_at=now)
+        self._ledger.claimed[row.id] = self.instance
         opened = Attempt(delivery_id=row.id, number=number, started_at=now)
         self._ledger.attempts.setdefault(row.id, {})[number] = opened
         return number
@@ -210,13 +217,25 @@ class LedgerTables(MemoryBase):
                     last_status_code=e.status_code,
                     updated_at=finished,
                 )
+        if any(e.status in _DUE for e in ends):
+            await self._wake(self.due_changed)
 
-    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
-        """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due."""
+    async def recover_in_flight(
+        self,
+        now: datetime,
+        *,
+        instance: str | None = None,
+        live: Collection[str] | None = None,
+    ) -> tuple[int, int]:
+        """``sending`` rows of a process that died: exactly-once -> uncertain, others
+        -> due (see the protocol for which)."""
         rows, now = self._rows(), _utc(now) or now
+        claimed = self._ledger.claimed
         uncertain = rescheduled = 0
         for row in list(rows.values()):
-            if row.status is not DeliveryStatus.SENDING:
+            if row.status is not DeliveryStatus.SENDING or not recoverable(
+                claimed.get(row.id), instance, live
+            ):
                 continue
             if row.exactly_once:
                 status, due, uncertain = (
@@ -227,14 +246,17 @@ class LedgerTables(MemoryBase):
             else:
                 status, due, rescheduled = DeliveryStatus.RETRY_SCHEDULED, now, rescheduled + 1
             self._update(
-                row, status=status, next_attempt_at=due, last_error=_INTERRUPTED, updated_at=now
+                row, status=status, next_attempt_at=due, last_error=INTERRUPTED, updated_at=now
             )
-        for opened in self._ledger.attempts.values():
+            claimed.pop(row.id, None)
+            opened = self._ledger.attempts.get(row.id, {})
             for number, attempt in opened.items():
                 if attempt.finished_at is None:
                     opened[number] = replace(
-                        attempt, finished_at=now, outcome=Outcome.UNCERTAIN, error=_INTERRUPTED
+                        attempt, finished_at=now, outcome=Outcome.UNCERTAIN, error=INTERRUPTED
                     )
+        if rescheduled:
+            await self._wake(self.due_changed)
         return uncertain, rescheduled
 
     # -- the ledger as operators, metrics and reconciliation read it -----------------
@@ -276,6 +298,8 @@ class LedgerTables(MemoryBase):
             updated_at=_utc(now),
             last_error=error if error is not None else row.last_error,
         )
+        if status in _DUE:
+            await self._wake(self.due_changed)
         return True
 
     async def count_deliveries(self) -> dict[tuple[str, str], int]:

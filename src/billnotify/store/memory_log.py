@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
-from billnotify.store.records import LogEntry, Snapshot, SnapshotWrite, StoredEvent
+from billnotify.store.records import (
+    Lease,
+    LogEntry,
+    Snapshot,
+    SnapshotWrite,
+    StoredEvent,
+    default_instance,
+    fenced,
+)
 
 
 @dataclass(slots=True)
@@ -49,11 +57,18 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 class MemoryBase:
-    """The state of a :class:`~billnotify.store.memory.MemoryStore`; opening and closing."""
+    """The state of a :class:`~billnotify.store.memory.MemoryStore`; opening and closing.
 
-    def __init__(self) -> None:
+    Args:
+        instance: this process's name, recorded on the deliveries it starts.
+    """
+
+    def __init__(self, instance: str | None = None) -> None:
+        self.instance = instance or default_instance()
         self.appended = asyncio.Condition()
+        self.due_changed = asyncio.Condition()
         self._log = _Log()
+        self._leases: dict[str, Lease] = {}
         self._open = False
 
     def _live(self) -> None:
@@ -72,6 +87,20 @@ class MemoryBase:
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the store is open."""
         self._live()
+
+    def _check_fence(self, fence: Lease | None) -> None:
+        """Raise ``FencedError`` unless ``fence`` (if any) still names its lease's
+        holder and epoch."""
+        if fence is None:
+            return
+        held = self._leases.get(fence.name)
+        if held is None or (held.holder, held.epoch) != (fence.holder, fence.epoch):
+            raise fenced(fence)
+
+    @staticmethod
+    async def _wake(waiting: asyncio.Condition) -> None:
+        async with waiting:
+            waiting.notify_all()
 
 
 class LogTables(MemoryBase):
@@ -152,9 +181,11 @@ class LogTables(MemoryBase):
         writes: Sequence[SnapshotWrite],
         events: Sequence[CloudEvent],
         cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
     ) -> list[StoredEvent]:
         """Snapshots, events and cursor at once; see the protocol."""
         self._live()
+        self._check_fence(fence)
         # everything is made before anything is kept: a record that is not JSON changes
         # nothing, as a failed transaction would
         rows = [
@@ -181,8 +212,7 @@ class LogTables(MemoryBase):
         if cursor is not None:
             log.cursors[(source, cursor[0])] = cursor[1]
         if appended:
-            async with self.appended:
-                self.appended.notify_all()
+            await self._wake(self.appended)
         return appended
 
     # -- the event log ---------------------------------------------------------------
@@ -236,7 +266,8 @@ class LogTables(MemoryBase):
         self._live()
         return self._log.positions.get(consumer, 0)
 
-    async def set_position(self, consumer: str, seq: int) -> None:
-        """Move a consumer's position."""
+    async def set_position(self, consumer: str, seq: int, fence: Lease | None = None) -> None:
+        """Move a consumer's position (unless fenced off)."""
         self._live()
+        self._check_fence(fence)
         self._log.positions[consumer] = seq

@@ -4,20 +4,28 @@ processes.
 - ``postgres_schema.py``: versioned migrations, applied under an advisory lock;
 - ``postgres_base.py``: the pool, errors, ``LISTEN``/``NOTIFY`` of appends;
 - ``postgres_log.py``: snapshots, cursors, the event log, positions;
-- ``postgres_ledger.py``: deliveries, attempts, endpoints.
+- ``postgres_ledger.py``: deliveries recorded, due, attempted, recovered;
+- ``postgres_deliveries.py``: deliveries read and settled, endpoints;
+- ``postgres_leases.py``: instances' heartbeats and leases.
 
-It keeps the SQLite store's semantics call for call; what several processes need
-beyond that (leases with fencing, recovery of a dead instance's ``sending`` rows)
-comes next.
+It keeps the SQLite store's semantics call for call (the store contract); what several
+processes add is safe here: claims that never overlap, fenced writes, each dead
+instance's ``sending`` rows recovered once, wake-ups by ``LISTEN``/``NOTIFY``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from billnotify.store.postgres_leases import LeaseTables
 from billnotify.store.postgres_ledger import LedgerTables
 from billnotify.store.postgres_log import LogTables
 
+if TYPE_CHECKING:
+    from billnotify.store.base import Store
 
-class PgStore(LedgerTables, LogTables):
+
+class PgStore(LedgerTables, LeaseTables, LogTables):
     """:class:`~billnotify.store.base.Store` on a PostgreSQL database (asyncpg).
 
     Args:
@@ -34,3 +42,7 @@ class PgStore(LedgerTables, LogTables):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+if TYPE_CHECKING:
+    _: Store = PgStore("postgresql://localhost/billnotify")

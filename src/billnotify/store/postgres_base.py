@@ -2,10 +2,13 @@
 
 Every write is one transaction on a connection of the pool (asyncpg), committed before
 the call returns. Appends to the event log send ``NOTIFY billnotify_appended`` in their
-transaction, so the notification goes out only if they commit; one connection per store
-listens on that channel and wakes :attr:`PgBase.appended` when another process (or
-another store on the same database) appended. The listener reconnects after an outage
-and wakes the waiters then too, since notifications sent meanwhile are lost.
+transaction, and changes that make deliveries due ``NOTIFY billnotify_due``, so a
+notification goes out only if its transaction commits; one connection per store listens
+on both channels and wakes :attr:`PgBase.appended` / :attr:`PgBase.due_changed` when
+another process (or another store on the same database) wrote. The listener reconnects
+after an outage and wakes the waiters then too, since notifications sent meanwhile are
+lost. A write fenced by a lease (``fence=``) reads the lease row ``FOR SHARE`` in its
+transaction: the lease cannot change hands until the write has committed.
 
 Every asyncpg or socket error is wrapped into :class:`~billnotify.errors.StoreError`
 where it enters, naming ``host:port/database`` only: the URL's password (if any) and an
@@ -17,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -29,11 +30,14 @@ import asyncpg
 
 from billnotify.errors import StoreError
 from billnotify.store.postgres_schema import migrate
+from billnotify.store.records import Lease, default_instance, fenced
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "billnotify_appended"
 """The ``LISTEN``/``NOTIFY`` channel of appends; the payload is the appending store's token."""
+DUE_CHANNEL = "billnotify_due"
+"""The channel of changes that make deliveries due; the payload is the writing store's token."""
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 """What asyncpg raises when the server, the network or a statement fails."""
@@ -56,11 +60,6 @@ def where(url: str) -> str:
     except ValueError as exc:
         raise StoreError(f"the state URL has an invalid port: {exc}") from None
     return f"{host}:{port}/{unquote(parts.path.lstrip('/')) or parts.username or ''}"
-
-
-def default_instance() -> str:
-    """This process's name among several: ``hostname-pid``."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def now() -> datetime:
@@ -95,6 +94,7 @@ class PgBase:
         self.where = where(url)
         self.instance = instance or default_instance()
         self.appended = asyncio.Condition()
+        self.due_changed = asyncio.Condition()
         self._url = url
         self._password = password
         self._timeout = timeout
@@ -203,24 +203,42 @@ class PgBase:
         async with self._connection() as conn:
             return await conn.fetchval(sql, *args)
 
-    # -- appends from elsewhere ------------------------------------------------------
+    # -- writes from elsewhere --------------------------------------------------------
     async def _notify_local(self) -> None:
         """Wake this process's readers of the log."""
-        async with self.appended:
-            self.appended.notify_all()
+        await self._wake_local(self.appended)
 
-    async def _notify(self, conn: Any) -> None:
-        """In an appending transaction: tell the other stores, once it commits."""
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._token)
+    @staticmethod
+    async def _wake_local(waiting: asyncio.Condition) -> None:
+        async with waiting:
+            waiting.notify_all()
 
-    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    async def _notify(self, conn: Any, channel: str = CHANNEL) -> None:
+        """In a writing transaction: tell the other stores, once it commits."""
+        await conn.execute("SELECT pg_notify($1, $2)", channel, self._token)
+
+    def _heard(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         if payload != self._token:
-            self._wake()
+            self._wake(self.due_changed if channel == DUE_CHANNEL else self.appended)
 
-    def _wake(self) -> None:
-        task = asyncio.create_task(self._notify_local())
-        self._wakes.add(task)
-        task.add_done_callback(self._wakes.discard)
+    def _wake(self, *waiting: asyncio.Condition) -> None:
+        for condition in waiting:
+            task = asyncio.create_task(self._wake_local(condition))
+            self._wakes.add(task)
+            task.add_done_callback(self._wakes.discard)
+
+    @staticmethod
+    async def _check_fence(conn: Any, fence: Lease | None) -> None:
+        """In a write: raise ``FencedError`` unless ``fence`` (if any) still names its
+        lease's holder and epoch; the row stays locked (``FOR SHARE``) until commit, so
+        the lease cannot change hands before the write is in."""
+        if fence is not None and not await conn.fetchval(
+            "SELECT TRUE FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
+            fence.name,
+            fence.holder,
+            fence.epoch,
+        ):
+            raise fenced(fence)
 
     async def _listen(self, ready: asyncio.Event) -> None:
         """Hold one listening connection; bring it back after an outage."""
@@ -247,8 +265,10 @@ class PgBase:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._heard)
+        await conn.add_listener(DUE_CHANNEL, self._heard)
         if ready.is_set():
-            self._wake()  # appends made while nobody listened went unheard
+            # writes made while nobody listened went unheard
+            self._wake(self.appended, self.due_changed)
         ready.set()
         await lost.wait()
         logger.warning("state store %s: listening connection lost", self.where)

@@ -1,8 +1,11 @@
-"""The delivery ledger and endpoint state, on PostgreSQL.
+"""The delivery ledger as the rule handler and the worker drive it, on PostgreSQL.
 
 Attempts are claimed with ``FOR UPDATE SKIP LOCKED``: of several stores starting the
 same due deliveries at once, each delivery goes to exactly one of them, and none waits
-on a row another is claiming.
+on a row another is claiming; a ``sending`` row names its claimant (``claimed_by``), so
+the rows of a dead instance are recovered, once, by whoever sweeps first. A change that
+makes work due sends ``NOTIFY billnotify_due`` in its transaction
+(:attr:`~billnotify.store.postgres_base.PgBase.due_changed`).
 """
 
 from __future__ import annotations
@@ -14,50 +17,24 @@ from typing import Any
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
-from billnotify.store.postgres_base import PgBase, affected
+from billnotify.store.postgres_base import DUE_CHANNEL, affected
+from billnotify.store.postgres_deliveries import DeliveryTables
 from billnotify.store.records import (
-    Attempt,
+    DELIVERY_COLS,
+    DUE_STATUSES,
+    INTERRUPTED,
     AttemptEnd,
     Delivery,
     DueBatch,
     DueDelivery,
     NewDelivery,
+    delivery_from_row,
 )
 
 logger = logging.getLogger(__name__)
 
-_ACTIVE = "status IN ('pending', 'retry_scheduled', 'sending')"
-"""Deliveries not settled yet (the condition of the partial index ``deliveries_active``)."""
 _DUE = "status IN ('pending', 'retry_scheduled')"
 """Deliveries waiting for their next attempt (the partial index ``deliveries_due``)."""
-_COLS = (
-    "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
-    "status, attempts, created_at, updated_at, next_attempt_at, last_error, "
-    "last_status_code, note"
-)
-_INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
-
-
-def _delivery(row: Sequence[Any], history: list[Attempt] | None = None) -> Delivery:
-    return Delivery(
-        id=row[0],
-        rule=row[1],
-        action_index=int(row[2]),
-        action_type=row[3],
-        event_id=row[4],
-        event_seq=int(row[5]),
-        exactly_once=bool(row[6]),
-        target=row[7],
-        status=DeliveryStatus(row[8]),
-        attempts=int(row[9]),
-        created_at=row[10],
-        updated_at=row[11],
-        next_attempt_at=row[12],
-        last_error=row[13],
-        last_status_code=row[14],
-        note=row[15],
-        history=history or [],
-    )
 
 
 def _due_sql(columns: str, exclude: Collection[str]) -> tuple[str, list[Any]]:
@@ -69,8 +46,8 @@ def _due_sql(columns: str, exclude: Collection[str]) -> tuple[str, list[Any]]:
     )
 
 
-class LedgerTables(PgBase):
-    """The tables of deliveries, their attempts and disabled endpoints."""
+class LedgerTables(DeliveryTables):
+    """Recording deliveries, reading what is due, opening and closing attempts."""
 
     async def record_deliveries(
         self,
@@ -107,14 +84,19 @@ class LedgerTables(PgBase):
                 [notes.get(d.id) for d in deliveries],
             )
             await self._set_position(conn, consumer, position)
-        return affected(status)
+            inserted = affected(status)
+            if inserted:
+                await self._notify(conn, DUE_CHANNEL)
+        if inserted:
+            await self._wake_local(self.due_changed)
+        return inserted
 
     async def due_deliveries(
         self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
     ) -> list[Delivery]:
         """Deliveries whose next attempt is due, except those in ``exclude``."""
-        sql, args = _due_sql(_COLS, exclude)
-        return [_delivery(r) for r in await self._fetch(sql, now, limit, *args)]
+        sql, args = _due_sql(DELIVERY_COLS, exclude)
+        return [delivery_from_row(r) for r in await self._fetch(sql, now, limit, *args)]
 
     async def read_due(
         self, now: datetime, limit: int = 100, exclude: Collection[str] = ()
@@ -237,6 +219,7 @@ class LedgerTables(PgBase):
         """Close several attempts and set their deliveries' status in one transaction."""
         if not ends:
             return
+        due = any(e.status in DUE_STATUSES for e in ends)
         async with self._transaction() as conn:
             await conn.execute(
                 "UPDATE attempts AS a SET finished_at = v.finished_at, outcome = v.outcome, "
@@ -266,155 +249,54 @@ class LedgerTables(PgBase):
                 [e.status_code for e in ends],
                 [e.finished_at for e in ends],
             )
+            if due:
+                await self._notify(conn, DUE_CHANNEL)
+        if due:
+            await self._wake_local(self.due_changed)
 
-    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
-        """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due.
+    async def recover_in_flight(
+        self,
+        now: datetime,
+        *,
+        instance: str | None = None,
+        live: Collection[str] | None = None,
+    ) -> tuple[int, int]:
+        """``sending`` rows of a process that died: exactly-once -> uncertain, others
+        -> due (see the protocol for which).
 
-        One process per database for now: every ``sending`` row is this process's
-        own, left by its previous life (with several, only a dead instance's rows,
-        by ``claimed_by``, will be).
+        The rows are taken ``FOR UPDATE SKIP LOCKED`` and must still be ``sending``:
+        of several instances sweeping at once, each row is recovered by one.
         """
         async with self._transaction() as conn:
             rows = await conn.fetch(
-                "UPDATE deliveries SET status = CASE WHEN exactly_once THEN $1 ELSE $2 END, "
-                "next_attempt_at = CASE WHEN exactly_once THEN next_attempt_at ELSE $3 END, "
-                "last_error = $4, updated_at = $3, claimed_by = NULL "
-                "WHERE status = $5 RETURNING exactly_once",
+                "WITH lost AS (SELECT id FROM deliveries WHERE status = $5 "
+                "AND (($6::text IS NULL AND $7::text[] IS NULL) OR claimed_by = $6 "
+                "OR ($7::text[] IS NOT NULL AND (claimed_by IS NULL "
+                "OR NOT claimed_by = ANY($7::text[])))) FOR UPDATE SKIP LOCKED) "
+                "UPDATE deliveries AS d "
+                "SET status = CASE WHEN d.exactly_once THEN $1 ELSE $2 END, "
+                "next_attempt_at = CASE WHEN d.exactly_once THEN d.next_attempt_at ELSE $3 END, "
+                "last_error = $4, updated_at = $3, claimed_by = NULL FROM lost "
+                "WHERE d.id = lost.id AND d.status = $5 RETURNING d.id, d.exactly_once",
                 DeliveryStatus.UNCERTAIN.value,
                 DeliveryStatus.RETRY_SCHEDULED.value,
                 now,
-                _INTERRUPTED,
+                INTERRUPTED,
                 DeliveryStatus.SENDING.value,
+                instance,
+                None if live is None else list(live),
             )
             await conn.execute(
                 "UPDATE attempts SET finished_at = $1, outcome = $2, error = $3 "
-                "WHERE finished_at IS NULL",
+                "WHERE finished_at IS NULL AND delivery_id = ANY($4::text[])",
                 now,
                 Outcome.UNCERTAIN.value,
-                _INTERRUPTED,
+                INTERRUPTED,
+                [r[0] for r in rows],
             )
-        uncertain = sum(1 for r in rows if r[0])
+            uncertain = sum(1 for r in rows if r[1])
+            if len(rows) > uncertain:
+                await self._notify(conn, DUE_CHANNEL)
+        if len(rows) > uncertain:
+            await self._wake_local(self.due_changed)
         return uncertain, len(rows) - uncertain
-
-    async def list_deliveries(
-        self, statuses: Sequence[DeliveryStatus] | None = None, limit: int = 1000
-    ) -> list[Delivery]:
-        """Ledger rows, newest first."""
-        rows = await self._fetch(
-            f"SELECT {_COLS} FROM deliveries WHERE $1::text[] IS NULL OR status = ANY($1) "
-            "ORDER BY created_at DESC, event_seq DESC LIMIT $2",
-            [s.value for s in statuses] if statuses else None,
-            limit,
-        )
-        return [_delivery(r) for r in rows]
-
-    async def get_delivery(self, delivery_id: str) -> Delivery | None:
-        """One delivery with its attempts."""
-        async with self._connection() as conn, conn.transaction(readonly=True):
-            row = await conn.fetchrow(f"SELECT {_COLS} FROM deliveries WHERE id = $1", delivery_id)
-            attempts = await conn.fetch(
-                "SELECT number, started_at, finished_at, outcome, status_code, error "
-                "FROM attempts WHERE delivery_id = $1 ORDER BY number",
-                delivery_id,
-            )
-        if row is None:
-            return None
-        history = [
-            Attempt(
-                delivery_id=delivery_id,
-                number=int(a[0]),
-                started_at=a[1],
-                finished_at=a[2],
-                outcome=Outcome(a[3]) if a[3] else None,
-                status_code=a[4],
-                error=a[5],
-            )
-            for a in attempts
-        ]
-        return _delivery(row, history)
-
-    async def get_rendered(self, delivery_id: str) -> str | None:
-        """What a dry-run delivery would have sent (JSON), if recorded."""
-        value: str | None = await self._fetchval(
-            "SELECT rendered FROM deliveries WHERE id = $1", delivery_id
-        )
-        return value
-
-    async def set_delivery_status(
-        self,
-        delivery_id: str,
-        status: DeliveryStatus,
-        *,
-        now: datetime,
-        next_attempt_at: datetime | None = None,
-        note: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """Change a delivery's status without an attempt."""
-        async with self._transaction() as conn:
-            done = await conn.execute(
-                "UPDATE deliveries SET status = $1, next_attempt_at = $2, note = $3, "
-                "updated_at = $4, last_error = coalesce($5, last_error) WHERE id = $6",
-                status.value,
-                next_attempt_at,
-                note,
-                now,
-                error,
-                delivery_id,
-            )
-        return affected(done) > 0
-
-    async def count_deliveries(self) -> dict[tuple[str, str], int]:
-        """(action_type, status) -> count."""
-        rows = await self._fetch(
-            "SELECT action_type, status, count(*) FROM deliveries GROUP BY action_type, status"
-        )
-        return {(r[0], r[1]): int(r[2]) for r in rows}
-
-    async def oldest_pending_at(self) -> datetime | None:
-        """Creation time of the oldest delivery not yet settled."""
-        value: datetime | None = await self._fetchval(
-            f"SELECT min(created_at) FROM deliveries WHERE {_ACTIVE}"
-        )
-        return value
-
-    async def disable_endpoint(self, name: str, reason: str, now: datetime) -> None:
-        """Mark a webhook endpoint disabled."""
-        async with self._transaction() as conn:
-            await conn.execute(
-                "INSERT INTO endpoints (name, disabled_at, reason) VALUES ($1, $2, $3) "
-                "ON CONFLICT (name) DO UPDATE SET disabled_at = excluded.disabled_at, "
-                "reason = excluded.reason",
-                name,
-                now,
-                reason,
-            )
-
-    async def disabled_endpoints(self) -> dict[str, str]:
-        """Disabled endpoints and why."""
-        return {r[0]: r[1] for r in await self._fetch("SELECT name, reason FROM endpoints")}
-
-    async def enable_endpoint(self, name: str) -> None:
-        """Re-enable a disabled endpoint."""
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM endpoints WHERE name = $1", name)
-
-    async def get_deliveries(self, ids: Sequence[str]) -> list[Delivery]:
-        """Deliveries by id, without their attempt history (unknown ids are absent)."""
-        rows = await self._fetch(
-            f"SELECT {_COLS} FROM deliveries WHERE id = ANY($1::text[])", list(ids)
-        )
-        return [_delivery(r) for r in rows]
-
-    async def settled_since(
-        self, statuses: Sequence[DeliveryStatus], since: datetime, limit: int = 10_000
-    ) -> list[Delivery]:
-        """Deliveries in ``statuses`` whose row changed at or after ``since``, oldest first."""
-        rows = await self._fetch(
-            f"SELECT {_COLS} FROM deliveries WHERE status = ANY($1::text[]) "
-            "AND updated_at >= $2 ORDER BY updated_at LIMIT $3",
-            [s.value for s in statuses],
-            since,
-            limit,
-        )
-        return [_delivery(r) for r in rows]

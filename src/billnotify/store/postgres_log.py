@@ -12,7 +12,7 @@ from typing import Any
 from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.postgres_base import PgBase, now
-from billnotify.store.records import LogEntry, Snapshot, SnapshotWrite, StoredEvent
+from billnotify.store.records import Lease, LogEntry, Snapshot, SnapshotWrite, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,12 @@ class LogTables(PgBase):
         writes: Sequence[SnapshotWrite],
         events: Sequence[CloudEvent],
         cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
     ) -> list[StoredEvent]:
         """Snapshots, events and cursor in one transaction; see the protocol."""
         at = now()
         async with self._transaction() as conn:
+            await self._check_fence(conn, fence)
             versions = await self._write_snapshots(conn, source, writes, at)
             appended = await self._append(conn, events, at, versions) if events else []
             if cursor is not None:
@@ -268,7 +270,8 @@ class LogTables(PgBase):
         seq = await self._fetchval("SELECT seq FROM positions WHERE consumer = $1", consumer)
         return 0 if seq is None else int(seq)
 
-    async def set_position(self, consumer: str, seq: int) -> None:
-        """Move a consumer's position."""
+    async def set_position(self, consumer: str, seq: int, fence: Lease | None = None) -> None:
+        """Move a consumer's position (unless fenced off)."""
         async with self._transaction() as conn:
+            await self._check_fence(conn, fence)
             await self._set_position(conn, consumer, seq)

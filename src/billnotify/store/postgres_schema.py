@@ -14,6 +14,8 @@ The tables mirror the SQLite store's (``store/schema.py``), with two differences
   that: writer B may commit seq 8 before writer A commits seq 7).
 - ``deliveries.claimed_by`` names the instance that started the attempt in flight, for
   recovery of a dead instance's ``sending`` rows once several share the database.
+
+Migration 2 adds ``instances`` (heartbeats) and ``leases`` (holder and fencing epoch).
 """
 
 from __future__ import annotations
@@ -112,6 +114,21 @@ MIGRATIONS: tuple[str, ...] = (
         disabled_at TIMESTAMPTZ NOT NULL,
         reason TEXT NOT NULL
     );
+    """,
+    """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        started_at TIMESTAMPTZ NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL,
+        info JSONB NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX deliveries_sending ON deliveries (claimed_by) WHERE status = 'sending';
     """,
 )
 """Migration N (from 1) is ``MIGRATIONS[N - 1]``; append, never edit a released one."""

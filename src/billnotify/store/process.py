@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
@@ -39,14 +39,18 @@ from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.channel import Channel
 from billnotify.store.records import (
+    DUE_STATUSES,
     AttemptEnd,
     Delivery,
     DueBatch,
+    Instance,
+    Lease,
     LogEntry,
     NewDelivery,
     Snapshot,
     SnapshotWrite,
     StoredEvent,
+    default_instance,
 )
 from billnotify.store.sqlite import SqliteStore
 from billnotify.store.sqlite_log import announce, commit_rows_of, parse_log
@@ -64,12 +68,16 @@ class ProcessStore:
 
     Args:
         path: the database file (created with its folder if missing).
+        instance: this process's name, recorded on the deliveries it starts (default
+            ``hostname-pid``).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, instance: str | None = None) -> None:
         self.path = path
+        self.instance = instance or default_instance()
         self.appended = asyncio.Condition()
-        self._channel = Channel(path)
+        self.due_changed = asyncio.Condition()
+        self._channel = Channel(path, self.instance)
 
     async def __aenter__(self) -> ProcessStore:
         await self.open()
@@ -87,6 +95,12 @@ class ProcessStore:
         """Run :class:`SqliteStore`'s ``method`` in the child, in the order of calls."""
         result: T = await self._channel.call(method.__name__, args, kwargs)
         return result
+
+    async def _wake(self, waiting: asyncio.Condition, when: object = True) -> None:
+        """Notify ``waiting`` (here, where its waiters are) if ``when`` is true."""
+        if when:
+            async with waiting:
+                waiting.notify_all()
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
@@ -149,10 +163,11 @@ class ProcessStore:
         writes: Sequence[SnapshotWrite],
         events: Sequence[CloudEvent],
         cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
     ) -> list[StoredEvent]:
         """Snapshots, events and cursor in one transaction (rows made here)."""
         snapshots, logged = commit_rows_of(writes, events)
-        placed = await self._call(SqliteStore.commit_rows, source, snapshots, logged, cursor)
+        placed = await self._call(SqliteStore.commit_rows, source, snapshots, logged, cursor, fence)
         return await announce(self.appended, events, placed)
 
     # -- the event log ---------------------------------------------------------------
@@ -188,9 +203,9 @@ class ProcessStore:
         """A consumer's position in the log."""
         return await self._call(SqliteStore.get_position, consumer)
 
-    async def set_position(self, consumer: str, seq: int) -> None:
-        """Move a consumer's position."""
-        await self._call(SqliteStore.set_position, consumer, seq)
+    async def set_position(self, consumer: str, seq: int, fence: Lease | None = None) -> None:
+        """Move a consumer's position (unless fenced off)."""
+        await self._call(SqliteStore.set_position, consumer, seq, fence)
 
     # -- the ledger as the rule handler and the worker drive it ----------------------
     async def record_deliveries(
@@ -202,9 +217,11 @@ class ProcessStore:
         rendered: Mapping[str, str] | None = None,
     ) -> int:
         """Insert new deliveries and advance ``consumer`` in one transaction."""
-        return await self._call(
+        inserted = await self._call(
             SqliteStore.record_deliveries, deliveries, consumer, position, now, rendered
         )
+        await self._wake(self.due_changed, inserted)
+        return inserted
 
     async def get_rendered(self, delivery_id: str) -> str | None:
         """What a dry-run delivery would have sent (JSON), if recorded."""
@@ -250,15 +267,30 @@ class ProcessStore:
         end = AttemptEnd(
             delivery_id, number, now, outcome, status, next_attempt_at, status_code, error
         )
-        await self._call(SqliteStore.finish_attempts, [end])
+        await self.finish_attempts([end])
 
     async def finish_attempts(self, ends: Sequence[AttemptEnd]) -> None:
         """Close several attempts and set their deliveries' status in one transaction."""
         await self._call(SqliteStore.finish_attempts, ends)
+        await self._wake(self.due_changed, any(e.status in DUE_STATUSES for e in ends))
 
-    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
-        """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due."""
-        return await self._call(SqliteStore.recover_in_flight, now)
+    async def recover_in_flight(
+        self,
+        now: datetime,
+        *,
+        instance: str | None = None,
+        live: Collection[str] | None = None,
+    ) -> tuple[int, int]:
+        """``sending`` rows of a process that died: exactly-once -> uncertain, others
+        -> due (see the protocol for which)."""
+        recovered = await self._call(
+            SqliteStore.recover_in_flight,
+            now,
+            instance=instance,
+            live=None if live is None else list(live),
+        )
+        await self._wake(self.due_changed, recovered[1])
+        return recovered
 
     # -- the ledger as operators, metrics and reconciliation read it -----------------
     async def list_deliveries(
@@ -282,7 +314,7 @@ class ProcessStore:
         error: str | None = None,
     ) -> bool:
         """Change a delivery's status without an attempt."""
-        return await self._call(
+        changed = await self._call(
             SqliteStore.set_delivery_status,
             delivery_id,
             status,
@@ -291,6 +323,8 @@ class ProcessStore:
             note=note,
             error=error,
         )
+        await self._wake(self.due_changed, changed and status in DUE_STATUSES)
+        return changed
 
     async def count_deliveries(self) -> dict[tuple[str, str], int]:
         """(action_type, status) -> count."""
@@ -322,6 +356,31 @@ class ProcessStore:
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable a disabled endpoint."""
         await self._call(SqliteStore.enable_endpoint, name)
+
+    # -- leases ----------------------------------------------------------------------
+    async def heartbeat(
+        self, instance: str, now: datetime, info: Mapping[str, str] | None = None
+    ) -> None:
+        """Record that ``instance`` is alive at ``now``."""
+        await self._call(SqliteStore.heartbeat, instance, now, None if info is None else dict(info))
+
+    async def instances(self, now: datetime, ttl: timedelta) -> list[Instance]:
+        """The instances heard from within ``ttl``, by name."""
+        return await self._call(SqliteStore.instances, now, ttl)
+
+    async def acquire(
+        self, name: str, instance: str, now: datetime, ttl: timedelta
+    ) -> Lease | None:
+        """Take or renew lease ``name``; None while another instance holds it."""
+        return await self._call(SqliteStore.acquire, name, instance, now, ttl)
+
+    async def release(self, name: str, instance: str) -> None:
+        """Let lease ``name`` lapse now if ``instance`` holds it."""
+        await self._call(SqliteStore.release, name, instance)
+
+    async def leases(self) -> list[Lease]:
+        """Every lease, by name."""
+        return await self._call(SqliteStore.leases)
 
 
 if TYPE_CHECKING:

@@ -6,11 +6,15 @@ protocols that trade in them).
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.errors import FencedError
 from billnotify.events import CloudEvent, digest
 
 
@@ -136,6 +140,46 @@ class Delivery:
     history: list[Attempt] = field(default_factory=list)
 
 
+DELIVERY_COLS = (
+    "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
+    "status, attempts, created_at, updated_at, next_attempt_at, last_error, "
+    "last_status_code, note"
+)
+"""The columns of the ``deliveries`` table :func:`delivery_from_row` reads, in its order."""
+
+
+def _as_stored(value: Any) -> Any:
+    return value
+
+
+def delivery_from_row(
+    row: Sequence[Any],
+    history: list[Attempt] | None = None,
+    time: Callable[[Any], datetime | None] = _as_stored,
+) -> Delivery:
+    """A :class:`Delivery` from a row of :data:`DELIVERY_COLS`; ``time`` reads a
+    database's timestamp (SQLite keeps seconds)."""
+    return Delivery(
+        id=row[0],
+        rule=row[1],
+        action_index=int(row[2]),
+        action_type=row[3],
+        event_id=row[4],
+        event_seq=int(row[5]),
+        exactly_once=bool(row[6]),
+        target=row[7],
+        status=DeliveryStatus(row[8]),
+        attempts=int(row[9]),
+        created_at=time(row[10]) or datetime.now(UTC),
+        updated_at=time(row[11]) or datetime.now(UTC),
+        next_attempt_at=time(row[12]),
+        last_error=row[13],
+        last_status_code=row[14],
+        note=row[15],
+        history=history or [],
+    )
+
+
 class DueDelivery(NamedTuple):
     """A due delivery as the worker reads it, with its event (:meth:`~billnotify.store.base.Ledger.read_due`).
 
@@ -205,3 +249,37 @@ class Instance:
     started_at: datetime
     heartbeat_at: datetime
     info: dict[str, str] = field(default_factory=dict)
+
+
+def default_instance() -> str:
+    """This process's name among several sharing a store: ``hostname-pid``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+DUE_STATUSES = frozenset({DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED})
+"""The statuses of a delivery waiting for its next attempt: a change to one of them may
+make work due (:attr:`~billnotify.store.base.Ledger.due_changed`)."""
+
+RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
+"""The ``expires_at`` of a released lease: lapsed whenever it is looked at."""
+
+INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
+"""The error of an attempt (and its delivery) that :meth:`~billnotify.store.base.Ledger.recover_in_flight` ended."""
+
+
+def fenced(fence: Lease) -> FencedError:
+    """The error of a write refused because ``fence``'s lease changed hands."""
+    return FencedError(
+        f"lease {fence.name!r} is no longer held by {fence.holder!r} at epoch {fence.epoch} "
+        "(another instance took it over): nothing was written"
+    )
+
+
+def recoverable(claimed_by: str | None, instance: str | None, live: Collection[str] | None) -> bool:
+    """Whether a ``sending`` row started by ``claimed_by`` is recovered, as
+    :meth:`~billnotify.store.base.Ledger.recover_in_flight` says."""
+    if instance is None and live is None:
+        return True
+    if instance is not None and claimed_by == instance:
+        return True
+    return live is not None and (claimed_by is None or claimed_by not in live)

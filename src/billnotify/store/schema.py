@@ -1,6 +1,12 @@
-"""The SQLite schema, applied idempotently at start-up."""
+"""The SQLite schema, applied idempotently at start-up, and the upgrades of older files.
 
-SCHEMA_VERSION = 1
+:data:`SCHEMA` is the whole current schema: a new state is made with it, and running it
+on an older state adds the tables and indexes that state lacks (``IF NOT EXISTS``). What
+it cannot add to an existing table (a column) is an upgrade in :data:`UPGRADES`, run
+once, in the transaction that opens the older state and marks it with the new version.
+"""
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -61,7 +67,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     rendered TEXT,
-    note TEXT
+    note TEXT,
+    claimed_by TEXT
 );
 DROP INDEX IF EXISTS deliveries_due;
 DROP INDEX IF EXISTS deliveries_event;
@@ -82,4 +89,21 @@ CREATE TABLE IF NOT EXISTS endpoints (
     disabled_at REAL NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS instances (
+    name TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
+
+UPGRADES: dict[int, str] = {
+    2: "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;",
+}
+"""Version -> what brings a state of the version before it there (beyond :data:`SCHEMA`)."""

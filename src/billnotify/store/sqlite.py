@@ -14,21 +14,25 @@ is why the store runs its own thread rather than aiosqlite's statement-per-trip 
   :class:`EventLog`);
 - ``sqlite_ledger.py``: deliveries recorded, due, attempted (:class:`Ledger`);
 - ``sqlite_deliveries.py``: deliveries read and settled, endpoints (:class:`Deliveries`,
-  :class:`Endpoints`).
+  :class:`Endpoints`);
+- ``sqlite_leases.py``: instances' heartbeats and leases (:class:`Leases`).
 """
 
 from __future__ import annotations
 
 from billnotify.store.sqlite_deliveries import DeliveryTables
+from billnotify.store.sqlite_leases import LeaseTables
 from billnotify.store.sqlite_ledger import LedgerTables
 from billnotify.store.sqlite_log import LogTables
 
 
-class SqliteStore(LedgerTables, DeliveryTables, LogTables):
+class SqliteStore(LedgerTables, DeliveryTables, LeaseTables, LogTables):
     """:class:`~billnotify.store.base.Store` on a SQLite file.
 
     Args:
         path: the database file (created with its folder if missing), or ``":memory:"``.
+        instance: this process's name, recorded on the deliveries it starts (default
+            ``hostname-pid``).
     """
 
     async def __aenter__(self) -> SqliteStore:

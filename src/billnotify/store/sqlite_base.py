@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 from billnotify.errors import StoreError
 from billnotify.store import state_file
-from billnotify.store.schema import SCHEMA, SCHEMA_VERSION
+from billnotify.store.records import Lease, default_instance, fenced
+from billnotify.store.schema import SCHEMA, SCHEMA_VERSION, UPGRADES
 from billnotify.store.sqlite_thread import StoreThread
 
 logger = logging.getLogger(__name__)
@@ -109,16 +110,45 @@ def _rows_with_text(
     return [(row, part or None) for row, part in zip(rows, parts, strict=True)]
 
 
+def _bring_up_to_date(conn: sqlite3.Connection) -> None:
+    """Apply :data:`SCHEMA` and the upgrades the state lacks, in one transaction, and
+    mark it with :data:`SCHEMA_VERSION` (a new state is marked already)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        found = int(row[0]) if row else SCHEMA_VERSION
+        for statement in filter(str.strip, SCHEMA.split(";")):
+            conn.execute(statement)
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            conn.execute(UPGRADES[version])
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if found != SCHEMA_VERSION:
+        logger.info("state schema %d -> %d", found, SCHEMA_VERSION)
+
+
 class SqliteBase:
     """The connection, its thread and transactions; the tables live in subclasses.
 
     Args:
         path: the database file (created with its folder if missing), or ``":memory:"``.
+        instance: this process's name, recorded on the deliveries it starts (default
+            ``hostname-pid``).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, instance: str | None = None) -> None:
         self.path = path
+        self.instance = instance or default_instance()
         self.appended = asyncio.Condition()
+        self.due_changed = asyncio.Condition()
         self._conn: sqlite3.Connection | None = None
         self._thread: StoreThread | None = None
 
@@ -157,11 +187,7 @@ class SqliteBase:
             # largest size, and checkpointed every this many pages while writes go on
             conn.execute(f"PRAGMA journal_size_limit={_WAL_KEEP}")
             conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
-            conn.executescript(f"BEGIN;\n{SCHEMA}\nCOMMIT;")
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            _bring_up_to_date(conn)
         except BaseException:
             conn.close()
             raise
@@ -270,6 +296,24 @@ class SqliteBase:
                 (value,),
             )
         )
+
+    @staticmethod
+    def _check_fence(db: sqlite3.Connection, fence: Lease | None) -> None:
+        """In a write: raise ``FencedError`` unless ``fence`` (if any) still names its
+        lease's holder and epoch (the transaction then writes nothing)."""
+        if (
+            fence is not None
+            and not db.execute(
+                "SELECT 1 FROM leases WHERE name = ? AND holder = ? AND epoch = ?",
+                (fence.name, fence.holder, fence.epoch),
+            ).fetchone()
+        ):
+            raise fenced(fence)
+
+    @staticmethod
+    async def _wake(waiting: asyncio.Condition) -> None:
+        async with waiting:
+            waiting.notify_all()
 
     @staticmethod
     def _set_position(db: sqlite3.Connection, consumer: str, seq: int) -> None:

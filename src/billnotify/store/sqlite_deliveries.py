@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
-from billnotify.store.records import Attempt, Delivery
+from billnotify.store import records
+from billnotify.store.records import DELIVERY_COLS, DUE_STATUSES, Attempt, Delivery
 from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
 
 _ACTIVE = "status IN ('pending', 'retry_scheduled', 'sending')"
@@ -20,37 +21,9 @@ _DUE = "status IN ('pending', 'retry_scheduled')"
 """Deliveries waiting for their next attempt."""
 
 
-DELIVERY_COLS = (
-    "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
-    "status, attempts, created_at, updated_at, next_attempt_at, last_error, "
-    "last_status_code, note"
-)
-"""The columns :func:`delivery_from_row` reads, in its order."""
-
-
-def delivery_from_row(
-    row: sqlite3.Row | tuple[Any, ...], history: list[Attempt] | None = None
-) -> Delivery:
-    """A :class:`Delivery` from a row of :data:`DELIVERY_COLS`."""
-    return Delivery(
-        id=row[0],
-        rule=row[1],
-        action_index=int(row[2]),
-        action_type=row[3],
-        event_id=row[4],
-        event_seq=int(row[5]),
-        exactly_once=bool(row[6]),
-        target=row[7],
-        status=DeliveryStatus(row[8]),
-        attempts=int(row[9]),
-        created_at=_dt(row[10]) or datetime.now(UTC),
-        updated_at=_dt(row[11]) or datetime.now(UTC),
-        next_attempt_at=_dt(row[12]),
-        last_error=row[13],
-        last_status_code=row[14],
-        note=row[15],
-        history=history or [],
-    )
+def delivery_from_row(row: Sequence[Any], history: list[Attempt] | None = None) -> Delivery:
+    """A :class:`Delivery` from a row of :data:`DELIVERY_COLS` (times in seconds)."""
+    return records.delivery_from_row(row, history, _dt)
 
 
 class DeliveryTables(SqliteBase):
@@ -122,7 +95,10 @@ class DeliveryTables(SqliteBase):
             ).rowcount
             return changed > 0
 
-        return await self._write(work)
+        changed = await self._write(work)
+        if changed and status in DUE_STATUSES:
+            await self._wake(self.due_changed)
+        return changed
 
     async def count_deliveries(self) -> dict[tuple[str, str], int]:
         """(action_type, status) -> count."""

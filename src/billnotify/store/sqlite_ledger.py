@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
@@ -11,6 +12,9 @@ from typing import Any
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.store.records import (
+    DELIVERY_COLS,
+    DUE_STATUSES,
+    INTERRUPTED,
     AttemptEnd,
     Delivery,
     DueBatch,
@@ -26,7 +30,11 @@ from billnotify.store.sqlite_base import (
     _ts,
     _values,
 )
-from billnotify.store.sqlite_deliveries import _ACTIVE, _DUE, DELIVERY_COLS, delivery_from_row
+from billnotify.store.sqlite_deliveries import (
+    _ACTIVE,
+    _DUE,
+    delivery_from_row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +94,10 @@ class LedgerTables(SqliteBase):
             self._set_position(db, consumer, position)
             return inserted
 
-        return await self._write(work)
+        inserted = await self._write(work)
+        if inserted:
+            await self._wake(self.due_changed)
+        return inserted
 
     def _due_query(
         self, columns: str, now: datetime, limit: int, exclude: Collection[str]
@@ -169,9 +180,9 @@ class LedgerTables(SqliteBase):
 
         def work(db: sqlite3.Connection) -> int | None:
             row = db.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE id = ? RETURNING attempts",
-                (DeliveryStatus.SENDING, ts, delivery_id),
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, "
+                "claimed_by = ? WHERE id = ? RETURNING attempts",
+                (DeliveryStatus.SENDING, ts, self.instance, delivery_id),
             ).fetchone()
             if row is None:
                 return None
@@ -189,7 +200,7 @@ class LedgerTables(SqliteBase):
 
     async def start_attempts(self, delivery_ids: Sequence[str], now: datetime) -> dict[str, int]:
         """Start every still-due delivery of ``delivery_ids`` in one transaction."""
-        ts = now.timestamp()
+        ts, instance = now.timestamp(), self.instance
         ids = list(dict.fromkeys(delivery_ids))
         if not ids:
             return {}
@@ -212,9 +223,9 @@ class LedgerTables(SqliteBase):
                     continue
                 starting = [str(row[0]) for row in due]
                 db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                    f"WHERE id IN ({','.join('?' * len(starting))})",
-                    (DeliveryStatus.SENDING, ts, *starting),
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, "
+                    f"claimed_by = ? WHERE id IN ({','.join('?' * len(starting))})",
+                    (DeliveryStatus.SENDING, ts, instance, *starting),
                 )
                 numbers.update((str(row[0]), int(row[1]) + 1) for row in due)
             started = list(numbers.items())
@@ -309,34 +320,53 @@ class LedgerTables(SqliteBase):
                 )
 
         await self._write(work)
+        if any(e.status in DUE_STATUSES for e in ends):
+            await self._wake(self.due_changed)
 
-    async def recover_in_flight(self, now: datetime) -> tuple[int, int]:
-        """``sending`` rows left by a crash: exactly-once -> uncertain, others -> due."""
+    async def recover_in_flight(
+        self,
+        now: datetime,
+        *,
+        instance: str | None = None,
+        live: Collection[str] | None = None,
+    ) -> tuple[int, int]:
+        """``sending`` rows of a process that died: exactly-once -> uncertain, others
+        -> due (see the protocol for which)."""
         ts = now.timestamp()
-        note = "interrupted: the process stopped while this attempt was in flight"
+        whose = (instance, None if live is None else json.dumps(sorted(live)))
 
-        def work(db: sqlite3.Connection) -> tuple[int, int]:
-            before = db.total_changes
-            db.execute(
-                "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? "
-                f"WHERE {_ACTIVE} AND status = ? AND exactly_once = 1",
-                (DeliveryStatus.UNCERTAIN, note, ts, DeliveryStatus.SENDING),
-            )
-            uncertain = db.total_changes - before
-            db.execute(
-                "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, "
-                f"updated_at = ? WHERE {_ACTIVE} AND status = ? AND exactly_once = 0",
-                (DeliveryStatus.RETRY_SCHEDULED, ts, note, ts, DeliveryStatus.SENDING),
-            )
-            rescheduled = db.total_changes - before - uncertain
+        def work(db: sqlite3.Connection) -> list[tuple[str, int]]:
+            # one writer at a time: a row recovered here is no longer ``sending`` for
+            # the next
+            recovered: list[tuple[str, int]] = db.execute(
+                "UPDATE deliveries SET status = CASE WHEN exactly_once THEN ?1 ELSE ?2 END, "
+                "next_attempt_at = CASE WHEN exactly_once THEN next_attempt_at ELSE ?3 END, "
+                f"last_error = ?4, updated_at = ?3, claimed_by = NULL WHERE {_ACTIVE} "
+                "AND status = ?5 AND ((?6 IS NULL AND ?7 IS NULL) OR claimed_by = ?6 "
+                "OR (?7 IS NOT NULL AND (claimed_by IS NULL "
+                "OR claimed_by NOT IN (SELECT value FROM json_each(?7))))) "
+                "RETURNING id, exactly_once",
+                (
+                    DeliveryStatus.UNCERTAIN,
+                    DeliveryStatus.RETRY_SCHEDULED,
+                    ts,
+                    INTERRUPTED,
+                    DeliveryStatus.SENDING,
+                    *whose,
+                ),
+            ).fetchall()
             db.execute(
                 "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? "
-                "WHERE finished_at IS NULL",
-                (ts, Outcome.UNCERTAIN.value, note),
+                "WHERE finished_at IS NULL AND delivery_id IN (SELECT value FROM json_each(?))",
+                (ts, Outcome.UNCERTAIN.value, INTERRUPTED, json.dumps([r[0] for r in recovered])),
             )
-            return uncertain, rescheduled
+            return recovered
 
-        return await self._write(work)
+        recovered = await self._write(work)
+        uncertain = sum(1 for _, once in recovered if once)
+        if len(recovered) > uncertain:
+            await self._wake(self.due_changed)
+        return uncertain, len(recovered) - uncertain
 
     async def get_rendered(self, delivery_id: str) -> str | None:
         """What a dry-run delivery would have sent (JSON), if recorded."""

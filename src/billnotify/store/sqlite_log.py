@@ -14,7 +14,7 @@ from typing import Any
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
-from billnotify.store.records import LogEntry, Snapshot, SnapshotWrite, StoredEvent
+from billnotify.store.records import Lease, LogEntry, Snapshot, SnapshotWrite, StoredEvent
 from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _rows_with_text, _ts
 
 logger = logging.getLogger(__name__)
@@ -178,13 +178,14 @@ class LogTables(SqliteBase):
         writes: Sequence[SnapshotWrite],
         events: Sequence[CloudEvent],
         cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
     ) -> list[StoredEvent]:
         """Snapshots, events and cursor in one transaction; see the protocol.
 
         The rows are made here, on the loop, and :meth:`commit_rows` writes them.
         """
         snapshots, logged = commit_rows_of(writes, events)
-        placed = await self.commit_rows(source, snapshots, logged, cursor)
+        placed = await self.commit_rows(source, snapshots, logged, cursor, fence)
         return await announce(self.appended, events, placed)
 
     async def commit_rows(
@@ -193,12 +194,14 @@ class LogTables(SqliteBase):
         snapshots: Sequence[SnapshotRow],
         events: Sequence[EventRow],
         cursor: tuple[str, str] | None = None,
+        fence: Lease | None = None,
     ) -> list[tuple[int, int, str]]:
         """:meth:`commit` of rows already made; returns (index in ``events``, seq, id) of
         each event appended, in order."""
         now = _now()
 
         def work(db: sqlite3.Connection) -> list[tuple[int, int, str]]:
+            self._check_fence(db, fence)
             versions = self._write_snapshots(db, source, snapshots, now)
             placed = self._append(db, events, now, versions)
             if cursor is not None:
@@ -342,6 +345,11 @@ class LogTables(SqliteBase):
         rows = await self._fetch("SELECT seq FROM positions WHERE consumer = ?", (consumer,))
         return int(rows[0][0]) if rows else 0
 
-    async def set_position(self, consumer: str, seq: int) -> None:
-        """Move a consumer's position."""
-        await self._write(lambda db: self._set_position(db, consumer, seq))
+    async def set_position(self, consumer: str, seq: int, fence: Lease | None = None) -> None:
+        """Move a consumer's position (unless fenced off)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            self._check_fence(db, fence)
+            self._set_position(db, consumer, seq)
+
+        await self._write(work)
