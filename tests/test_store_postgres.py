@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 import pg
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.errors import StoreError
+from billnotify.errors import FencedError, StoreError
 from billnotify.events import CloudEvent, build_event
 from billnotify.store.postgres import PgStore
 from billnotify.store.postgres_schema import SCHEMA_VERSION
@@ -222,3 +222,90 @@ async def test_errors_name_the_server_never_the_password() -> None:
         )
     with pytest.raises(StoreError, match="postgresql://"):
         PgStore("mysql://u@h/db")
+
+
+async def test_of_several_stores_acquiring_at_once_one_gets_the_lease(pg_url: str) -> None:
+    stores = [PgStore(pg_url, instance=f"i{n}") for n in range(5)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        for round_ in range(10):  # a fresh lease each round, and one lapsing
+            name = f"poll:acme/r{round_}"
+            got = await asyncio.gather(
+                *(s.acquire(name, s.instance, NOW, timedelta(seconds=15)) for s in stores)
+            )
+            assert len([lease for lease in got if lease is not None]) == 1
+            later = NOW + timedelta(seconds=15)
+            over = await asyncio.gather(
+                *(s.acquire(name, s.instance, later, timedelta(seconds=15)) for s in stores)
+            )
+            held = [lease for lease in over if lease is not None]
+            assert len(held) == 1 and held[0].epoch in (1, 2)
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_fenced_write_in_flight_holds_off_a_takeover_until_it_commits(
+    pg_url: str,
+) -> None:
+    async with PgStore(pg_url, instance="a") as a, PgStore(pg_url, instance="b") as b:
+        old = await a.acquire("publish", "a", NOW, timedelta(seconds=15))
+        assert old is not None
+        async with a._transaction() as conn:
+            await a._check_fence(conn, old)  # the lease row is locked FOR SHARE
+            takeover = asyncio.create_task(
+                b.acquire("publish", "b", NOW + timedelta(seconds=20), timedelta(seconds=15))
+            )
+            await asyncio.sleep(0.3)
+            assert not takeover.done()  # waits for the fenced write to commit
+            await a._set_position(conn, "mqtt", 7)
+        lease = await asyncio.wait_for(takeover, 5)
+        assert lease is not None and (lease.holder, lease.epoch) == ("b", 2)
+        assert await b.get_position("mqtt") == 7
+        with pytest.raises(FencedError, match="publish"):
+            await a.set_position("mqtt", 8, fence=old)
+        assert await b.get_position("mqtt") == 7
+
+
+async def test_a_dead_instances_rows_are_recovered_once_by_stores_sweeping_at_once(
+    pg_url: str,
+) -> None:
+    async with (
+        PgStore(pg_url, instance="dead") as dead,
+        PgStore(pg_url, instance="a") as a,
+        PgStore(pg_url, instance="b") as b,
+    ):
+        rows = [
+            NewDelivery("r", i, "email", "evt_1", 1, exactly_once=i % 2 == 0) for i in range(120)
+        ]
+        await a.record_deliveries(rows, "rules", 1, NOW)
+        await dead.start_attempts([r.id for r in rows[:100]], NOW)
+        mine = await a.start_attempts([r.id for r in rows[100:]], NOW)
+        assert len(mine) == 20
+        results = await asyncio.gather(
+            *(store.recover_in_flight(NOW, live=["a", "b"]) for _ in range(4) for store in (a, b))
+        )
+        assert tuple(map(sum, zip(*results, strict=True))) == (50, 50)  # each row once
+        assert {d.id for d in await a.list_deliveries([DeliveryStatus.SENDING])} == set(mine)
+        open_attempts = await a._fetchval("SELECT count(*) FROM attempts WHERE finished_at IS NULL")
+        assert open_attempts == 20  # a's own attempts in flight stay open
+
+
+async def test_work_made_due_by_another_store_wakes_its_idle_workers(pg_url: str) -> None:
+    async with PgStore(pg_url, instance="a") as a, PgStore(pg_url, instance="b") as b:
+        woken = asyncio.Event()
+        ready = asyncio.Event()
+
+        async def idle() -> None:
+            async with b.due_changed:
+                ready.set()
+                await b.due_changed.wait()
+            woken.set()
+
+        worker = asyncio.create_task(idle())
+        await asyncio.wait_for(ready.wait(), 5)
+        await a.record_deliveries(
+            [NewDelivery("r", 0, "webhook", "evt_1", 1, exactly_once=False)], "rules", 1, NOW
+        )
+        await asyncio.wait_for(woken.wait(), 5)
+        await worker
+        assert [d.event_id for d in await b.due_deliveries(NOW)] == ["evt_1"]
