@@ -183,7 +183,8 @@ class DeliveryWorker:
         self._stopping = False
         self._drained = asyncio.Event()
         self._recovery = Recovery(store, clock, keeper=keeper, notices=notices, on_due=self.wake)
-        self._reconcile_role = keeper.role(RECONCILE) if keeper is not None else None
+        reconciling = reconciler is not None and bool(reconciler.billing_clients)
+        self._reconcile_role = keeper.role(RECONCILE) if keeper and reconciling else None
 
     # -- public control ----------------------------------------------------------------
     @property
@@ -242,14 +243,16 @@ class DeliveryWorker:
                     break
                 await wait_for_event(self._wake, delay, self.timer)
         finally:
-            if self._stopping:
-                await self._drained.wait()
-            await self._due.stop()
-            await self._slots.close()
-            await self._runner.flush()
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            try:
+                if self._stopping:
+                    await self._drained.wait()
+                await self._due.stop()
+                await self._slots.close()
+                await self._runner.flush()
+            finally:
+                await asyncio.gather(*helpers, return_exceptions=True)
 
     async def drain(self, grace: float | timedelta) -> int:
         """Stop taking work; wait up to ``grace`` for in-flight attempts.
