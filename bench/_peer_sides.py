@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench._billing_fake import API_KEY, PAGE_MAX
+from bench._spy import RATE
 
 NODE_RED_DIR = Path(__file__).parent / "nodered"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "billnotify-bench"
@@ -120,7 +121,7 @@ async def node_red(
 async def billnotify(
     folder: Path, platform_url: str, mqtt_port: int, prefix: str, profile: Path | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``billnotify run`` (under py-spy, a chrome trace to ``profile``, when given)."""
+    """``billnotify run`` (under py-spy, raw stacks to ``profile``, when given)."""
     config = folder / "billnotify.toml"
     config.write_text(
         f"""[service]
@@ -156,7 +157,7 @@ watch = ["billing_tasks"]
             await (
                 await asyncio.create_subprocess_exec(*install, "--target", spy.parents[1])
             ).wait()
-        record = [str(spy), "record", "--subprocesses", "--format", "chrometrace", "--rate", "250"]
+        record = [str(spy), "record", "--subprocesses", "--format", "raw", "--rate", str(RATE)]
         command = [*record, "--nonblocking", "-o", str(profile), "--", *command]
     env = {**os.environ, "BENCH_API_KEY": API_KEY}
     process = await asyncio.create_subprocess_exec(

@@ -26,7 +26,7 @@ median of ``ROUNDS`` rounds, the sides taking turns. Node/npm missing: skipped, 
 
 ``BENCH_QUICK=1``: ``N`` 2,000, one round. ``BENCH_NODERED_N`` sets ``N``.
 ``BENCH_PROFILE=FOLDER``: one more billnotify round under py-spy; the burst's profile
-is printed and kept in the folder (``billnotify.trace.json``, ``billnotify.profile.txt``).
+is printed and kept in the folder with py-spy's stacks (see ``bench/_spy.py``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from bench._peer_sides import (
     node_red_home,
     peak_rss,
 )
-from bench._spy import summary
+from bench._spy import burst_profile
 from bench.bench_mqtt import _mosquitto
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -156,9 +156,22 @@ async def _trickle(platform: FakePlatform, subscriber: Subscriber) -> dict[tuple
     return changed
 
 
-async def _round(side: str, launch: Launch, port: int, profile: Path | None = None) -> Round:
-    """One side: start it, wait for its first incremental poll, then measure."""
-    result = Round(side)
+@dataclass
+class _Live:
+    """A side running against its own platform, past its first incremental poll."""
+
+    platform: FakePlatform
+    log: list[Request]
+    subscriber: Subscriber
+    process: asyncio.subprocess.Process
+    warm_up: dict[tuple[str, str], float]
+    rss_mib: float = 0.0
+    """Peak RSS of the side's process tree, once the block is over."""
+
+
+@contextlib.asynccontextmanager
+async def _up(side: str, launch: Launch, port: int) -> AsyncIterator[_Live]:
+    """Start ``side``; wait for its first incremental poll and one change to come through."""
     prefix = f"{side}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         async with (
@@ -167,22 +180,29 @@ async def _round(side: str, launch: Launch, port: int, profile: Path | None = No
             Subscriber.running(port, prefix) as subscriber,
             launch(Path(tmp), platform.base_url, port, prefix) as process,
         ):
-            launched = time.time()
             await _until(
                 lambda: any(r.filter != "full" for r in log), READY_TIMEOUT, f"{side} to poll"
             )
-            changed = {(str(N), "Running"): await platform.change([N], "Running")}
+            warm_up = {(str(N), "Running"): await platform.change([N], "Running")}
             await subscriber.wait_for(1, 30)
-            trickle = {} if profile is not None else await _trickle(platform, subscriber)
-            changed |= trickle
-            expected = len(changed) + N
-            cpu = cpu_seconds(process.pid)
-            burst_at = await platform.change(list(range(1, N + 1)), "Error")
-            await subscriber.wait_for(expected, BURST_TIMEOUT)
-            result.cpu_us = (cpu_seconds(process.pid) - cpu) / N * 1e6
-            ended = time.time()
+            live = _Live(platform, log, subscriber, process, warm_up)
+            yield live
             await asyncio.sleep(OVERLAP_S + 3)  # the re-reads of the overlap, late duplicates
-            result.rss_mib = peak_rss(process.pid)
+            live.rss_mib = peak_rss(process.pid)
+
+
+async def _round(side: str, launch: Launch, port: int) -> Round:
+    """One side: trickle, then burst, measured."""
+    result = Round(side)
+    async with _up(side, launch, port) as live:
+        platform, log, subscriber, process = live.platform, live.log, live.subscriber, live.process
+        trickle = await _trickle(platform, subscriber)
+        changed = live.warm_up | trickle
+        cpu = cpu_seconds(process.pid)
+        burst_at = await platform.change(list(range(1, N + 1)), "Error")
+        await subscriber.wait_for(len(changed) + N, BURST_TIMEOUT)
+        result.cpu_us = (cpu_seconds(process.pid) - cpu) / N * 1e6
+    result.rss_mib = live.rss_mib
     arrivals = subscriber.arrivals()
     changed |= {(str(n), "Error"): burst_at for n in range(1, N + 1)}
     first: dict[tuple[str, str], float] = {}
@@ -200,12 +220,31 @@ async def _round(side: str, launch: Launch, port: int, profile: Path | None = No
     full = [r for r in log if r.filter == "full"]
     result.scan_requests, result.limits = len(full), {r.limit for r in log}
     result.after_burst = _queries([r for r in log if r.at >= burst_at])
-    if profile is not None:
-        window = ((polled - launched) * 1e6, (ended - launched) * 1e6)
-        text = summary(profile, *window)
-        profile.with_suffix(".txt").write_text(text + "\n")
-        print(text, file=sys.stderr)
     return result
+
+
+async def _profile(port: int, folder: Path) -> str:
+    """billnotify under py-spy twice, with the burst and with an equally long pause."""
+    traces = {burst: folder / f"billnotify.{burst}.txt" for burst in ("burst", "control")}
+    took = 0.0
+    for kind, trace in traces.items():
+
+        def launch(
+            tmp: Path, url: str, port: int, prefix: str, trace: Path = trace
+        ) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+            return billnotify(tmp, url, port, prefix, trace)
+
+        async with _up("billnotify", launch, port) as live:
+            started = time.monotonic()
+            if kind == "burst":
+                await live.platform.change(list(range(1, N + 1)), "Error")
+                await live.subscriber.wait_for(1 + N, BURST_TIMEOUT)
+                took = time.monotonic() - started
+            else:
+                await asyncio.sleep(took)
+    text = burst_profile(traces["burst"], traces["control"], N)
+    (folder / "billnotify.profile.txt").write_text(text + "\n")
+    return text
 
 
 def _results(rounds: dict[str, list[Round]]) -> list[BenchResult]:
@@ -251,15 +290,9 @@ async def run() -> list[BenchResult]:
                 print(rounds[side][-1].describe(), file=sys.stderr, flush=True)
             order.reverse()
         if profile_dir:
-            trace = Path(profile_dir).absolute() / "billnotify.trace.json"
-            trace.parent.mkdir(parents=True, exist_ok=True)
-
-            def profiled(
-                folder: Path, url: str, port: int, prefix: str
-            ) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
-                return billnotify(folder, url, port, prefix, trace)
-
-            print((await _round("billnotify", profiled, port, trace)).describe(), file=sys.stderr)
+            folder = Path(profile_dir).absolute()
+            folder.mkdir(parents=True, exist_ok=True)
+            print(await _profile(port, folder), file=sys.stderr)
     return _results(rounds)
 
 
