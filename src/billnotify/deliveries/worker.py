@@ -59,6 +59,7 @@ from billnotify.deliveries.reconcile import InvoiceEmailReconciler
 from billnotify.deliveries.recovery import Recovery, RecoveryStore
 from billnotify.deliveries.settings import DeliverySettings
 from billnotify.deliveries.slots import Slots
+from billnotify.deliveries.timers import CallLater, call_later, wait_for_event
 from billnotify.errors import StoreError
 from billnotify.leases import RECONCILE, LeaseKeeper, run_while_held
 from billnotify.notices import Notices
@@ -74,33 +75,6 @@ _MIN_READ = 32
 class WorkerStore(AttemptStore, DueStore, RecoveryStore, Protocol):
     """What the worker needs of the store: the ledger, delivery statuses, endpoints,
     who is alive."""
-
-
-class Timer(Protocol):
-    """A scheduled callback that can be called off (``asyncio.TimerHandle``)."""
-
-    def cancel(self) -> None:
-        """Do not call it."""
-
-
-CallLater = Callable[[float, Callable[[], object]], Timer]
-"""Calls back after a number of seconds (tests pass one that moves a fake clock)."""
-
-
-def call_later(delay: float, callback: Callable[[], object]) -> Timer:
-    """``callback`` after ``delay`` seconds, on the running loop's clock."""
-    return asyncio.get_running_loop().call_later(delay, callback)
-
-
-async def wait_for_event(event: asyncio.Event, delay: float, timer: CallLater) -> None:
-    """Until ``event`` is set or ``delay`` seconds pass (a timer handle, no task)."""
-    if event.is_set():
-        return
-    handle = timer(delay, event.set)
-    try:
-        await event.wait()
-    finally:
-        handle.cancel()
 
 
 class DeliveryWorker:
