@@ -116,6 +116,15 @@ async def test_only_the_lease_holder_polls(sim: Simulator, pair: Pair) -> None:
     assert sorted(standby.keeper.live) == ["a", "b"]
 
 
+async def test_a_poller_is_not_ready_before_its_first_lease_round(pair: Pair) -> None:
+    # nobody knows yet who polls: not "standing by", not healthy (not polled yet)
+    assert not pair.a.poller.standby and not pair.a.poller.healthy()
+    await pair.a.keeper.keep()
+    await pair.b.keeper.keep()
+    assert not pair.a.poller.standby and not pair.a.poller.healthy()  # holds, not polled
+    assert pair.b.poller.standby and pair.b.poller.healthy()
+
+
 async def test_a_dead_holder_s_lease_moves_within_the_ttl(sim: Simulator, pair: Pair) -> None:
     task = sim.state.add_billing_task(status="Pending")
     pair.a.start()

@@ -66,10 +66,13 @@ class Role:
 
     Attributes:
         name: the lease name.
+        standby: another instance held the lease at the last try (before the first try,
+            nobody knows yet).
     """
 
     def __init__(self, name: str, monotonic: Monotonic = time.monotonic) -> None:
         self.name = name
+        self.standby = False
         self._monotonic = monotonic
         self._lease: Lease | None = None
         self._until = 0.0
@@ -116,15 +119,19 @@ class Role:
         """Held until ``until`` (monotonic seconds), unless renewed."""
         if self._lease is None or self._lease.epoch != lease.epoch:
             logger.info("holding lease %s (epoch %d)", self.name, lease.epoch)
-        self._lease, self._until = lease, until
+        self._lease, self._until, self.standby = lease, until, False
         self._lost.clear()
         self._held.set()
 
-    def lose(self) -> None:
-        """Not held any more (another holder took it, or it lapsed)."""
+    def lose(self, *, standby: bool = False, released: bool = False) -> None:
+        """Not held any more: another holder took it (``standby``: it holds it now), it
+        lapsed, or this instance ``released`` it."""
         if self._lease is not None:
-            logger.warning("lost lease %s (epoch %d)", self.name, self._lease.epoch)
+            level = logging.INFO if released else logging.WARNING
+            verb = "released" if released else "lost"
+            logger.log(level, "%s lease %s (epoch %d)", verb, self.name, self._lease.epoch)
         self._lease = None
+        self.standby = standby
         self._held.clear()
         self._lost.set()
 
@@ -217,7 +224,7 @@ class LeaseKeeper:
         for role in self._roles.values():
             if role.lease is None:
                 continue
-            role.lose()
+            role.lose(released=True)
             try:
                 await self.store.release(role.name, self.instance)
             except StoreError as exc:
@@ -233,7 +240,7 @@ class LeaseKeeper:
             started = self._monotonic()
             lease = await self.store.acquire(role.name, self.instance, self._clock(), granted)
             if lease is None:
-                role.lose()
+                role.lose(standby=True)
             else:
                 role.grant(lease, started + granted.total_seconds())
 

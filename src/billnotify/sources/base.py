@@ -273,7 +273,7 @@ class Poller:
     @property
     def standby(self) -> bool:
         """Another process holds this resource's lease: this one does not poll it."""
-        return self.role is not None and self.role.lease is None
+        return self.role is not None and self.role.standby and self.role.lease is None
 
     def healthy(self, now: float | None = None, intervals: float = 3.0) -> bool:
         """Polled successfully, and not failing for long (or standing by).
