@@ -7,22 +7,24 @@ the ``Date`` header), but finds a page by bisecting on id instead of sorting and
 filtering the whole table for every request, so that neither peer waits on the source
 (the simulator takes some 30 ms per page of a 20,000-task table). Every request is logged
 (when, its filter, ``limit``, whether it was a first page, rows returned), so that the
-benchmark can say what each peer asked of the platform.
+benchmark can say what each peer asked of the platform. ``/_bench/change`` and
+``/_bench/log`` are its control routes (no auth), as ``/_sim/`` is the simulator's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
-import multiprocessing
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from billnotify.simulator.records import default_billing_task, fmt_datetime
@@ -66,7 +68,7 @@ class _Tasks:
             self.json.append(json.dumps(record, separators=(",", ":")).encode())
         self.log: list[Request] = []
 
-    def change(self, ids: list[int], status: str) -> float:
+    def change(self, ids: Iterable[int], status: str) -> float:
         """Set the status of tasks ``ids``; returns ``time.time()`` once all are changed."""
         now = time.time()
         for task_id in ids:
@@ -102,75 +104,84 @@ class _Tasks:
         return web.Response(body=b"[" + b",".join(rows) + b"]", content_type="application/json")
 
 
-def _serve(conn: Connection, count: int) -> None:
-    asyncio.run(_serve_async(conn, count))
-
-
-async def _serve_async(conn: Connection, count: int) -> None:
+async def _serve(count: int) -> None:
+    """Serve ``count`` tasks and the ``/_bench/`` control routes until stdin closes."""
     tasks = _Tasks(count)
-    app = web.Application()
+
+    async def change(request: web.Request) -> web.Response:
+        body = await request.json()
+        first, last = body["ids"]
+        return web.json_response({"at": tasks.change(range(first, last + 1), body["status"])})
+
+    async def log(request: web.Request) -> web.Response:
+        served, tasks.log = tasks.log, []
+        return web.json_response([astuple(entry) for entry in served])
+
+    app = web.Application(client_max_size=1 << 20)
     app.router.add_get(f"{PATH}/billingTasks/", tasks.list)
     app.router.add_get(f"{PATH}/billingTasks", tasks.list)
+    app.router.add_post("/_bench/change", change)
+    app.router.add_get("/_bench/log", log)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    conn.send(f"http://127.0.0.1:{runner.addresses[0][1]}{PATH}")
-    loop = asyncio.get_running_loop()
-    try:
-        while (command := await loop.run_in_executor(None, conn.recv)) is not None:
-            verb, argument = command
-            if verb == "change":
-                conn.send(tasks.change(*argument))
-            else:  # "log": hand over the requests logged so far
-                conn.send(tasks.log)
-                tasks.log = []
+    print(f"http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    try:  # the benchmark holds our stdin: EOF when it ends or dies
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     finally:
         await runner.cleanup()
 
 
 class FakePlatform:
-    """The fake with ``count`` completed tasks (ids 1..count), in its own process."""
+    """The fake with ``count`` completed tasks (ids 1..count), in a process of its own."""
 
     def __init__(self, count: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._child = child
-        self._process = context.Process(
-            target=_serve, args=(child, count), name="bench-platform", daemon=True
-        )
+        self._count = count
+        self._process: asyncio.subprocess.Process | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._control = ""
         self.base_url = ""
-        self._asking = asyncio.Lock()
-
-    async def _ask(self, command: tuple[str, Any]) -> Any:
-        async with self._asking:  # one question at a time: answers come in order
-            self._conn.send(command)
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, self._conn.poll, START_TIMEOUT):
-                raise RuntimeError("the fake platform did not answer")
-            return self._conn.recv()
 
     async def __aenter__(self) -> FakePlatform:
-        self._process.start()
-        self._child.close()
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, self._conn.poll, START_TIMEOUT):
+        command = [sys.executable, "-m", "bench._billing_fake", str(self._count)]
+        self._process = await asyncio.create_subprocess_exec(
+            *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self._process.stdout is not None
+        async with asyncio.timeout(START_TIMEOUT):
+            root = (await self._process.stdout.readline()).decode().strip()
+        if not root:
             raise RuntimeError("the fake platform did not start")
-        self.base_url = self._conn.recv()
+        self._session = aiohttp.ClientSession()
+        self._control, self.base_url = f"{root}/_bench", root + PATH
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        await asyncio.get_running_loop().run_in_executor(None, self._process.join, 10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._conn.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._process is not None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            try:
+                async with asyncio.timeout(10):
+                    await self._process.wait()
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
 
-    async def change(self, ids: list[int], status: str) -> float:
-        """Set the status of tasks ``ids``; returns ``time.time()`` once they are changed."""
-        return float(await self._ask(("change", (ids, status))))
+    async def change(self, first: int, last: int, status: str) -> float:
+        """Set the status of tasks ``first..last``; returns ``time.time()`` once changed."""
+        assert self._session is not None
+        body = {"ids": [first, last], "status": status}
+        async with self._session.post(f"{self._control}/change", json=body) as resp:
+            return float((await resp.json())["at"])
 
     async def requests(self) -> list[Request]:
         """The requests answered since the last call."""
-        return list(await self._ask(("log", None)))
+        assert self._session is not None
+        async with self._session.get(f"{self._control}/log") as resp:
+            return [Request(*entry) for entry in await resp.json()]
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(int(sys.argv[1])))

@@ -151,7 +151,7 @@ async def _trickle(platform: FakePlatform, subscriber: Subscriber) -> dict[tuple
     started = time.monotonic()
     for n in range(1, TRICKLE + 1):
         await asyncio.sleep(max(0.0, started + n * TRICKLE_GAP - time.monotonic()))
-        changed[(str(n), "Failed")] = await platform.change([n], "Failed")
+        changed[(str(n), "Failed")] = await platform.change(n, n, "Failed")
     await subscriber.wait_for(1 + TRICKLE, TRICKLE * TRICKLE_GAP + 30)
     return changed
 
@@ -183,7 +183,7 @@ async def _up(side: str, launch: Launch, port: int) -> AsyncIterator[_Live]:
             await _until(
                 lambda: any(r.filter != "full" for r in log), READY_TIMEOUT, f"{side} to poll"
             )
-            warm_up = {(str(N), "Running"): await platform.change([N], "Running")}
+            warm_up = {(str(N), "Running"): await platform.change(N, N, "Running")}
             await subscriber.wait_for(1, 30)
             live = _Live(platform, log, subscriber, process, warm_up)
             yield live
@@ -199,7 +199,7 @@ async def _round(side: str, launch: Launch, port: int) -> Round:
         trickle = await _trickle(platform, subscriber)
         changed = live.warm_up | trickle
         cpu = cpu_seconds(process.pid)
-        burst_at = await platform.change(list(range(1, N + 1)), "Error")
+        burst_at = await platform.change(1, N, "Error")
         await subscriber.wait_for(len(changed) + N, BURST_TIMEOUT)
         result.cpu_us = (cpu_seconds(process.pid) - cpu) / N * 1e6
     result.rss_mib = live.rss_mib
@@ -237,7 +237,7 @@ async def _profile(port: int, folder: Path) -> str:
         async with _up("billnotify", launch, port) as live:
             started = time.monotonic()
             if kind == "burst":
-                await live.platform.change(list(range(1, N + 1)), "Error")
+                await live.platform.change(1, N, "Error")
                 await live.subscriber.wait_for(1 + N, BURST_TIMEOUT)
                 took = time.monotonic() - started
             else:
