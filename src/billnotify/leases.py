@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
@@ -33,7 +31,7 @@ from typing import Any
 
 from billnotify.errors import FencedError, StoreError
 from billnotify.store.base import Leases
-from billnotify.store.records import Lease
+from billnotify.store.records import Lease, default_instance
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +47,6 @@ RECONCILE = "reconcile"
 def poll_lease(source: str, resource: str) -> str:
     """The lease name of one source resource's poller."""
     return f"poll:{source}/{resource}"
-
-
-def default_instance() -> str:
-    """``hostname-pid``: unique among the processes sharing a store."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def utcnow() -> datetime:

@@ -294,7 +294,8 @@ class Poller:
         return since <= self.interval * intervals + 60
 
     async def run_once(self) -> PollStats | None:
-        """One poll with its error handling; failures are logged, never raised."""
+        """One poll with its error handling; failures are logged, never raised (a lease
+        lost meanwhile is: :class:`~billnotify.errors.FencedError`)."""
         with log_context(source=self.sync.source):
             return await self._poll()
 
