@@ -35,6 +35,33 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "billnotify.service" not in verified.stderr, verified.stderr
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_systemd_template_unit_verifies_and_names_its_instance(tmp_path: Path) -> None:
+    template = ROOT / "packaging" / "billnotify@.service"
+    script = Path(sys.executable).with_name("billnotify")
+    unit = tmp_path / "billnotify@a.service"
+    unit.write_text(template.read_text().replace("/opt/billnotify/bin/billnotify", str(script)))
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "--instance %i --http ${BILLNOTIFY_HTTP}" in template.read_text()
+
+
+def test_a_relative_state_lives_in_the_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billnotify.config.service import ServiceConfig
+
+    service = ServiceConfig()
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert service.state_path(tmp_path / "etc") == tmp_path / "etc" / "state.db"
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/var:{tmp_path}/other")
+    assert service.state_path(tmp_path / "etc") == tmp_path / "var" / "state.db"
+    absolute = ServiceConfig(state=str(tmp_path / "x.db"))
+    assert absolute.state_path(tmp_path / "etc") == tmp_path / "x.db"
+
+
 def test_systemd_unit_runs_as_a_dedicated_hardened_user() -> None:
     settings = _unit_settings()
     assert settings["DynamicUser"] == ["yes"]

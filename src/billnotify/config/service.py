@@ -85,7 +85,7 @@ class ServiceConfig(StrictModel):
     name: str = "billnotify"
     """The service's name, used in logs and as the source of its own events (``billnotify://NAME``)."""
     state: str = "state.db"
-    """SQLite file (relative to the config file's folder), ``sqlite:///path`` URL, or ``postgresql://USER@HOST:PORT/DB`` for several instances on one database."""
+    """SQLite file (relative to ``$STATE_DIRECTORY`` when set, else to the config file's folder), ``sqlite:///path`` URL, or ``postgresql://USER@HOST:PORT/DB`` for several instances on one database."""
     state_password: Secret | None = None
     """Password of a ``postgresql://`` state (``env:NAME`` / ``file:/path``); without it ``PGPASSWORD`` or ``~/.pgpass``."""
     instance: str | None = None
@@ -193,10 +193,15 @@ class ServiceConfig(StrictModel):
         return self.model_copy(update=update)
 
     def state_path(self, base_dir: Path) -> Path:
-        """The SQLite file, resolved against the config file's folder."""
+        """The SQLite file: a relative one resolves against ``$STATE_DIRECTORY`` when set
+        (systemd's ``StateDirectory=``, the container image), else the config's folder,
+        so that the state never lands beside a read-only config in ``/etc``."""
         raw = self.state[len("sqlite:///") :] if self.state.startswith("sqlite:///") else self.state
         path = Path(raw).expanduser()
-        return path if path.is_absolute() else base_dir / path
+        if path.is_absolute():
+            return path
+        state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return (Path(state_dir) if state_dir else base_dir) / path
 
     def templates_path(self, base_dir: Path) -> Path:
         """The template folder, resolved against the config file's folder."""
