@@ -7,6 +7,12 @@ a :class:`DeliveryWorker` attempts them with the real executors against a local 
 receiver or aiosmtpd server. The clock stops when every delivery is committed
 ``succeeded``; the ledger is then checked row by row.
 
+The ledger path runs on each store ``billnotify run`` can have: SQLite (the store in its
+own process, as the service runs it) and PostgreSQL (:class:`PgStore`, a fresh database
+of a private server started here from the machine's binaries, see ``bench/_postgres.py``;
+the ``*.postgres`` rows are skipped, saying why, where those binaries are missing). Both
+are compared with the same raw baseline, measured in the same rounds.
+
 The baseline is the same traffic without any ledger, at the same concurrency and body
 size: a raw aiohttp POST loop with ``delivery_concurrency`` requests in flight, and a raw
 aiosmtplib loop over as many kept-open connections as the executor's pool (which is also
@@ -17,16 +23,20 @@ two sides; the best round of each is reported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench import BenchResult
+from bench import BenchResult, _postgres
 from bench._peers import (
     FROM,
     SECRET,
@@ -50,6 +60,7 @@ from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
 from billnotify.store import ProcessStore
+from billnotify.store.base import Store
 from billnotify.templating import TemplateRenderer
 
 WEBHOOKS = 3000
@@ -61,6 +72,26 @@ ROUNDS = 3
 DEADLINE = 120.0
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 TYPE = "billing_task.status_changed"
+
+Opener = Callable[[], AbstractAsyncContextManager[Store]]
+"""Opens a fresh, empty store for one round."""
+
+
+@contextlib.asynccontextmanager
+async def _sqlite() -> AsyncIterator[Store]:
+    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as folder:
+        async with ProcessStore(Path(folder) / "state.db") as store:  # as the service
+            yield store
+
+
+def _stores(server: object | None) -> dict[str, Opener]:
+    """The SQLite store, and a PostgreSQL one on ``server`` (a fresh database a round)."""
+    stores: dict[str, Opener] = {"sqlite": _sqlite}
+    if server is not None:
+        from billnotify.store.postgres import PgStore  # asyncpg only where it is used
+
+        stores["postgres"] = lambda: PgStore(server.database())  # type: ignore[attr-defined]
+    return stores
 
 
 def _utcnow() -> datetime:
@@ -109,6 +140,7 @@ def _config(action: dict[str, Any], concurrency: int, hook_url: str, smtp_port: 
 
 
 async def _ledger_rate(
+    opener: Opener,
     config: Config,
     executors: dict[str, ActionExecutor],
     templates: TemplateRenderer,
@@ -116,43 +148,43 @@ async def _ledger_rate(
     action_type: str,
 ) -> float:
     """Deliveries/s from the first append to the last ``succeeded`` commit."""
-    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as folder:
-        async with ProcessStore(Path(folder) / "state.db") as store:  # as the service
-            worker = DeliveryWorker(
-                delivery_settings(config), store, executors, _utcnow, poll_interval=0.5
-            )
-            handler = RuleHandler(
-                rule_settings(config), store, templates, executors, _utcnow, on_recorded=worker.wake
-            )
-            succeeded = worker.settled
-            started = time.perf_counter()
-            tasks = [
-                asyncio.create_task(worker.run(), name="bench-worker"),
-                asyncio.create_task(handler.run(), name="bench-rules"),
-            ]
-            try:
-                for start in range(0, len(events), EVENTS_PER_COMMIT):
-                    await store.commit("acme", [], events[start : start + EVENTS_PER_COMMIT])
-                deadline = time.monotonic() + DEADLINE
-                while succeeded[DeliveryStatus.SUCCEEDED.value] < len(events):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"ledger bench stuck: {dict(worker.settled)}")
-                    if any(v for k, v in succeeded.items() if k != DeliveryStatus.SUCCEEDED):
-                        raise RuntimeError(f"deliveries did not succeed: {succeeded}")
-                    await asyncio.sleep(0.002)
-                elapsed = time.perf_counter() - started
-                await worker.drain(5.0)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            counts = await store.count_deliveries()
-            if counts != {(action_type, DeliveryStatus.SUCCEEDED.value): len(events)}:
-                raise RuntimeError(f"ledger not settled as expected: {counts}")
+    async with opener() as store:
+        worker = DeliveryWorker(
+            delivery_settings(config), store, executors, _utcnow, poll_interval=0.5
+        )
+        handler = RuleHandler(
+            rule_settings(config), store, templates, executors, _utcnow, on_recorded=worker.wake
+        )
+        succeeded = worker.settled
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(worker.run(), name="bench-worker"),
+            asyncio.create_task(handler.run(), name="bench-rules"),
+        ]
+        try:
+            for start in range(0, len(events), EVENTS_PER_COMMIT):
+                await store.commit("acme", [], events[start : start + EVENTS_PER_COMMIT])
+            deadline = time.monotonic() + DEADLINE
+            while succeeded[DeliveryStatus.SUCCEEDED.value] < len(events):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ledger bench stuck: {dict(worker.settled)}")
+                if any(v for k, v in succeeded.items() if k != DeliveryStatus.SUCCEEDED):
+                    raise RuntimeError(f"deliveries did not succeed: {succeeded}")
+                await asyncio.sleep(0.002)
+            elapsed = time.perf_counter() - started
+            await worker.drain(5.0)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        counts = await store.count_deliveries()
+        if counts != {(action_type, DeliveryStatus.SUCCEEDED.value): len(events)}:
+            raise RuntimeError(f"ledger not settled as expected: {counts}")
     return len(events) / elapsed
 
 
 async def _race(
+    stores: Mapping[str, Opener],
     config: Config,
     executors: dict[str, ActionExecutor],
     templates: TemplateRenderer,
@@ -161,17 +193,19 @@ async def _race(
     raw: Rate,
     warm_up: int,
 ) -> dict[str, float]:
-    """Best of ``ROUNDS`` for ``raw`` and the ledger path; closes the executors.
+    """Best of ``ROUNDS`` for ``raw`` and the ledger path on each of ``stores`` (by
+    name); closes the executors.
 
     Each side runs once first to warm its pools, the ledger over ``warm_up`` events.
     """
-    ledger = functools.partial(_ledger_rate, config, executors, templates)
+    ledger = {
+        name: functools.partial(_ledger_rate, opener, config, executors, templates)
+        for name, opener in stores.items()
+    }
+    cases = {name: functools.partial(rate, events, action_type) for name, rate in ledger.items()}
+    warm = [functools.partial(rate, events[:warm_up], action_type) for rate in ledger.values()]
     try:
-        return await best_of(
-            ROUNDS,
-            {"raw": raw, "ledger": functools.partial(ledger, events, action_type)},
-            warm_up=[raw, functools.partial(ledger, events[:warm_up], action_type)],
-        )
+        return await best_of(ROUNDS, {"raw": raw, **cases}, warm_up=[raw, *warm])
     finally:
         for executor in executors.values():
             await executor.close()
@@ -180,7 +214,20 @@ async def _race(
 # -- the cases ---------------------------------------------------------------------------
 
 
-async def _webhooks(templates: TemplateRenderer) -> BenchResult:
+def _rows(
+    name: str, unit: str, best: dict[str, float], notes: str, stores: Mapping[str, Opener]
+) -> list[BenchResult]:
+    """``name`` on SQLite, and ``name.postgres`` where PostgreSQL ran: the same baseline."""
+    rows = [BenchResult.versus(name, best["sqlite"], unit, best["raw"], notes + "; SQLite")]
+    if "postgres" in stores:
+        notes += "; PostgreSQL (private server, fsync off, loopback), same raw rounds"
+        rows.append(
+            BenchResult.versus(f"{name}.postgres", best["postgres"], unit, best["raw"], notes)
+        )
+    return rows
+
+
+async def _webhooks(templates: TemplateRenderer, stores: Mapping[str, Opener]) -> list[BenchResult]:
     async with (
         webhook_receiver() as url,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session,
@@ -197,15 +244,17 @@ async def _webhooks(templates: TemplateRenderer) -> BenchResult:
         events = _events(WEBHOOKS)
         body = events[0].to_json().encode()
         raw = functools.partial(raw_post_rate, session, url, body, WEBHOOKS, WEBHOOK_CONCURRENCY)
-        best = await _race(config, executors, templates, events, "webhook", raw, warm_up=500)
+        best = await _race(
+            stores, config, executors, templates, events, "webhook", raw, warm_up=500
+        )
     notes = (
         f"{WEBHOOKS} events -> rules -> worker -> local receiver, delivery_concurrency "
         f"{WEBHOOK_CONCURRENCY}, vs raw aiohttp POSTs, best of {ROUNDS}"
     )
-    return BenchResult.versus("ledger.webhook", best["ledger"], "deliveries/s", best["raw"], notes)
+    return _rows("ledger.webhook", "deliveries/s", best, notes, stores)
 
 
-async def _emails(templates: TemplateRenderer) -> BenchResult:
+async def _emails(templates: TemplateRenderer, stores: Mapping[str, Opener]) -> list[BenchResult]:
     email = {
         "type": "email",
         "to": ["ops@example.com"],
@@ -237,16 +286,21 @@ async def _emails(templates: TemplateRenderer) -> BenchResult:
             text=composed.text,
             html=composed.html or "",
         )
-        best = await _race(config, executors, templates, events, "email", raw, warm_up=100)
+        best = await _race(stores, config, executors, templates, events, "email", raw, warm_up=100)
     notes = (
         f"{EMAILS} events -> rules -> worker -> local aiosmtpd (task_failed, at_least_once), "
         f"{EMAIL_CONCURRENCY} connections = delivery_concurrency, vs raw aiosmtplib, "
         f"best of {ROUNDS}"
     )
-    return BenchResult.versus("ledger.email", best["ledger"], "emails/s", best["raw"], notes)
+    return _rows("ledger.email", "emails/s", best, notes, stores)
 
 
 async def run() -> list[BenchResult]:
-    """Measure durably recorded deliveries/s against raw client loops."""
+    """Measure durably recorded deliveries/s against raw client loops, on each store."""
     templates = TemplateRenderer(TEMPLATES)
-    return [await _webhooks(templates), await _emails(templates)]
+    with contextlib.ExitStack() as stack:
+        reason = _postgres.unavailable()
+        if reason:
+            print(f"  ledger: the PostgreSQL rows are skipped: {reason}", file=sys.stderr)
+        stores = _stores(None if reason else stack.enter_context(_postgres.private()))
+        return await _webhooks(templates, stores) + await _emails(templates, stores)
