@@ -6,6 +6,7 @@ are root). The benchmarks load it from there rather than keeping a second copy.
 
 ``unavailable()``   why no server can be started here (None when one can)
 ``private()``       a server for a ``with`` block; ``.database()`` gives a fresh URL
+``stores_of()``     openers of a fresh store of each backend ``billnotify run`` has
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from billnotify.store import ProcessStore
+from billnotify.store.base import Store
+
+Opener = Callable[[], AbstractAsyncContextManager[Store]]
+"""Opens a fresh, empty store."""
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
@@ -41,3 +50,21 @@ def private() -> Iterator[Any]:
         yield server
     finally:
         server.close()
+
+
+@contextlib.asynccontextmanager
+async def _sqlite() -> AsyncIterator[Store]:
+    with tempfile.TemporaryDirectory(prefix="bench-state-") as folder:
+        async with ProcessStore(Path(folder) / "state.db") as store:  # as `billnotify run`
+            yield store
+
+
+def stores_of(server: Any | None) -> dict[str, Opener]:
+    """``sqlite``: SQLite in its own process; ``postgres`` (when ``server`` is given): a
+    :class:`PgStore` on a fresh database of ``server`` each time."""
+    stores: dict[str, Opener] = {"sqlite": _sqlite}
+    if server is not None:
+        from billnotify.store.postgres import PgStore  # asyncpg only where it is used
+
+        stores["postgres"] = lambda: PgStore(server.database())
+    return stores

@@ -26,12 +26,9 @@ import asyncio
 import contextlib
 import functools
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -49,6 +46,7 @@ from bench._peers import (
     smtp_sink,
     webhook_receiver,
 )
+from bench._postgres import Opener, stores_of
 from billnotify.actions import build_executors
 from billnotify.actions.base import ActionExecutor
 from billnotify.actions.email import EmailExecutor
@@ -59,8 +57,6 @@ from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import CloudEvent, build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.store import ProcessStore
-from billnotify.store.base import Store
 from billnotify.templating import TemplateRenderer
 
 WEBHOOKS = 3000
@@ -72,26 +68,6 @@ ROUNDS = 3
 DEADLINE = 120.0
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 TYPE = "billing_task.status_changed"
-
-Opener = Callable[[], AbstractAsyncContextManager[Store]]
-"""Opens a fresh, empty store for one round."""
-
-
-@contextlib.asynccontextmanager
-async def _sqlite() -> AsyncIterator[Store]:
-    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as folder:
-        async with ProcessStore(Path(folder) / "state.db") as store:  # as the service
-            yield store
-
-
-def _stores(server: object | None) -> dict[str, Opener]:
-    """The SQLite store, and a PostgreSQL one on ``server`` (a fresh database a round)."""
-    stores: dict[str, Opener] = {"sqlite": _sqlite}
-    if server is not None:
-        from billnotify.store.postgres import PgStore  # asyncpg only where it is used
-
-        stores["postgres"] = lambda: PgStore(server.database())  # type: ignore[attr-defined]
-    return stores
 
 
 def _utcnow() -> datetime:
@@ -302,5 +278,5 @@ async def run() -> list[BenchResult]:
         reason = _postgres.unavailable()
         if reason:
             print(f"  ledger: the PostgreSQL rows are skipped: {reason}", file=sys.stderr)
-        stores = _stores(None if reason else stack.enter_context(_postgres.private()))
+        stores = stores_of(None if reason else stack.enter_context(_postgres.private()))
         return await _webhooks(templates, stores) + await _emails(templates, stores)
