@@ -324,6 +324,7 @@ def build_components(
         billing_clients=actions.billing_clients,
         notices=notices,
         keeper=keeper,
+        exclusive_store=not config.service.postgres,
     )
     rules = build_rule_handler(
         config,

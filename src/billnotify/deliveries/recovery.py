@@ -44,6 +44,9 @@ class Recovery:
         clock: returns the current UTC time.
         keeper: this process's leases and heartbeat (None: the only process on the
             store, every ``sending`` row is its own previous life's).
+        exclusive: this process holds the store alone (a SQLite state under its lock),
+            so at start every ``sending`` row is a dead process's, however recent its
+            heartbeat: recover them all at once instead of after the TTL.
         notices: told of the deliveries recovery made uncertain.
         on_due: called when recovery made deliveries due again.
     """
@@ -56,7 +59,9 @@ class Recovery:
         keeper: LeaseKeeper | None = None,
         notices: Notices | None = None,
         on_due: Callable[[], None] = lambda: None,
+        exclusive: bool = False,
     ) -> None:
+        self.exclusive = exclusive
         self.store = store
         self.clock = clock
         self.keeper = keeper
@@ -69,7 +74,7 @@ class Recovery:
         Returns:
             (uncertain, rescheduled).
         """
-        if self.keeper is None:
+        if self.keeper is None or self.exclusive:
             found = await self.store.recover_in_flight(self.clock())
         else:
             await self.keeper.ready.wait()

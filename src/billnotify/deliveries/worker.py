@@ -95,6 +95,8 @@ class DeliveryWorker:
         notices: reports deliveries that end ``dead`` or ``uncertain`` and endpoints
             disabled as events of the service's own (none: they are only logged).
         keeper: this process's leases, when several processes may share the store.
+        exclusive_store: no other process can use the store (SQLite under its lock):
+            every ``sending`` row found at start is recovered at once.
 
     Attributes:
         attempts: attempts by outcome (``success``, ``retryable``, ...) since start.
@@ -115,6 +117,7 @@ class DeliveryWorker:
         reconcile_interval: float = 15.0,
         notices: Notices | None = None,
         keeper: LeaseKeeper | None = None,
+        exclusive_store: bool = False,
     ) -> None:
         self.store = store
         self.executors = executors
@@ -156,7 +159,14 @@ class DeliveryWorker:
         )
         self._stopping = False
         self._drained = asyncio.Event()
-        self._recovery = Recovery(store, clock, keeper=keeper, notices=notices, on_due=self.wake)
+        self._recovery = Recovery(
+            store,
+            clock,
+            keeper=keeper,
+            notices=notices,
+            on_due=self.wake,
+            exclusive=exclusive_store,
+        )
         reconciling = reconciler is not None and bool(reconciler.billing_clients)
         self._reconcile_role = keeper.role(RECONCILE) if keeper and reconciling else None
 
