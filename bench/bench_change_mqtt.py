@@ -110,7 +110,7 @@ async def _timed(port: int, prefix: str, work: Callable[[], Awaitable[object]]) 
         return N / (time.perf_counter() - started)
 
 
-async def _product(side: _Side, port: int, changed_at: float) -> float:
+async def _product(side: _Side, port: int) -> float:
     async def poll() -> None:
         stats = await side.sync.poll_once()
         if stats.events != N:
@@ -181,7 +181,7 @@ async def _rounds(server: object | None) -> dict[str, float]:
                 "raw": lambda at: _raw(session, base_url, port, at)
             }
             for name, side in sides.items():
-                measures[name] = lambda at, side=side: _product(side, port, at)  # type: ignore[misc]
+                measures[name] = lambda _at, side=side: _product(side, port)  # type: ignore[misc]
             best = dict.fromkeys(measures, 0.0)
             order, status = list(measures), 0
             for _ in range(ROUNDS):
