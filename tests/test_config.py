@@ -417,3 +417,31 @@ def test_without_a_templates_folder_the_shipped_ones_serve_and_a_folder_override
     layered = TemplateRenderer(config.template_folders)
     assert layered.render_file("task_failed.subject.j2", {"object": {"id": 7}}) == "ours 7\n"
     assert layered.exists("task_failed.txt.j2")  # the rest still comes from the package
+
+
+def test_a_sources_time_zone_is_checked_with_its_path() -> None:
+    billing = {"name": "acme", "kind": "billing_platform", "base_url": "https://a.example"}
+    metering = {
+        "name": "metering",
+        "kind": "property_billing",
+        "base_url": "https://m.example/api/v1",
+        "auth_url": "https://m.example/auth",
+        "username": "user",
+        "password": "password",
+        "administrator_ids": ["1"],
+        "properties": ["p"],
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {
+                "sources": [
+                    {**billing, "api_key": "k" * 20, "timezone": "Mars/Olympus"},
+                    {**metering, "timezone": "Europe/London"},
+                ]
+            }
+        )
+    assert caught.value.issues == [
+        "sources[0].timezone: unknown time zone 'Mars/Olympus' (an IANA name like 'Europe/London')"
+    ]
+    config = parse_config({"sources": [{**billing, "api_key": "k" * 20}, metering]})
+    assert [s.timezone for s in config.sources] == ["UTC", "UTC"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from billnotify.sources.detect import Policy, detect
 
@@ -121,3 +122,42 @@ def test_unknown_status_and_odd_values_never_crash() -> None:
         "billing_task.status_changed",
         "billing_task.updated",
     ]
+
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def test_stalled_reads_zone_less_starts_in_the_source_zone_across_the_clock_change() -> None:
+    policy = Policy(stall_after=timedelta(hours=2), zone=LONDON)
+    # 00:30 GMT; British Summer Time starts at 01:00 UTC that night: two real hours later
+    # is 02:30 UTC (03:30 on London clocks), not 02:30 on London clocks.
+    task = {"id": "1", "status": "Running", "startedTime": "2026-03-29T00:30:00"}
+    due = datetime(2026, 3, 29, 2, 30, tzinfo=UTC)
+    early = detect("billing_task", task, task, now=due - timedelta(seconds=1), policy=policy)
+    assert types(early) == [] and early.due_at == due
+    found = detect("billing_task", task, task, now=due, policy=policy)
+    assert types(found) == ["billing_task.stalled"]
+    assert found.drafts[0].data["started"] == "2026-03-29T00:30:00Z"
+    # Started in summer time: 09:00 in London is 08:00 UTC, so stalled at 10:00 UTC.
+    summer = {"id": "2", "status": "Running", "startedTime": "2026-03-29 09:00:00"}
+    on_time = datetime(2026, 3, 29, 10, 0, tzinfo=UTC)
+    pending = detect(
+        "billing_task", summer, summer, now=on_time - timedelta(seconds=1), policy=policy
+    )
+    assert pending.due_at == on_time
+    stalled = detect("billing_task", summer, summer, now=on_time, policy=policy)
+    assert types(stalled) == ["billing_task.stalled"]
+    assert stalled.drafts[0].data["running_for_seconds"] == 7200
+
+
+def test_overdue_when_the_due_day_ends_in_the_source_zone() -> None:
+    policy = Policy(zone=LONDON)
+    invoice = {"id": "3", "dueDate": "2026-06-30", "outstanding": "10.00"}
+    midnight_bst = datetime(2026, 6, 30, 23, 0, tzinfo=UTC)
+    pending = detect(
+        "invoice", invoice, invoice, now=midnight_bst - timedelta(seconds=1), policy=policy
+    )
+    assert types(pending) == [] and pending.due_at == midnight_bst
+    found = detect("invoice", invoice, invoice, now=midnight_bst, policy=policy)
+    assert types(found) == ["invoice.overdue"]
+    assert found.drafts[0].data["days_overdue"] == 1

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import itertools
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,28 @@ async def test_overdue_fires_once_from_the_sweep(sim: Simulator, harness: Harnes
         "invoice.created": 1,
         "invoice.overdue": 1,
     }
+
+
+async def test_a_uk_platforms_task_stalls_on_time_in_summer_time(
+    sim: Simulator, store: SqliteStore
+) -> None:
+    config = source_config(sim, timezone="Europe/London", watch=["billing_tasks"])
+    now = [datetime(2026, 7, 15, 9, 59, 59, tzinfo=UTC)]
+    client = BillingPlatformClient(config.base_url, config.api_key, sleep=_noop_sleep)
+    [sync] = build_billing_syncs(config, client, store, clock=lambda: now[0])
+    try:
+        await sync.poll_once()  # the baseline
+        # 09:00 on the platform's London clock is 08:00 UTC: stalled two hours later, at 10:00 UTC.
+        sim.state.add_billing_task(status="Running", startedTime="2026-07-15 09:00:00")
+        await sync.poll_once()
+        assert [e.event.type for e in await store.read_events(0)] == ["billing_task.created"]
+        now[0] = datetime(2026, 7, 15, 10, 0, tzinfo=UTC)
+        await sync.poll_once()
+        events = [e.event for e in await store.read_events(0)]
+        assert [e.type for e in events] == ["billing_task.created", "billing_task.stalled"]
+        assert events[1].data["started"] == "2026-07-15T08:00:00Z"
+    finally:
+        await client.close()
 
 
 async def test_no_update_missed_at_the_cursor_boundary_while_paging(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,13 @@ async def test_an_expired_token_is_renewed(sim: Simulator, syncs) -> None:  # ty
     await _poll(property_syncs)
     assert client.auth.authentications > first  # type: ignore[attr-defined]
     assert [s.event.type for s in await store.read_events(0)] == ["billing_header.published"]
+
+
+async def test_the_cursor_is_the_day_in_the_platforms_zone(sim: Simulator, syncs) -> None:  # type: ignore[no-untyped-def]
+    store, client, property_syncs = syncs
+    config = property_syncs[0].config.model_copy(update={"timezone": "Europe/London"})
+    # 23:30 UTC on 15 July is already 00:30 on 16 July in London (British Summer Time).
+    now = datetime(2026, 7, 15, 23, 30, tzinfo=UTC)
+    sync = PropertyBillingSync(config, PROPERTY, client, store, clock=lambda: now)
+    await sync.poll_once()
+    assert await store.get_cursor("metering", sync.resource) == "2026-07-16"

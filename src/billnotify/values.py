@@ -7,7 +7,7 @@ them without ever raising.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -39,22 +39,27 @@ def as_int(value: Any) -> int | None:
     return int(number)
 
 
-def as_datetime(value: Any) -> datetime | None:
-    """Read a platform date or datetime as an aware UTC datetime (naive means UTC)."""
+def as_datetime(value: Any, zone: tzinfo = UTC) -> datetime | None:
+    """Read a platform date or datetime as an aware datetime.
+
+    A value without a zone (a bare date: its midnight) is a wall-clock time in ``zone``,
+    the platform's own (UTC unless the source says otherwise), and comes back in UTC so
+    that adding a duration to it adds real time, across a clock change too.
+    """
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if not isinstance(value, str) or value.strip() in _EMPTY_DATES:
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif not isinstance(value, str) or value.strip() in _EMPTY_DATES:
         return None
-    text = value.strip().replace("Z", "+00:00")
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone).astimezone(UTC)
 
 
 def as_date(value: Any) -> date | None:

@@ -6,6 +6,7 @@ import base64
 import binascii
 from datetime import timedelta
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 
@@ -31,8 +32,26 @@ class _SourceBase(StrictModel):
     """Or: how long a resource's polls may keep failing before ``billnotify.source.failing``."""
     hook_secret: Secret | None = None
     """Enables ``POST /hooks/<name>``: ``whsec_…`` verifies Standard Webhooks signatures, any other (16+ characters) is a Bearer token."""
+    timezone: str = "UTC"
+    """IANA zone the platform's zone-less timestamps and due dates are read in (``stalled``, ``overdue``, cursors)."""
 
     _name_ok = field_validator("name")(check_name)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The validated ``timezone``."""
+        return ZoneInfo(self.timezone)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name like 'Europe/London')"
+            ) from None
+        return value
 
     @field_validator("hook_secret")
     @classmethod

@@ -73,7 +73,7 @@ class BillingPlatformSync:
         self.client = client
         self.store = store
         self.clock = clock
-        self.policy = Policy(stall_after=config.stall_after)
+        self.policy = Policy(stall_after=config.stall_after, zone=config.zone)
 
     def _base_params(self) -> dict[str, Any]:
         if self.resource == "invoices" and self.config.include_unsent:

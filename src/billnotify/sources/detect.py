@@ -10,7 +10,7 @@ occurrence; the occurrences already seen are remembered as *marks* on the snapsh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from billnotify.events import canonical_json, digest
@@ -27,6 +27,8 @@ class Policy:
     """Per-source settings detection depends on."""
 
     stall_after: timedelta = timedelta(hours=2)
+    zone: tzinfo = UTC
+    """The platform's zone: zone-less timestamps and due dates are read in it."""
 
 
 @dataclass(frozen=True)
@@ -149,17 +151,18 @@ def _timed(
     policy: Policy,
 ) -> tuple[list[Draft], frozenset[str], datetime | None]:
     if entity == "billing_task":
-        return _stalled(record, now=now, marks=marks, stall_after=policy.stall_after)
+        return _stalled(record, now=now, marks=marks, policy=policy)
     if entity == "invoice":
-        return _overdue(record, now=now, marks=marks)
+        return _overdue(record, now=now, marks=marks, zone=policy.zone)
     return [], marks, None
 
 
 def _stalled(
-    record: dict[str, Any], *, now: datetime, marks: frozenset[str], stall_after: timedelta
+    record: dict[str, Any], *, now: datetime, marks: frozenset[str], policy: Policy
 ) -> tuple[list[Draft], frozenset[str], datetime | None]:
+    stall_after = policy.stall_after
     status = str(record.get("status") or "")
-    started = as_datetime(record.get("startedTime"))
+    started = as_datetime(record.get("startedTime"), policy.zone)
     ended = is_set(record.get("endedTime"))
     running = status == "Running" or (
         started is not None and not ended and status not in TERMINAL_TASK_STATUSES
@@ -182,7 +185,7 @@ def _stalled(
 
 
 def _overdue(
-    record: dict[str, Any], *, now: datetime, marks: frozenset[str]
+    record: dict[str, Any], *, now: datetime, marks: frozenset[str], zone: tzinfo
 ) -> tuple[list[Draft], frozenset[str], datetime | None]:
     due_date = as_date(record.get("dueDate"))
     outstanding = as_decimal(record.get("outstanding"))
@@ -196,8 +199,9 @@ def _overdue(
     mark = f"overdue:{due_date.isoformat()}"
     if mark in marks:
         return [], marks, None
-    due = datetime(due_date.year, due_date.month, due_date.day, tzinfo=UTC) + timedelta(days=1)
+    # The due day ends at midnight where the platform is, whatever the offset that night.
+    due = datetime.combine(due_date + timedelta(days=1), time(), zone).astimezone(UTC)
     if now < due:
         return [], marks, due
-    data = {"object": record, "days_overdue": (now.date() - due_date).days}
+    data = {"object": record, "days_overdue": (now.astimezone(zone).date() - due_date).days}
     return [Draft("invoice.overdue", mark, data)], marks | {mark}, None

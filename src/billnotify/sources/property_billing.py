@@ -1,9 +1,10 @@
 """Polling of a ``property_billing`` source (seed 003): billing headers per property.
 
 A header that is new is ``billing_header.published``; one whose ``updateTimeStamp``
-changed is ``billing_header.updated``. ``LastUpdate`` is a day, so each cycle asks from
-the cursor's day minus one (a day of overlap); re-read headers equal their snapshot and
-emit nothing. Events are enriched with ``data.billing`` = ``Billing/<id>``.
+changed is ``billing_header.updated``. ``LastUpdate`` is a day in the platform's zone, so
+the cursor is that zone's date and each cycle asks from the cursor's day minus one (a day
+of overlap); re-read headers equal their snapshot and emit nothing. Events are enriched
+with ``data.billing`` = ``Billing/<id>``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class PropertyBillingSync:
         """One cycle for the property."""
         stats = PollStats()
         cursor = await self.store.get_cursor(self.source, self.resource)
-        today = self.clock().date()
+        today = self.clock().astimezone(self.config.zone).date()
         if cursor is None:
             stats.baseline = not self.config.emit_on_first_sync
             last_update = None
@@ -67,7 +68,7 @@ class PropertyBillingSync:
             page,
             known,
             now=self.clock(),
-            policy=Policy(),
+            policy=Policy(zone=self.config.zone),
             baseline=stats.baseline,
         )
         if self.config.enrich:
