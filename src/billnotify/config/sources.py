@@ -89,7 +89,7 @@ class BillingPlatformSource(_SourceBase):
     """A task running longer than this is ``billing_task.stalled``."""
     overlap: Duration = timedelta(seconds=5)
     """How far back each incremental poll reaches behind the cursor."""
-    page_size: int = Field(default=100, ge=1, le=10_000)
+    page_size: int = Field(default=500, ge=1, le=10_000)
     """``limit`` asked per page (the server may return fewer)."""
     include_unsent: bool = False
     """Also watch the unsent invoice that collects each customer's new charges."""
