@@ -24,6 +24,7 @@ from store_contract_leases import (
     RecoveryContract,
 )
 from store_contract_ledger import DeliveriesContract, EndpointsContract, LedgerContract
+from store_contract_operators import OperatorLogContract
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "memory": lambda folder: MemoryStore(INSTANCE),
@@ -65,6 +66,10 @@ class TestDeliveries(DeliveriesContract):
 
 
 class TestEndpoints(EndpointsContract):
+    pass
+
+
+class TestOperatorLog(OperatorLogContract):
     pass
 
 

@@ -26,6 +26,7 @@ from billnotify.store.records import (
     Lease,
     LogEntry,
     NewDelivery,
+    OperatorAction,
     Snapshot,
     SnapshotWrite,
     StoredEvent,
@@ -295,6 +296,18 @@ class Endpoints(Protocol):
         """Re-enable an endpoint."""
 
 
+class OperatorLog(Protocol):
+    """What operators did by hand (retry, resolve, re-enable, replay), for the record."""
+
+    async def record_operator_action(self, action: OperatorAction) -> None:
+        """Keep one operator action (never changed or dropped afterwards)."""
+
+    async def operator_actions(
+        self, subject: str | None = None, limit: int = 100
+    ) -> list[OperatorAction]:
+        """Operator actions, newest first; only those done to ``subject`` when given."""
+
+
 class Leases(Protocol):
     """Which live process holds which role, for several processes on one store.
 
@@ -329,12 +342,14 @@ class Leases(Protocol):
         """Every lease, lapsed or not, by name."""
 
 
-class Store(Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, Leases, Protocol):
+class Store(
+    Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, OperatorLog, Leases, Protocol
+):
     """The whole durable state, as the composition root opens it.
 
     Every method is a coroutine; every write commits before returning. Each stage
     depends only on the narrow protocol it uses (:class:`Snapshots` for sources,
     :class:`EventLog` for the publisher, :class:`Ledger` for the rule handler and the
-    worker, :class:`Deliveries` and :class:`Endpoints` for operators, :class:`Leases`
-    for the processes sharing the store).
+    worker, :class:`Deliveries`, :class:`Endpoints` and :class:`OperatorLog` for
+    operators, :class:`Leases` for the processes sharing the store).
     """

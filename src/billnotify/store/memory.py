@@ -9,6 +9,7 @@ the object (and outlives :meth:`~MemoryStore.close`, as a file would).
 
 - ``memory_log.py``: snapshots, cursors, the event log, positions;
 - ``memory_ledger.py``: deliveries, attempts, endpoints;
+- ``memory_operators.py``: what operators did by hand;
 - ``memory_leases.py``: instances' heartbeats and leases.
 """
 
@@ -20,9 +21,10 @@ from billnotify.store.base import Store
 from billnotify.store.memory_leases import LeaseTables
 from billnotify.store.memory_ledger import LedgerTables
 from billnotify.store.memory_log import LogTables
+from billnotify.store.memory_operators import OperatorTables
 
 
-class MemoryStore(LedgerTables, LeaseTables, LogTables):
+class MemoryStore(LedgerTables, OperatorTables, LeaseTables, LogTables):
     """:class:`~billnotify.store.base.Store` in memory (see the module docstring).
 
     Args:

@@ -6,6 +6,7 @@ processes.
 - ``postgres_log.py``: snapshots, cursors, the event log, positions;
 - ``postgres_ledger.py``: deliveries recorded, due, attempted, recovered;
 - ``postgres_deliveries.py``: deliveries read and settled, endpoints;
+- ``postgres_operators.py``: what operators did by hand;
 - ``postgres_leases.py``: instances' heartbeats and leases.
 
 It keeps the SQLite store's semantics call for call (the store contract); what several
@@ -20,12 +21,13 @@ from typing import TYPE_CHECKING
 from billnotify.store.postgres_leases import LeaseTables
 from billnotify.store.postgres_ledger import LedgerTables
 from billnotify.store.postgres_log import LogTables
+from billnotify.store.postgres_operators import OperatorTables
 
 if TYPE_CHECKING:
     from billnotify.store.base import Store
 
 
-class PgStore(LedgerTables, LeaseTables, LogTables):
+class PgStore(LedgerTables, OperatorTables, LeaseTables, LogTables):
     """:class:`~billnotify.store.base.Store` on a PostgreSQL database (asyncpg).
 
     Args:

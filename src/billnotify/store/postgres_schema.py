@@ -15,7 +15,8 @@ The tables mirror the SQLite store's (``store/schema.py``), with two differences
 - ``deliveries.claimed_by`` names the instance that started the attempt in flight, for
   recovery of a dead instance's ``sending`` rows once several share the database.
 
-Migration 2 adds ``instances`` (heartbeats) and ``leases`` (holder and fencing epoch).
+Migration 2 adds ``instances`` (heartbeats) and ``leases`` (holder and fencing epoch);
+migration 3 ``operator_actions`` (what operators did by hand, SPEC §7.4).
 """
 
 from __future__ import annotations
@@ -129,6 +130,18 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at TIMESTAMPTZ NOT NULL
     );
     CREATE INDEX deliveries_sending ON deliveries (claimed_by) WHERE status = 'sending';
+    """,
+    """
+    CREATE TABLE operator_actions (
+        id BIGSERIAL PRIMARY KEY,
+        at TIMESTAMPTZ NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        result TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX operator_actions_subject ON operator_actions (subject, at);
     """,
 )
 """Migration N (from 1) is ``MIGRATIONS[N - 1]``; append, never edit a released one."""

@@ -47,6 +47,7 @@ from billnotify.store.records import (
     Lease,
     LogEntry,
     NewDelivery,
+    OperatorAction,
     Snapshot,
     SnapshotWrite,
     StoredEvent,
@@ -356,6 +357,17 @@ class ProcessStore:
     async def enable_endpoint(self, name: str) -> None:
         """Re-enable a disabled endpoint."""
         await self._call(SqliteStore.enable_endpoint, name)
+
+    # -- operator actions ------------------------------------------------------------
+    async def record_operator_action(self, action: OperatorAction) -> None:
+        """Keep one operator action."""
+        await self._call(SqliteStore.record_operator_action, action)
+
+    async def operator_actions(
+        self, subject: str | None = None, limit: int = 100
+    ) -> list[OperatorAction]:
+        """Operator actions, newest first (``subject``: only those done to it)."""
+        return await self._call(SqliteStore.operator_actions, subject, limit)
 
     # -- leases ----------------------------------------------------------------------
     async def heartbeat(

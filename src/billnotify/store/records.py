@@ -140,6 +140,28 @@ class Delivery:
     history: list[Attempt] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """Something an operator did by hand (console or CLI), kept for the record (SPEC §7.4).
+
+    Attributes:
+        at: when.
+        who: ``console`` (a console session), ``cli:<os user>``.
+        action: ``retry``, ``resolve_sent``, ``resolve_not_sent``, ``enable_endpoint``
+            or ``replay``.
+        subject: what it was done to: a delivery id, an endpoint name or an event id.
+        reason: the operator's words.
+        result: what it did (``uncertain -> succeeded``), or why it did nothing.
+    """
+
+    at: datetime
+    who: str
+    action: str
+    subject: str
+    reason: str = ""
+    result: str = ""
+
+
 DELIVERY_COLS = (
     "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
     "status, attempts, created_at, updated_at, next_attempt_at, last_error, "

@@ -89,6 +89,16 @@ CREATE TABLE IF NOT EXISTS endpoints (
     disabled_at REAL NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    result TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS operator_actions_subject ON operator_actions (subject, at);
 CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
     started_at REAL NOT NULL,

@@ -15,6 +15,7 @@ is why the store runs its own thread rather than aiosqlite's statement-per-trip 
 - ``sqlite_ledger.py``: deliveries recorded, due, attempted (:class:`Ledger`);
 - ``sqlite_deliveries.py``: deliveries read and settled, endpoints (:class:`Deliveries`,
   :class:`Endpoints`);
+- ``sqlite_operators.py``: what operators did by hand (:class:`OperatorLog`);
 - ``sqlite_leases.py``: instances' heartbeats and leases (:class:`Leases`).
 """
 
@@ -24,9 +25,10 @@ from billnotify.store.sqlite_deliveries import DeliveryTables
 from billnotify.store.sqlite_leases import LeaseTables
 from billnotify.store.sqlite_ledger import LedgerTables
 from billnotify.store.sqlite_log import LogTables
+from billnotify.store.sqlite_operators import OperatorTables
 
 
-class SqliteStore(LedgerTables, DeliveryTables, LeaseTables, LogTables):
+class SqliteStore(LedgerTables, DeliveryTables, OperatorTables, LeaseTables, LogTables):
     """:class:`~billnotify.store.base.Store` on a SQLite file.
 
     Args:

@@ -4,7 +4,7 @@ Moving to several instances must not cost a new baseline (every record seen agai
 new) nor send anything twice, so everything that makes up the state moves as it is:
 events (same ids, ``seq`` and JSON), snapshots (records, marks, versions: the next
 event ids depend on them), cursors, consumer positions, deliveries with their attempts
-and rendered messages, and disabled endpoints. Leases and instances are not state: the
+and rendered messages, disabled endpoints and the operator actions on record. Leases and instances are not state: the
 processes started on the copy take them.
 
 The source is read in one read transaction (a consistent picture even if something
@@ -50,9 +50,18 @@ class _Table:
     columns: tuple[str, ...]
     convert: dict[str, _Convert]
     order: str
+    optional: bool = False
+    """Absent from a state that no billnotify since the table came has opened."""
 
     def rows(self, db: sqlite3.Connection, batch: int = 2000) -> Iterator[tuple[Any, ...]]:
         """The source's rows, converted, read a batch at a time."""
+        if (
+            self.optional
+            and not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.name,)
+            ).fetchone()
+        ):
+            return
         cursor = db.execute(
             f"SELECT {', '.join(self.columns)} FROM {self.name} ORDER BY {self.order}"
         )
@@ -116,6 +125,13 @@ TABLES = (
         "delivery_id, number",
     ),
     _Table("endpoints", ("name", "disabled_at", "reason"), {"disabled_at": _time}, "name"),
+    _Table(
+        "operator_actions",
+        ("at", "who", "action", "subject", "reason", "result"),
+        {"at": _time},
+        "id",
+        optional=True,
+    ),
 )
 """What a state is, in an order that keeps references (deliveries after events)."""
 
