@@ -69,7 +69,7 @@ async def test_customer_invoice_list_filters(sim: Simulator, client: BillingPlat
     raised = sorted([first, second, third, *many], key=int)
 
     async def ids(**filters: Any) -> list[str]:
-        return [i.id for i in await client.list_customer_invoices("7", **filters)]
+        return [str(i.id) for i in await client.list_customer_invoices("7", **filters)]
 
     assert await ids() == raised
     assert other_customer not in await ids(include_unsent=True)
