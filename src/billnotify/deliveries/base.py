@@ -21,6 +21,11 @@ class DeliveryStatus(StrEnum):
     DEAD = "dead"
     UNCERTAIN = "uncertain"
     DRY_RUN = "dry_run"
+    WAITING = "waiting"
+    """A chained action (``after``) waiting for its predecessor to succeed."""
+    SKIPPED = "skipped"
+    """A chained action not run because its predecessor ended ``dead`` or ``uncertain``
+    (the note says which); it runs if the predecessor later succeeds."""
 
 
 class Outcome(StrEnum):
