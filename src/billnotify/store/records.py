@@ -278,6 +278,24 @@ def default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+@dataclass(frozen=True, slots=True)
+class ChainMove:
+    """A chained delivery's next status (:meth:`~billnotify.store.base.Chains.move_chained`).
+
+    Attributes:
+        id: the delivery.
+        expect: it moves only while its status is one of these (a move computed from
+            an older read never overrides what happened since).
+        status: the new status; ``pending`` makes it due at once.
+        note: why (``after link: uncertain``).
+    """
+
+    id: str
+    expect: tuple[DeliveryStatus, ...]
+    status: DeliveryStatus
+    note: str
+
+
 DUE_STATUSES = frozenset({DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED})
 """The statuses of a delivery waiting for its next attempt: a change to one of them may
 make work due (:attr:`~billnotify.store.base.Ledger.due_changed`)."""
