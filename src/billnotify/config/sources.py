@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from billnotify.config.base import StrictModel, check_http_url, check_name
 from billnotify.config.types import Duration
@@ -34,6 +34,8 @@ class _SourceBase(StrictModel):
     """Enables ``POST /hooks/<name>``: ``whsec_…`` verifies Standard Webhooks signatures, any other (16+ characters) is a Bearer token."""
     timezone: str = "UTC"
     """IANA zone the platform's zone-less timestamps and due dates are read in (``stalled``, ``overdue``, cursors)."""
+    reconcile_interval: Duration = timedelta(hours=6)
+    """How often every id of each watched resource is listed to find deleted and restored records (``{entity}.deleted`` / ``.restored``); ``"0s"`` turns it off."""
 
     _name_ok = field_validator("name")(check_name)
 
@@ -51,6 +53,13 @@ class _SourceBase(StrictModel):
             raise ValueError(
                 f"unknown time zone {value!r} (an IANA name like 'Europe/London')"
             ) from None
+        return value
+
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _check_reconcile_interval(cls, value: timedelta) -> timedelta:
+        if timedelta(0) < value < timedelta(seconds=1):
+            raise ValueError('must be "0s" (off) or at least "1s"')
         return value
 
     @field_validator("hook_secret")
@@ -119,8 +128,17 @@ class PropertyBillingSource(_SourceBase):
     """Path of the document download (the documentation's spelling by default)."""
     enrich: bool = True
     """Fetch ``Billing/<id>`` for every new or updated header."""
+    include_device_consumptions: bool = False
+    """Ask ``Billing/<id>`` with ``includeDeviceConsumptions=true`` (needs ``enrich``)."""
 
     _url_ok = field_validator("base_url", "auth_url")(check_http_url)
+
+    @field_validator("include_device_consumptions")
+    @classmethod
+    def _check_consumptions_need_enrich(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("enrich") is False:
+            raise ValueError("needs enrich = true: device consumptions come with Billing/<id>")
+        return value
 
 
 SourceConfig = Annotated[BillingPlatformSource | PropertyBillingSource, Field(discriminator="kind")]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from aiohttp import web
@@ -73,6 +74,8 @@ class Simulator:
             administrator_ids=administrator_ids,
             token_ttl=token_ttl,
         )
+        #: ``METHOD /path?query`` of the latest requests received, oldest first (for tests).
+        self.requests: deque[str] = deque(maxlen=10_000)
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self.host = "127.0.0.1"
@@ -81,7 +84,9 @@ class Simulator:
     def app(self) -> web.Application:
         """Return the aiohttp application (built once)."""
         if self._app is None:
-            app = web.Application(middlewares=[self.faults.middleware(), error_middleware()])
+            app = web.Application(
+                middlewares=[self._record, self.faults.middleware(), error_middleware()]
+            )
             app.router.add_post(AUTH_PATH, self.property_api.authenticate)
             app.router.add_get("/download/invoice/{token}", download_handler(self.state))
             ControlApi(self).register(app)
@@ -89,6 +94,15 @@ class Simulator:
             app.add_subapp(PROPERTY_PREFIX, self.property_api.app())
             self._app = app
         return self._app
+
+    @web.middleware
+    async def _record(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        self.requests.append(f"{request.method} {request.path_qs}")
+        return await handler(request)
 
     @property
     def base_url(self) -> str:

@@ -4,7 +4,8 @@ A header that is new is ``billing_header.published``; one whose ``updateTimeStam
 changed is ``billing_header.updated``. ``LastUpdate`` is a day in the platform's zone, so
 the cursor is that zone's date and each cycle asks from the cursor's day minus one (a day
 of overlap); re-read headers equal their snapshot and emit nothing. Events are enriched
-with ``data.billing`` = ``Billing/<id>``.
+with ``data.billing`` = ``Billing/<id>`` (its units' device consumptions included when
+the source sets ``include_device_consumptions``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ class PropertyBillingSync:
         """Attach ``Billing/<id>``; a failure to enrich is logged, never loses the event."""
         data: dict[str, Any] = dict(event.data)
         try:
-            data["billing"] = await self.client.billing(event.object_id)
+            data["billing"] = await self.client.billing(
+                event.object_id,
+                include_device_consumptions=self.config.include_device_consumptions,
+            )
             stats.requests += 1
         except SourceError as exc:
             logger.warning(
