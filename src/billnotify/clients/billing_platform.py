@@ -296,16 +296,28 @@ class BillingPlatformClient(InvoiceActions, TransportClient):
     async def get_invoice_pdf(self, invoice_id: int | str) -> bytes:
         """Download an invoice's PDF (unsent invoices have none).
 
+        A body that does not start with ``%PDF-`` is still taken when the platform
+        answered it as ``application/pdf`` (a leading blank line or BOM is common and
+        readers cope); a warning names the invoice.
+
         Raises:
-            MalformedResponseError: the body is not a PDF.
+            MalformedResponseError: the body is empty, or not a PDF by its bytes or its type.
         """
         resp = await self.transport.request(
             "GET", f"{INVOICES}/{segment(invoice_id)}", headers={"Accept": "application/pdf"}
         )
         if not resp.body.startswith(b"%PDF-"):
             ctype = resp.content_type or "no content type"
-            raise MalformedResponseError(
-                f"expected a PDF, got {ctype}: {resp.snippet()}", url=resp.url
+            if ctype != "application/pdf" or not resp.body:
+                raise MalformedResponseError(
+                    f"expected a PDF, got {ctype}: {resp.snippet()}", url=resp.url
+                )
+            logger.warning(
+                "invoice %s: its PDF (application/pdf, %d bytes) starts with %r, not %%PDF-;"
+                " used as it is",
+                invoice_id,
+                len(resp.body),
+                resp.body[:8],
             )
         return resp.body
 

@@ -319,8 +319,11 @@ class PropertyBillingClient(TransportClient):
     async def billing_document(self, document_id: str) -> bytes:
         """Download a billing document (``BExxxxxxxx``) as PDF bytes.
 
+        As for invoice PDFs, a body answered as ``application/pdf`` is taken even when
+        it does not start with ``%PDF-`` (with a warning naming the document).
+
         Raises:
-            MalformedResponseError: the body is not a PDF.
+            MalformedResponseError: the body is empty, or not a PDF by its bytes or its type.
         """
         if not DOCUMENT_ID.fullmatch(document_id):
             logger.warning("document id %r does not look like BExxxxxxxx", document_id)
@@ -331,7 +334,15 @@ class PropertyBillingClient(TransportClient):
         )
         if not resp.body.startswith(b"%PDF-"):
             ctype = resp.content_type or "no content type"
-            raise MalformedResponseError(
-                f"expected a PDF, got {ctype}: {resp.snippet()}", url=resp.url
+            if ctype != "application/pdf" or not resp.body:
+                raise MalformedResponseError(
+                    f"expected a PDF, got {ctype}: {resp.snippet()}", url=resp.url
+                )
+            logger.warning(
+                "billing document %s: application/pdf, %d bytes, starts with %r, not %%PDF-;"
+                " used as it is",
+                document_id,
+                len(resp.body),
+                resp.body[:8],
             )
         return resp.body
