@@ -16,6 +16,9 @@ import pg
 from billnotify.store import MemoryStore, ProcessStore, SqliteStore, Store
 from billnotify.store.postgres import PgStore
 from store_contract import EventLogContract, LifecycleContract, SnapshotsContract
+from store_contract_chains import ChainsContract
+from store_contract_groups import GroupsContract
+from store_contract_holds import HoldsContract
 from store_contract_leases import (
     INSTANCE,
     DueWakeUpContract,
@@ -73,6 +76,10 @@ class TestOperatorLog(OperatorLogContract):
     pass
 
 
+class TestChains(ChainsContract):
+    pass
+
+
 class TestLeases(LeasesContract):
     pass
 
@@ -86,4 +93,12 @@ class TestRecovery(RecoveryContract):
 
 
 class TestDueWakeUp(DueWakeUpContract):
+    pass
+
+
+class TestGroups(GroupsContract):
+    pass
+
+
+class TestHolds(HoldsContract):
     pass

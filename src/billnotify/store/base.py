@@ -18,8 +18,10 @@ from typing import Protocol
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.events import CloudEvent
+from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.records import (
     AttemptEnd,
+    ChainMove,
     Delivery,
     DueBatch,
     Instance,
@@ -308,6 +310,78 @@ class OperatorLog(Protocol):
         """Operator actions, newest first; only those done to ``subject`` when given."""
 
 
+class Chains(Protocol):
+    """Chained actions (SPEC §7.5): the answers kept with deliveries, and the deliveries
+    that wait for a predecessor (``waiting``) or were skipped because of one."""
+
+    async def keep_result(self, delivery_id: str, result: str, now: datetime) -> None:
+        """Keep what an attempt of the delivery was answered (JSON), replacing an older
+        answer; committed before the attempt's success is."""
+
+    async def get_results(self, ids: Sequence[str]) -> dict[str, str]:
+        """Delivery id -> the answer kept (JSON); ids without one are absent."""
+
+    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped``, oldest first, without attempt history."""
+
+    async def move_chained(self, moves: Sequence[ChainMove], now: datetime) -> list[str]:
+        """Apply each move whose delivery is still in one of its ``expect`` statuses, in
+        ONE transaction (a delivery made ``pending`` is due at ``now``, and its note is
+        the move's). Returns the ids moved."""
+
+
+class Groups(Protocol):
+    """Grouped rules (SPEC §7.2): the events collected per group, and each group's flushes.
+
+    Collecting is idempotent per (rule, event), so a batch read again after a crash adds
+    nothing; a flush writes its digest, marks its members, records its deliveries and
+    moves the group's next flush in ONE transaction, so a crash neither loses nor
+    repeats one.
+    """
+
+    async def add_group_members(self, members: Sequence[GroupMember], now: datetime) -> int:
+        """Collect members (each (rule, event) once); a member of a group that is not
+        open opens it, due at the member's ``flush_at``. Returns how many were new."""
+
+    async def due_groups(
+        self, now: datetime, limit: int = 100, members_limit: int = 1000
+    ) -> list[DueGroup]:
+        """Groups whose flush time has come (soonest first), each with at most
+        ``members_limit`` of its members not flushed yet, oldest first."""
+
+    async def next_group_flush_at(self) -> datetime | None:
+        """When the next group is due to flush (None: no group is open)."""
+
+    async def flush_group(self, flush: GroupFlush, now: datetime) -> int:
+        """Write a flush in one transaction (see :class:`GroupFlush`), or, when its
+        ``id`` is None, close the group unless members arrived meanwhile. Returns how
+        many of its deliveries were new."""
+
+    async def get_digest(self, flush_id: str) -> str | None:
+        """The digest (JSON) a flush's deliveries carry, None for an unknown flush."""
+
+
+class Holds(Protocol):
+    """Deliveries held back without an attempt (SPEC §7.2): a mute window defers them,
+    a rate limit gives each its turn, the same turns for every process on the store."""
+
+    async def defer_delivery(
+        self, delivery_id: str, until: datetime, now: datetime, note: str
+    ) -> bool:
+        """Make a delivery that is due (``pending`` / ``retry_scheduled``, its time come)
+        due at ``until`` instead, its note saying why; no attempt is opened or counted.
+        Returns False, changing nothing, when it is not due any more (started, settled or
+        deferred meanwhile)."""
+
+    async def take_turn(
+        self, key: str, holder: str, now: datetime, limit: int, period: timedelta
+    ) -> datetime | None:
+        """Take ``holder``'s turn under rate limit ``key`` (``limit`` per ``period``),
+        atomically for every process on the store: None when it may go now (the turn is
+        taken at ``now``), else when its turn comes (kept for ``holder``: asked again
+        then, it goes). :func:`billnotify.deliveries.turns.plan_turn` places turns."""
+
+
 class Leases(Protocol):
     """Which live process holds which role, for several processes on one store.
 
@@ -343,7 +417,18 @@ class Leases(Protocol):
 
 
 class Store(
-    Lifecycle, Snapshots, EventLog, Ledger, Deliveries, Endpoints, OperatorLog, Leases, Protocol
+    Lifecycle,
+    Snapshots,
+    EventLog,
+    Ledger,
+    Deliveries,
+    Endpoints,
+    OperatorLog,
+    Chains,
+    Groups,
+    Holds,
+    Leases,
+    Protocol,
 ):
     """The whole durable state, as the composition root opens it.
 

@@ -10,6 +10,8 @@ the object (and outlives :meth:`~MemoryStore.close`, as a file would).
 - ``memory_log.py``: snapshots, cursors, the event log, positions;
 - ``memory_ledger.py``: deliveries, attempts, endpoints;
 - ``memory_operators.py``: what operators did by hand;
+- ``memory_groups.py``: grouped rules' members and flushes;
+- ``memory_holds.py``: deliveries deferred, rate limits' turns;
 - ``memory_leases.py``: instances' heartbeats and leases.
 """
 
@@ -18,13 +20,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from billnotify.store.base import Store
+from billnotify.store.memory_chains import ChainTables
+from billnotify.store.memory_groups import GroupTables
+from billnotify.store.memory_holds import HoldTables
 from billnotify.store.memory_leases import LeaseTables
-from billnotify.store.memory_ledger import LedgerTables
 from billnotify.store.memory_log import LogTables
 from billnotify.store.memory_operators import OperatorTables
 
 
-class MemoryStore(LedgerTables, OperatorTables, LeaseTables, LogTables):
+class MemoryStore(ChainTables, GroupTables, HoldTables, OperatorTables, LeaseTables, LogTables):
     """:class:`~billnotify.store.base.Store` in memory (see the module docstring).
 
     Args:

@@ -7,6 +7,8 @@ processes.
 - ``postgres_ledger.py``: deliveries recorded, due, attempted, recovered;
 - ``postgres_deliveries.py``: deliveries read and settled, endpoints;
 - ``postgres_operators.py``: what operators did by hand;
+- ``postgres_groups.py``: grouped rules' members and flushes;
+- ``postgres_holds.py``: deliveries deferred, rate limits' turns (under a lock);
 - ``postgres_leases.py``: instances' heartbeats and leases.
 
 It keeps the SQLite store's semantics call for call (the store contract); what several
@@ -18,6 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from billnotify.store.postgres_chains import ChainTables
+from billnotify.store.postgres_groups import GroupTables
+from billnotify.store.postgres_holds import HoldTables
 from billnotify.store.postgres_leases import LeaseTables
 from billnotify.store.postgres_ledger import LedgerTables
 from billnotify.store.postgres_log import LogTables
@@ -27,7 +32,15 @@ if TYPE_CHECKING:
     from billnotify.store.base import Store
 
 
-class PgStore(LedgerTables, OperatorTables, LeaseTables, LogTables):
+class PgStore(
+    LedgerTables,
+    OperatorTables,
+    ChainTables,
+    GroupTables,
+    HoldTables,
+    LeaseTables,
+    LogTables,
+):
     """:class:`~billnotify.store.base.Store` on a PostgreSQL database (asyncpg).
 
     Args:

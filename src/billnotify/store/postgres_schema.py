@@ -16,7 +16,11 @@ The tables mirror the SQLite store's (``store/schema.py``), with two differences
   recovery of a dead instance's ``sending`` rows once several share the database.
 
 Migration 2 adds ``instances`` (heartbeats) and ``leases`` (holder and fencing epoch);
-migration 3 ``operator_actions`` (what operators did by hand, SPEC §7.4).
+migration 3 ``operator_actions`` (what operators did by hand, SPEC §7.4); migration 4
+``delivery_results`` (the answers chained actions read, SPEC §7.5); migration 5
+``rate_turns`` (the turns of rate limits, SPEC §7.2: seconds since the epoch, as the
+planner computes them); migration 6 ``rule_groups``, ``group_members`` and
+``group_flushes`` (grouped rules' digests, SPEC §7.2).
 """
 
 from __future__ import annotations
@@ -142,6 +146,52 @@ MIGRATIONS: tuple[str, ...] = (
         result TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX operator_actions_subject ON operator_actions (subject, at);
+    """,
+    """
+    CREATE TABLE delivery_results (
+        delivery_id TEXT PRIMARY KEY,
+        result TEXT NOT NULL,
+        recorded_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX deliveries_chained ON deliveries (created_at)
+        WHERE status IN ('waiting', 'skipped');
+    """,
+    """
+    CREATE TABLE rate_turns (
+        id BIGSERIAL PRIMARY KEY,
+        key TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        holder TEXT
+    );
+    CREATE INDEX rate_turns_key ON rate_turns (key, at);
+    """,
+    """
+    CREATE TABLE rule_groups (
+        rule TEXT NOT NULL,
+        key TEXT NOT NULL,
+        opened_at TIMESTAMPTZ NOT NULL,
+        flush_at TIMESTAMPTZ NOT NULL,
+        flushes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rule, key)
+    );
+    CREATE INDEX rule_groups_due ON rule_groups (flush_at);
+    CREATE TABLE group_members (
+        rule TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        event_seq BIGINT NOT NULL,
+        flush_id TEXT,
+        PRIMARY KEY (rule, event_id)
+    );
+    CREATE INDEX group_members_open ON group_members (rule, key, event_seq)
+        WHERE flush_id IS NULL;
+    CREATE TABLE group_flushes (
+        id TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        key TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    );
     """,
 )
 """Migration N (from 1) is ``MIGRATIONS[N - 1]``; append, never edit a released one."""

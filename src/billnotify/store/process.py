@@ -38,9 +38,11 @@ from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.channel import Channel
+from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.records import (
     DUE_STATUSES,
     AttemptEnd,
+    ChainMove,
     Delivery,
     DueBatch,
     Instance,
@@ -127,8 +129,9 @@ class ProcessStore:
     async def get_snapshots(
         self, source: str, entity: str, ids: Sequence[str]
     ) -> dict[str, Snapshot]:
-        """The stored snapshots of ``ids``."""
-        return await self._call(SqliteStore.get_snapshots, source, entity, list(ids))
+        """The stored snapshots of ``ids`` (their rows cross the pipe, parsed here)."""
+        rows = await self._call(SqliteStore.snapshot_rows, source, entity, list(ids))
+        return {snap.id: snap for snap in map(SqliteStore._snapshot, rows)}
 
     async def due_snapshots(
         self, source: str, entity: str, now: datetime, limit: int = 500
@@ -368,6 +371,64 @@ class ProcessStore:
     ) -> list[OperatorAction]:
         """Operator actions, newest first (``subject``: only those done to it)."""
         return await self._call(SqliteStore.operator_actions, subject, limit)
+
+    # -- chained actions -------------------------------------------------------------
+    async def keep_result(self, delivery_id: str, result: str, now: datetime) -> None:
+        """Keep a delivery's answer (JSON), replacing an older one."""
+        await self._call(SqliteStore.keep_result, delivery_id, result, now)
+
+    async def get_results(self, ids: Sequence[str]) -> dict[str, str]:
+        """Delivery id -> the answer kept."""
+        return await self._call(SqliteStore.get_results, list(ids))
+
+    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped``, oldest first."""
+        return await self._call(SqliteStore.chained_deliveries, limit)
+
+    async def move_chained(self, moves: Sequence[ChainMove], now: datetime) -> list[str]:
+        """Apply the moves whose delivery is still in an expected status."""
+        moved = await self._call(SqliteStore.move_chained, list(moves), now)
+        pending = {m.id for m in moves if m.status is DeliveryStatus.PENDING}
+        await self._wake(self.due_changed, pending.intersection(moved))
+        return moved
+
+    # -- grouped rules ---------------------------------------------------------------
+    async def add_group_members(self, members: Sequence[GroupMember], now: datetime) -> int:
+        """Collect members (each (rule, event) once), opening the groups they start."""
+        return await self._call(SqliteStore.add_group_members, list(members), now)
+
+    async def due_groups(
+        self, now: datetime, limit: int = 100, members_limit: int = 1000
+    ) -> list[DueGroup]:
+        """Groups whose flush time has come, with their unflushed members."""
+        return await self._call(SqliteStore.due_groups, now, limit, members_limit)
+
+    async def next_group_flush_at(self) -> datetime | None:
+        """When the next group flushes."""
+        return await self._call(SqliteStore.next_group_flush_at)
+
+    async def flush_group(self, flush: GroupFlush, now: datetime) -> int:
+        """Write one flush (or close the group); returns how many deliveries were new."""
+        inserted = await self._call(SqliteStore.flush_group, flush, now)
+        await self._wake(self.due_changed, inserted)
+        return inserted
+
+    async def get_digest(self, flush_id: str) -> str | None:
+        """The digest (JSON) a flush's deliveries carry."""
+        return await self._call(SqliteStore.get_digest, flush_id)
+
+    # -- holds -----------------------------------------------------------------------
+    async def defer_delivery(
+        self, delivery_id: str, until: datetime, now: datetime, note: str
+    ) -> bool:
+        """Make a still-due delivery due at ``until``, without an attempt."""
+        return await self._call(SqliteStore.defer_delivery, delivery_id, until, now, note)
+
+    async def take_turn(
+        self, key: str, holder: str, now: datetime, limit: int, period: timedelta
+    ) -> datetime | None:
+        """``holder``'s turn under rate limit ``key``: None to go now, else when."""
+        return await self._call(SqliteStore.take_turn, key, holder, now, limit, period)
 
     # -- leases ----------------------------------------------------------------------
     async def heartbeat(

@@ -6,7 +6,7 @@ it cannot add to an existing table (a column) is an upgrade in :data:`UPGRADES`,
 once, in the transaction that opens the older state and marks it with the new version.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -99,6 +99,39 @@ CREATE TABLE IF NOT EXISTS operator_actions (
     result TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS operator_actions_subject ON operator_actions (subject, at);
+CREATE TABLE IF NOT EXISTS delivery_results (
+    delivery_id TEXT PRIMARY KEY,
+    result TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_chained ON deliveries (created_at)
+    WHERE status IN ('waiting', 'skipped');
+CREATE TABLE IF NOT EXISTS rule_groups (
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    flush_at REAL NOT NULL,
+    flushes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (rule, key)
+);
+CREATE INDEX IF NOT EXISTS rule_groups_due ON rule_groups (flush_at);
+CREATE TABLE IF NOT EXISTS group_members (
+    rule TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_seq INTEGER NOT NULL,
+    flush_id TEXT,
+    PRIMARY KEY (rule, event_id)
+);
+CREATE INDEX IF NOT EXISTS group_members_open ON group_members (rule, key, event_seq)
+    WHERE flush_id IS NULL;
+CREATE TABLE IF NOT EXISTS group_flushes (
+    id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
     started_at REAL NOT NULL,
@@ -111,9 +144,19 @@ CREATE TABLE IF NOT EXISTS leases (
     epoch INTEGER NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rate_turns (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    holder TEXT
+);
+CREATE INDEX IF NOT EXISTS rate_turns_key ON rate_turns (key, at);
 """
 
 UPGRADES: dict[int, str] = {
     2: "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;",
+    3: "",  # delivery_results and the deliveries_chained index come with SCHEMA
+    4: "",  # rate_turns (rate limits' turns) comes with SCHEMA
+    5: "",  # rule_groups, group_members and group_flushes come with SCHEMA
 }
 """Version -> what brings a state of the version before it there (beyond :data:`SCHEMA`)."""

@@ -16,19 +16,34 @@ is why the store runs its own thread rather than aiosqlite's statement-per-trip 
 - ``sqlite_deliveries.py``: deliveries read and settled, endpoints (:class:`Deliveries`,
   :class:`Endpoints`);
 - ``sqlite_operators.py``: what operators did by hand (:class:`OperatorLog`);
+- ``sqlite_chains.py``: answers kept, chained deliveries moved on (:class:`Chains`);
+- ``sqlite_groups.py``: grouped rules' members and flushes (:class:`Groups`);
+- ``sqlite_holds.py``: deliveries deferred, rate limits' turns (:class:`Holds`);
 - ``sqlite_leases.py``: instances' heartbeats and leases (:class:`Leases`).
 """
 
 from __future__ import annotations
 
+from billnotify.store.sqlite_chains import ChainTables
 from billnotify.store.sqlite_deliveries import DeliveryTables
+from billnotify.store.sqlite_groups import GroupTables
+from billnotify.store.sqlite_holds import HoldTables
 from billnotify.store.sqlite_leases import LeaseTables
 from billnotify.store.sqlite_ledger import LedgerTables
 from billnotify.store.sqlite_log import LogTables
 from billnotify.store.sqlite_operators import OperatorTables
 
 
-class SqliteStore(LedgerTables, DeliveryTables, OperatorTables, LeaseTables, LogTables):
+class SqliteStore(
+    LedgerTables,
+    DeliveryTables,
+    OperatorTables,
+    ChainTables,
+    GroupTables,
+    HoldTables,
+    LeaseTables,
+    LogTables,
+):
     """:class:`~billnotify.store.base.Store` on a SQLite file.
 
     Args:

@@ -1,0 +1,55 @@
+"""Deliveries held back without an attempt (mute windows, rate-limit turns), in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from billnotify.deliveries.turns import plan_turn
+from billnotify.store.memory_ledger import LedgerTables
+from billnotify.store.memory_log import _utc
+from billnotify.store.records import DUE_STATUSES
+
+
+@dataclass(slots=True)
+class _Turn:
+    at: float
+    holder: str | None
+
+
+class HoldTables(LedgerTables):
+    """Deferring a due delivery; each rate limit's turns."""
+
+    def __init__(self, instance: str | None = None) -> None:
+        super().__init__(instance)
+        self._turns: dict[str, list[_Turn]] = {}
+
+    async def defer_delivery(
+        self, delivery_id: str, until: datetime, now: datetime, note: str
+    ) -> bool:
+        """Make a still-due delivery due at ``until``, without an attempt."""
+        row = self._rows().get(delivery_id)
+        due_at = row.next_attempt_at if row is not None else None
+        if row is None or row.status not in DUE_STATUSES or due_at is None or due_at > now:
+            return False
+        self._update(row, next_attempt_at=_utc(until), note=note, updated_at=_utc(now))
+        return True
+
+    async def take_turn(
+        self, key: str, holder: str, now: datetime, limit: int, period: timedelta
+    ) -> datetime | None:
+        """``holder``'s turn under rate limit ``key``: None to go now, else when."""
+        self._live()
+        ts, seconds = now.timestamp(), period.total_seconds()
+        turns = [t for t in self._turns.get(key, []) if t.at > ts - 2 * seconds]
+        turns.sort(key=lambda t: t.at)
+        mine = next((t for t in turns if t.holder == holder), None)
+        others = [t.at for t in turns if t is not mine]
+        at = plan_turn(others, None if mine is None else mine.at, ts, limit, seconds)
+        go = at <= ts
+        if mine is None:
+            mine = _Turn(at, holder)
+            turns.append(mine)
+        mine.at, mine.holder = (ts, None) if go else (at, holder)
+        self._turns[key] = turns
+        return None if go else datetime.fromtimestamp(at, UTC)

@@ -1,0 +1,70 @@
+"""Deliveries held back without an attempt (mute windows, rate-limit turns), on
+PostgreSQL.
+
+A rate limit's turns are taken under a transaction-scoped advisory lock on its key, so
+processes sharing the database take them one at a time and each sees the turns the
+others took: the limit holds across all of them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.turns import plan_turn
+from billnotify.store.postgres_base import PgBase, affected
+
+_TURN_LOCK = "billnotify-rate:"
+"""Prefix of the advisory lock key of a rate limit (``hashtextextended`` of it)."""
+
+
+class HoldTables(PgBase):
+    """Deferring a due delivery; the ``rate_turns`` log of every rate limit."""
+
+    async def defer_delivery(
+        self, delivery_id: str, until: datetime, now: datetime, note: str
+    ) -> bool:
+        """Make a still-due delivery due at ``until``, without an attempt."""
+        async with self._transaction() as conn:
+            done = await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = $1, note = $2, updated_at = $3 "
+                "WHERE id = $4 AND status = ANY($5) AND next_attempt_at <= $3",
+                until,
+                note,
+                now,
+                delivery_id,
+                [DeliveryStatus.PENDING.value, DeliveryStatus.RETRY_SCHEDULED.value],
+            )
+        return affected(done) > 0
+
+    async def take_turn(
+        self, key: str, holder: str, now: datetime, limit: int, period: timedelta
+    ) -> datetime | None:
+        """``holder``'s turn under rate limit ``key``: None to go now, else when."""
+        ts, seconds = now.timestamp(), period.total_seconds()
+        async with self._transaction() as conn:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _TURN_LOCK + key
+            )
+            await conn.execute(
+                "DELETE FROM rate_turns WHERE key = $1 AND at <= $2", key, ts - 2 * seconds
+            )
+            rows = await conn.fetch(
+                "SELECT id, at, holder FROM rate_turns WHERE key = $1 ORDER BY at", key
+            )
+            mine = next((row for row in rows if row["holder"] == holder), None)
+            others = [float(row["at"]) for row in rows if row is not mine]
+            at = plan_turn(others, None if mine is None else float(mine["at"]), ts, limit, seconds)
+            go = at <= ts
+            if mine is not None and not go and at == float(mine["at"]):
+                return datetime.fromtimestamp(at, UTC)
+            values = (ts, None) if go else (at, holder)
+            if mine is not None:
+                await conn.execute(
+                    "UPDATE rate_turns SET at = $1, holder = $2 WHERE id = $3", *values, mine["id"]
+                )
+            else:
+                await conn.execute(
+                    "INSERT INTO rate_turns (key, at, holder) VALUES ($1, $2, $3)", key, *values
+                )
+        return None if go else datetime.fromtimestamp(at, UTC)

@@ -1,0 +1,77 @@
+"""Deliveries held back without an attempt (mute windows, rate-limit turns), on SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.turns import plan_turn
+from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
+
+
+class HoldTables(SqliteBase):
+    """Deferring a due delivery; the ``rate_turns`` log of every rate limit."""
+
+    async def defer_delivery(
+        self, delivery_id: str, until: datetime, now: datetime, note: str
+    ) -> bool:
+        """Make a still-due delivery due at ``until``, without an attempt."""
+        params = (
+            _ts(until),
+            note,
+            now.timestamp(),
+            delivery_id,
+            DeliveryStatus.PENDING,
+            DeliveryStatus.RETRY_SCHEDULED,
+            now.timestamp(),
+        )
+
+        def work(db: sqlite3.Connection) -> bool:
+            changed = db.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, note = ?, updated_at = ? "
+                "WHERE id = ? AND status IN (?, ?) AND next_attempt_at <= ?",
+                params,
+            ).rowcount
+            return changed > 0
+
+        return await self._write(work)
+
+    async def take_turn(
+        self, key: str, holder: str, now: datetime, limit: int, period: timedelta
+    ) -> datetime | None:
+        """``holder``'s turn under rate limit ``key``: None to go now, else when."""
+        ts, seconds = now.timestamp(), period.total_seconds()
+
+        def work(db: sqlite3.Connection) -> float | None:
+            # one writer at a time: the turns read here are every process's
+            db.execute("DELETE FROM rate_turns WHERE key = ? AND at <= ?", (key, ts - 2 * seconds))
+            mine = db.execute(
+                "SELECT id, at FROM rate_turns WHERE key = ? AND holder = ? ORDER BY at LIMIT 1",
+                (key, holder),
+            ).fetchone()
+            others = [
+                float(row[0])
+                for row in db.execute(
+                    "SELECT at FROM rate_turns WHERE key = ? AND id IS NOT ? ORDER BY at",
+                    (key, mine[0] if mine else None),
+                )
+            ]
+            at = plan_turn(others, float(mine[1]) if mine else None, ts, limit, seconds)
+            if mine is not None and at == float(mine[1]) and at > ts:
+                return at
+            go = at <= ts
+            if mine is not None:
+                db.execute(
+                    "UPDATE rate_turns SET at = ?, holder = ? WHERE id = ?",
+                    (ts if go else at, None if go else holder, mine[0]),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO rate_turns (key, at, holder) VALUES (?, ?, ?)",
+                    (key, ts if go else at, None if go else holder),
+                )
+            return None if go else at
+
+        at = await self._write(work)
+        return _dt(at)
