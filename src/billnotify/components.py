@@ -52,6 +52,7 @@ from billnotify.sources import (
     build_billing_syncs,
 )
 from billnotify.sources.base import FencedSnapshots, PollStats, ResourceSync
+from billnotify.sources.reconcile_ids import build_id_reconciler
 from billnotify.store.base import Store
 from billnotify.templating import TemplateRenderer
 
@@ -106,6 +107,8 @@ def secret_values(config: Config) -> list[str]:
         values += [raw, raw.removeprefix("whsec_")]
     if config.service.state_password and config.service.state_password.resolved:
         values.append(config.service.state_password.reveal())
+    if config.service.console_token and config.service.console_token.resolved:
+        values.append(config.service.console_token.reveal())
     return values
 
 
@@ -345,6 +348,7 @@ def build_components(
             failing_after=source.failing_after,
             clock=clock,
             role=keeper.role(poll_lease(sync.source, sync.resource)),
+            reconciler=build_id_reconciler(sync, source, clock=clock),
         )
         for sync, source in _syncs(config, actions, store, clock, keeper)
     ]

@@ -3,7 +3,8 @@
 The store marks a snapshot *dirty* whenever it is written; a page of dirty snapshots
 is published (retained) for the entities in ``retain_state`` and then cleared, so the
 retained state catches up after an outage instead of being lost with it. Snapshots
-of other entities are cleared without publishing.
+of other entities are cleared without publishing. A record the platform deleted
+(SPEC §7.5) clears its topic with an empty retained message; a restored one sets it again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from billnotify.config.models import MqttConfig
 from billnotify.publish.connection import effective_protocol, properties
 from billnotify.publish.topics import state_topic
 from billnotify.publish.window import InflightWindow
+from billnotify.sources.deletions import DELETED
 
 if TYPE_CHECKING:
     from billnotify.store.base import Snapshots
@@ -61,7 +63,11 @@ class StatePublisher:
             if snap.entity not in self._retain:
                 continue
             topic = state_topic(self._config.prefix, snap.source, snap.entity, snap.id)
-            payload = json.dumps(snap.record, separators=(",", ":"), default=str).encode()
+            payload = (
+                b""  # an empty retained message clears the topic: the record is gone
+                if DELETED in snap.marks
+                else json.dumps(snap.record, separators=(",", ":"), default=str).encode()
+            )
             publish = functools.partial(
                 client.publish,
                 topic,

@@ -3,12 +3,14 @@
 - ``GET /_sim/state``: counts per resource and status;
 - ``POST /_sim/tick`` (``{"count": n}``): advance the scenario; ``POST /_sim/populate``;
 - ``GET|POST|DELETE /_sim/faults``: list, arm (``{path_prefix, kind, count, retry_after,
-  delay, method}``) and clear faults;
+  delay, method, after}``) and clear faults;
 - ``GET|DELETE /_sim/actions``: the invoice action log;
 - ``POST /_sim/action_failures`` (``{action, error_code, invoice_id, count}``);
 - ``POST /_sim/{billing_tasks|billing_runs|invoices|customers|billing_headers}``: create
   (JSON body of fields; ``propertyUUId`` for headers); ``PUT|PATCH|POST .../{id}``: update;
-  ``DELETE /_sim/invoices/{id}``;
+  ``DELETE /_sim/{kind}/{id}`` (any kind, headers too) and ``POST
+  /_sim/{kind}/{id}/restore`` (``{"touch": true}`` bumps its update time): deleted and
+  restored records;
 - ``GET /_sim/email_calls/{invoice_id}``: how many ``email`` actions succeeded;
 - ``POST /_sim/config`` (any of ``page_max``, ``token_ttl``, ``expert_level``,
   ``xero_module_active``, ``api_key``);
@@ -85,6 +87,8 @@ class ControlApi:
         for method in ("PUT", "PATCH", "POST"):
             r.add_route(method, "/_sim/{kind}/{id}", self.update)
         r.add_delete("/_sim/invoices/{id}", self.delete_invoice)
+        r.add_delete("/_sim/{kind}/{id}", self.delete_record)
+        r.add_post("/_sim/{kind}/{id}/restore", self.restore_record)
 
     async def summary(self, request: web.Request) -> web.StreamResponse:
         """Counts of records per resource and status, and the scenario's progress."""
@@ -143,6 +147,7 @@ class ControlApi:
             retry_after=None if retry_after is None else float(retry_after),
             delay=float(body.get("delay", 0)),
             method=body.get("method"),
+            after=int(body.get("after", 0)),
         )
         return web.json_response(self.sim.faults.snapshot(), status=201)
 
@@ -258,6 +263,29 @@ class ControlApi:
             raise ApiError(404, "Not Found", hint=f"No record {exc}") from exc
         except (ValueError, TypeError) as exc:
             raise ApiError(400, "Bad Request", hint=str(exc)) from exc
+        return web.json_response(record)
+
+    async def delete_record(self, request: web.Request) -> web.StreamResponse:
+        """Delete a record of any kind (kept aside for ``.../restore``)."""
+        kind, record_id = request.match_info["kind"], request.match_info["id"]
+        if kind not in self.sim.state.deleted:
+            raise ApiError(404, "Not Found", hint=f"Unknown resource {kind!r}")
+        try:
+            record = self.sim.state.delete_record(kind, record_id)
+        except (KeyError, ValueError) as exc:
+            raise ApiError(404, "Not Found", hint=f"No record {record_id}") from exc
+        return web.json_response(record)
+
+    async def restore_record(self, request: web.Request) -> web.StreamResponse:
+        """Bring a deleted record back (``{"touch": true}`` bumps its update time)."""
+        kind, record_id = request.match_info["kind"], request.match_info["id"]
+        body = await read_json_object(request)
+        if kind not in self.sim.state.deleted:
+            raise ApiError(404, "Not Found", hint=f"Unknown resource {kind!r}")
+        try:
+            record = self.sim.state.restore_record(kind, record_id, touch=bool(body.get("touch")))
+        except KeyError as exc:
+            raise ApiError(404, "Not Found", hint=f"No deleted record {record_id}") from exc
         return web.json_response(record)
 
     async def delete_invoice(self, request: web.Request) -> web.StreamResponse:

@@ -47,6 +47,8 @@ class Fault:
     delay: float
     method: str | None
     fired: int = 0
+    after: int = 0
+    """Matching requests let through before it fires (a fault in the middle of a listing)."""
 
 
 def _format_retry_after(seconds: float) -> str:
@@ -67,6 +69,7 @@ class Faults:
         retry_after: float | None = None,
         delay: float = 0,
         method: str | None = None,
+        after: int = 0,
     ) -> None:
         """Arm a fault for the next ``count`` requests whose path starts with ``path_prefix``.
 
@@ -77,6 +80,7 @@ class Faults:
             retry_after: Seconds for the ``Retry-After`` header (429, 503).
             delay: Seconds to wait before answering (for ``slow``, and before any other kind).
             method: Only match this HTTP method (any when ``None``).
+            after: Let this many matching requests through first.
 
         Raises:
             ValueError: For an unknown ``kind``.
@@ -84,7 +88,15 @@ class Faults:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         self._rules.append(
-            Fault(path_prefix, kind, count, retry_after, delay, method.upper() if method else None)
+            Fault(
+                path_prefix,
+                kind,
+                count,
+                retry_after,
+                delay,
+                method.upper() if method else None,
+                after=after,
+            )
         )
 
     def clear(self) -> None:
@@ -101,6 +113,9 @@ class Faults:
             if rule.count == 0 or not path.startswith(rule.path_prefix):
                 continue
             if rule.method is not None and rule.method != method.upper():
+                continue
+            if rule.after > 0:
+                rule.after -= 1
                 continue
             if rule.count > 0:
                 rule.count -= 1

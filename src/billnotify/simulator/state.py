@@ -74,6 +74,11 @@ class SimState:
             "documents": 10000001,
         }
         self._invoice_counters: dict[str, int] = {}
+        #: Deleted records that :meth:`restore_record` can bring back, by resource and id
+        #: (``billing_headers`` included), with their system times.
+        self.deleted: dict[str, dict[str, tuple[dict[str, Any], SystemTimes | None]]] = {
+            name: {} for name in (*RESOURCES, "billing_headers")
+        }
 
     # -- generic -----------------------------------------------------------------
 
@@ -204,9 +209,36 @@ class SimState:
 
     def delete_invoice(self, invoice_id: Any) -> dict[str, Any]:
         """Remove an invoice and return it."""
-        key = str(invoice_id)
-        self._times["invoices"].pop(key, None)
-        return self.invoices.pop(key)
+        return self.delete_record("invoices", invoice_id)
+
+    def delete_record(self, resource: str, record_id: Any) -> dict[str, Any]:
+        """Remove a record of any resource (``billing_headers`` too) and return it; it is
+        kept aside for :meth:`restore_record`. Raises ``KeyError`` when unknown."""
+        if resource == "billing_headers":
+            header = self.billing_headers.pop(int(record_id))
+            self.deleted[resource][str(record_id)] = (header, None)
+            return dict(header)
+        key = str(record_id)
+        record = self.table(resource).pop(key)
+        self.deleted[resource][key] = (record, self._times[resource].pop(key, None))
+        return copy.deepcopy(record)
+
+    def restore_record(
+        self, resource: str, record_id: Any, *, touch: bool = False
+    ) -> dict[str, Any]:
+        """Bring a deleted record back as it was, with its old system times (an
+        incremental poll does not see it) unless ``touch`` bumps its update time."""
+        record, times = self.deleted[resource].pop(str(record_id))
+        if resource == "billing_headers":
+            self.billing_headers[int(record_id)] = record
+            return dict(record)
+        key = str(record_id)
+        self.table(resource)[key] = record
+        now = self.clock.now()
+        self._times[resource][key] = times or SystemTimes(now, now)
+        if touch:
+            self.touch(resource, key)
+        return copy.deepcopy(record)
 
     def unsent_invoice(self, customer_id: Any) -> dict[str, Any] | None:
         """Return the customer's unsent invoice, if any."""

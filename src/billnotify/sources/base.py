@@ -25,6 +25,7 @@ from billnotify.events import CloudEvent, build_event
 from billnotify.leases import Role, run_while_held
 from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
+from billnotify.sources.deletions import DELETED, with_restored
 from billnotify.sources.detect import Detection, Policy, detect
 from billnotify.store.base import Snapshots
 from billnotify.store.records import Lease, Snapshot, SnapshotWrite, StoredEvent
@@ -88,7 +89,8 @@ def diff_page(
     """Compare a page with the stored snapshots (pure): what to write, what to emit.
 
     A record equal to its snapshot (the overlap window re-reads such records) writes
-    nothing and emits nothing, unless a time-based event became due.
+    nothing and emits nothing, unless a time-based event became due. A record whose
+    snapshot is marked deleted is back: ``{entity}.restored``, then any change.
     """
     result = PageResult()
     seen: set[str] = set()
@@ -99,15 +101,18 @@ def diff_page(
         seen.add(rid)
         snap = known.get(rid)
         previous = snap.record if snap else None
+        marks = snap.marks if snap else frozenset()
         found = detect(
             entity,
             previous,
             record,
             now=now,
-            marks=snap.marks if snap else frozenset(),
+            marks=marks - {DELETED},
             policy=policy,
             baseline=baseline and snap is None,
         )
+        if previous is not None and DELETED in marks:
+            found = with_restored(entity, previous, record, found)
         unchanged = (
             snap is not None
             and snap.record == record
@@ -208,6 +213,13 @@ class FencedSnapshots:
         )
 
 
+class Reconciler(Protocol):
+    """Work a poller runs beside its polls, under its lease (:mod:`billnotify.sources.reconcile_ids`)."""
+
+    async def run(self, busy: asyncio.Lock) -> None:
+        """Until cancelled; commits only while holding ``busy``."""
+
+
 class Poller:
     """Runs one :class:`ResourceSync` every ``interval`` until cancelled.
 
@@ -237,9 +249,14 @@ class Poller:
         failing_after: timedelta = timedelta(minutes=5),
         clock: Clock = utcnow,
         role: Role | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.sync = sync
         self.role = role
+        self.reconciler = reconciler
+        """Lists every id on its own interval, beside the polls (deleted records)."""
+        self.busy = asyncio.Lock()
+        """Held while a poll runs: the reconciler commits only between two polls."""
         self.interval = interval.total_seconds()
         self.min_gap = min_gap.total_seconds()
         """Least time between the starts of two polls when :meth:`poll_now` asks early."""
@@ -304,7 +321,8 @@ class Poller:
         stats: PollStats | None = None
         error: BaseException | None = None
         try:
-            stats = await self.sync.poll_once()
+            async with self.busy:
+                stats = await self.sync.poll_once()
         except FencedError:
             raise  # not the source's failure: the lease moved (run() stands by)
         except BillnotifyError as exc:
@@ -350,8 +368,15 @@ class Poller:
 
     async def run(self) -> None:
         """Poll forever on the interval, and after :meth:`poll_now`, while the lease is
-        held (at once when it is gained)."""
-        await run_while_held(self.role, self._poll_forever)
+        held (at once when it is gained); the reconciler, if any, beside it under the
+        same lease."""
+        reconciler = self.reconciler
+        if reconciler is None:
+            await run_while_held(self.role, self._poll_forever)
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run_while_held(self.role, self._poll_forever))
+            group.create_task(run_while_held(self.role, lambda: reconciler.run(self.busy)))
 
     async def _poll_forever(self) -> None:
         while True:

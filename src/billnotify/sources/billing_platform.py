@@ -16,7 +16,7 @@ Each cycle of a resource:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -114,6 +114,11 @@ class BillingPlatformSync:
         if new_cursor != cursor:
             await self.store.commit(self.source, [], [], (self.resource, new_cursor))
         return stats
+
+    def iter_all(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every record the platform lists for the resource now, page by page (the
+        deleted-records reconcile, :mod:`billnotify.sources.reconcile_ids`)."""
+        return self.client.iter_pages(self.path, self._base_params())
 
     async def _apply(self, page: list[dict[str, Any]], stats: PollStats) -> None:
         ids = [record_id(r) for r in page]
