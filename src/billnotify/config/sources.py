@@ -101,7 +101,7 @@ class BillingPlatformSource(_SourceBase):
     page_size: int = Field(default=500, ge=1, le=10_000)
     """``limit`` asked per page (the server may return fewer)."""
     include_unsent: bool = False
-    """Also watch the unsent invoice that collects each customer's new charges."""
+    """Also watch the unsent invoice that collects each customer's new charges (a rule running ``updateCallTransactions`` needs it: only unsent invoices take that action)."""
 
     _url_ok = field_validator("base_url")(check_http_url)
 
