@@ -8,11 +8,19 @@ import pytest
 
 from billnotify.config.models import DEFAULT_TEMPLATES, Rule
 from billnotify.config.types import EVENT_TYPES
+from billnotify.digests import digest_event, flush_id, group_key, group_values
 from billnotify.events import ENTITY_RESOURCE, CloudEvent
 from billnotify.templating import TemplateRenderer, build_context
 
 TEMPLATES = DEFAULT_TEMPLATES
-EMAILS = ["task_failed", "task_stalled", "run_completed", "invoice_approved", "invoice_overdue"]
+EMAILS = [
+    "task_failed",
+    "task_stalled",
+    "run_completed",
+    "invoice_approved",
+    "invoice_overdue",
+    "task_failed_digest",
+]
 BODIES = ["slack", "teams"]
 RULE = Rule.model_validate(
     {"name": "ops", "on": ["*"], "actions": [{"type": "mqtt", "topic": "t"}]}
@@ -107,6 +115,62 @@ def test_email_templates_render(
         assert "&lt;timeout&gt; &amp; retry" in html
     if not minimal and entity == "invoice":
         assert "ACC1/3" in subject and "120.00" in text
+
+
+GROUPED = Rule.model_validate(
+    {
+        "name": "failed-tasks-digest",
+        "on": ["billing_task.status_changed"],
+        "group_by": ["source", "object.billingTaskType"],
+        "actions": [{"type": "email", "to": ["ops@example.com"], "template": "task_failed_digest"}],
+    }
+)
+
+
+def digest_of(count: int, record: dict[str, object] | None = None) -> CloudEvent:
+    events = [
+        event(
+            "billing_task.status_changed",
+            {**(RECORDS["billing_task"] if record is None else record), "id": str(10000 + n)},
+        ).model_copy(update={"id": f"evt_{n}"})
+        for n in range(count)
+    ]
+    key = group_key(group_values(GROUPED.group_by or [], events[0]))
+    return digest_event(flush_id(GROUPED.name, key, events[0].id), key, events, rule=GROUPED.name)
+
+
+@pytest.mark.parametrize("count", [1, 3, 300])
+@pytest.mark.parametrize("minimal", [False, True], ids=["full", "id-only"])
+def test_the_digest_email_lists_every_event_of_its_group(
+    renderer: TemplateRenderer, count: int, minimal: bool
+) -> None:
+    context = build_context(digest_of(count, {"id": "1"} if minimal else None), GROUPED)
+    assert context["count"] == count and len(context["events"]) == count
+    subject = renderer.render_file("task_failed_digest.subject.j2", context).strip()
+    text = renderer.render_file("task_failed_digest.txt.j2", context)
+    html = renderer.render_file("task_failed_digest.html.j2", context)
+    assert subject and "\n" not in subject
+    plural = "" if count == 1 else "s"
+    assert subject.startswith(f"[acme] {count} billing task{plural} failed")
+    assert html.lstrip().startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert (
+        text.count("- Task 1") == count
+        and html.count('<td style="padding:6px 12px 6px 0;">1') == count
+    )
+    if not minimal:
+        assert subject.endswith(": Generate Invoice")
+        assert "billingTaskType: Generate Invoice" in text
+        assert "customer 77" in text and "Generate Invoice" in html
+
+
+def test_a_digest_body_is_group_count_and_events() -> None:
+    from billnotify.digests import default_body
+
+    body = json.loads(default_body(digest_of(2)))
+    assert body["group"] == {"source": "acme", "object.billingTaskType": "Generate Invoice"}
+    assert body["count"] == 2
+    assert [e["data"]["object"]["id"] for e in body["events"]] == ["10000", "10001"]
+    assert all(e["type"] == "billing_task.status_changed" for e in body["events"])
 
 
 @pytest.mark.parametrize("body", BODIES)

@@ -12,7 +12,7 @@ template and line; no jinja2 exception escapes this module.
 Template context (SPEC §4): ``event`` (the CloudEvent as a dict; ``event.data.object``
 works), ``object`` (``event.data.object``), ``previous`` (old values of changed fields,
 ``{}`` on ``created``), ``changed``, ``rule`` (name, on, when), ``source`` (the source
-name). Helpers: the filters ``money``, ``date``, ``datetime`` and ``tojson``; ``attr``
+name); a grouped rule's digest adds ``events``, ``group`` and ``count``. Helpers: the filters ``money``, ``date``, ``datetime`` and ``tojson``; ``attr``
 reaches data attributes only (a method there is an error, not its repr in a message).
 """
 
@@ -30,6 +30,8 @@ import jinja2
 from jinja2.filters import do_attr
 from jinja2.sandbox import SandboxedEnvironment
 
+from billnotify.chain_results import current_results
+from billnotify.digests import digest_context, is_digest
 from billnotify.errors import TemplateError
 from billnotify.events import CloudEvent
 from billnotify.values import as_date, as_datetime, as_decimal, is_set
@@ -144,7 +146,10 @@ def build_context(event: CloudEvent, rule: Rule | None = None, **extra: Any) -> 
         "changed": data.get("changed") or [],
         "source": event.source_name,
         "rule": _rule_dict(rule) if rule else {},
+        "results": current_results(),  # chained actions: the answers they run after
     }
+    if is_digest(event):  # a grouped rule's flush: its events, group and count
+        context.update(digest_context(event))
     context.update(extra)
     return context
 

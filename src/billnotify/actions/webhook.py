@@ -41,6 +41,7 @@ from billnotify.actions.ssrf import GuardedResolver, blocked_cause, check_url
 from billnotify.clients.codec import parse_retry_after
 from billnotify.config.models import Action, Rule, WebhookAction, WebhookEndpoint
 from billnotify.deliveries.base import AttemptResult, Outcome
+from billnotify.digests import default_body
 from billnotify.events import CloudEvent
 from billnotify.templating import TemplateRenderer, body_template_name, build_context
 
@@ -181,8 +182,8 @@ class WebhookExecutor:
             raise NotApplicableError(f"unknown webhook endpoint {action.endpoint!r}") from None
 
     def _body(self, action: WebhookAction, event: CloudEvent, rule: Rule) -> tuple[bytes, str]:
-        if not action.body:
-            return event.to_json().encode("utf-8"), action.content_type
+        if not action.body:  # the CloudEvent, or a digest's {"group", "count", "events"}
+            return default_body(event).encode("utf-8"), action.content_type
         name = body_template_name(action.body)
         text = self._templates.render_file(name, build_context(event, rule))
         return text.encode("utf-8"), action.content_type

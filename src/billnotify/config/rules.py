@@ -9,13 +9,19 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from billnotify.config.base import StrictModel, check_name
+from billnotify.config.chains import chain_problems
+from billnotify.config.groups import group_problems
 from billnotify.config.invoice_params import param_problems
-from billnotify.config.types import EVENT_TYPES, NOTICE_TYPES
+from billnotify.config.types import EVENT_TYPES, NOTICE_TYPES, Duration
 
 
 class _ActionBase(StrictModel):
     dry_run: bool | None = None
     """Override the rule's / service's dry run for this action."""
+    id: str | None = None
+    """Names the action, so that a later one can run ``after`` it and read ``results.<id>``."""
+    after: str | None = None
+    """Run only once the action of this rule with this ``id`` succeeded (chained actions)."""
 
 
 class InvoiceActionAction(_ActionBase):
@@ -124,8 +130,62 @@ class Rule(StrictModel):
     """Switch the rule off without deleting it."""
     sources: list[str] = []
     """Only events of these sources (all when empty)."""
+    mute: list[str] = []
+    """Names of ``[[mute_windows]]``: a delivery of any of the rule's actions that falls
+    due inside one waits until it ends (customer-facing invoice actions too)."""
+    mute_action: Literal["defer", "drop"] = "defer"
+    """``drop``: a delivery falling due inside a mute window is recorded ``muted`` and
+    never sent, instead of waiting."""
+    group_by: list[str] | None = None
+    """Send one digest per group instead of one delivery per event: dotted paths into the
+    template context (``source``, ``object.billingTaskType``); ``[]`` is one group."""
+    group_wait: Duration | None = None
+    """How long a new group collects events before its first digest (``30s`` when grouped)."""
+    group_interval: Duration | None = None
+    """Then at most one digest per group this often, with the events since the last
+    (``5m`` when grouped)."""
 
     _name_ok = field_validator("name")(check_name)
+
+    @model_validator(mode="after")
+    def _check_grouping(self) -> Rule:
+        if not self.grouped:
+            return self
+        problems = group_problems(self.group_by, self.group_wait, self.group_interval, self.actions)
+        if problems:
+            raise ValidationError.from_exception_data(
+                "grouping",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("grouping", message), loc=loc, input=self.name
+                    )
+                    for loc, message in problems
+                ],
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_chains(self) -> Rule:
+        problems = chain_problems(self.actions, grouped=self.grouped)
+        if problems:
+            raise ValidationError.from_exception_data(
+                "chains",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("chain", message), loc=loc, input=self.name
+                    )
+                    for loc, message in problems
+                ],
+            )
+        return self
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the rule sends digests (it sets ``group_by``, ``group_wait`` or
+        ``group_interval``)."""
+        return not (
+            self.group_by is None and self.group_wait is None and self.group_interval is None
+        )
 
     @field_validator("on")
     @classmethod

@@ -23,13 +23,16 @@ from typing import Protocol
 from billnotify.actions.base import ActionExecutor
 from billnotify.config.models import Action, Rule, WebhookAction
 from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.holds import Holds
 from billnotify.deliveries.ledger import settle_without_sending
 from billnotify.deliveries.policy import schedule_for
 from billnotify.deliveries.settings import DeliverySettings
+from billnotify.digests import is_flush_id
 from billnotify.errors import StoreError
 from billnotify.notices import Notices
 from billnotify.rules.matching import effective_dry_run
-from billnotify.store.base import Deliveries, Ledger
+from billnotify.store.base import Deliveries, Digests, Ledger
+from billnotify.store.base import Holds as HoldStore
 from billnotify.store.records import DueDelivery
 
 logger = logging.getLogger(__name__)
@@ -37,8 +40,9 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
-class DueStore(Ledger, Deliveries, Protocol):
-    """What the due queue needs of the store: due rows, and settling those not sent."""
+class DueStore(Ledger, Deliveries, Digests, HoldStore, Protocol):
+    """What the due queue needs of the store: due rows, and settling those not sent;
+    the digests grouped rules' deliveries carry."""
 
 
 @dataclass(slots=True)
@@ -104,6 +108,8 @@ class DueQueue:
         self._on_ready = on_ready
         self._notices = notices
         self._ready: collections.deque[Job] = collections.deque()
+        self.holds = Holds(settings, store, settled=settled)
+        """Mute windows and rate limits."""
         self._reading = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
 
@@ -165,7 +171,8 @@ class DueQueue:
 
     async def still_sendable(self, job: Job) -> bool:
         """Re-check a job read ahead against what changed since (a 410 from its endpoint);
-        a job that is not is settled ``dead`` here."""
+        a job that is not is settled ``dead`` here. Then hold it back if a mute window
+        or a rate limit says so (:mod:`~billnotify.deliveries.holds`)."""
         action = job.action
         if isinstance(action, WebhookAction) and action.endpoint in self.disabled:
             reason = f"endpoint {action.endpoint!r} disabled: {self.disabled[action.endpoint]}"
@@ -177,6 +184,8 @@ class DueQueue:
             if self._notices is not None:
                 self._notices.delivery(job.delivery.id)
             return False
+        if self.holds:
+            return await self.holds.release(job.delivery, job.rule, job.action, self.clock)
         return True
 
     async def _read_quietly(self, target: int) -> None:
@@ -191,10 +200,13 @@ class DueQueue:
         rule = self.settings.rules.get(delivery.rule)
         action = _action_at(rule, delivery)
         executor = self.executors.get(delivery.action_type)
+        event = delivery.event
+        if event is None and is_flush_id(delivery.event_id):  # a grouped rule's digest
+            event = await self.store.get_digest(delivery.event_id)
         reason: str | None = None
         if rule is None or action is None:
             reason = f"rule {delivery.rule!r} action {delivery.action_index} no longer exists"
-        elif delivery.event is None:
+        elif event is None:
             reason = f"event {delivery.event_id} is not in the log"
         elif executor is None:
             reason = f"no executor for {delivery.action_type!r} actions"
@@ -207,7 +219,7 @@ class DueQueue:
             if self._notices is not None:
                 self._notices.delivery(delivery.id)
             return None
-        assert rule is not None and action is not None and delivery.event is not None
+        assert rule is not None and action is not None and event is not None
         assert executor is not None
         if effective_dry_run(self.settings.dry_run, rule, action):
             await self.store.set_delivery_status(
@@ -216,7 +228,7 @@ class DueQueue:
             self._settled[DeliveryStatus.DRY_RUN.value] += 1
             return None
         schedule = schedule_for(self.settings, action)
-        return Job(delivery, rule, action, delivery.event, executor, schedule)
+        return Job(delivery, rule, action, event, executor, schedule)
 
 
 def _action_at(rule: Rule | None, delivery: DueDelivery) -> Action | None:

@@ -26,15 +26,19 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from billnotify.actions.base import ActionExecutor, fixed_target
+from billnotify.chain_results import chain_results
 from billnotify.config.models import Action, Rule
 from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.chain import sample_results
 from billnotify.deliveries.ledger import RULES_CONSUMER, rendered_json, settle_without_sending
 from billnotify.errors import FencedError, StoreError
 from billnotify.events import CloudEvent
 from billnotify.leases import Role, run_while_held
 from billnotify.notices import Notices
+from billnotify.rules.groups import Grouper, member_of
 from billnotify.rules.matching import Match, admits, effective_dry_run, match_event
-from billnotify.store.base import Deliveries, EventLog, Ledger
+from billnotify.store.base import Deliveries, EventLog, Groups, Ledger
+from billnotify.store.group_records import GroupMember
 from billnotify.store.records import LogEntry, NewDelivery, StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -50,9 +54,10 @@ class Evaluator(Protocol):
         ...
 
 
-class RuleStore(EventLog, Ledger, Deliveries, Protocol):
+class RuleStore(EventLog, Ledger, Deliveries, Groups, Protocol):
     """What the rule handler needs of the store: the log it reads, the ledger it records
-    deliveries in (with its position), the rows it notes errors on."""
+    deliveries in (with its position), the rows it notes errors on, grouped rules'
+    members and flushes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,19 @@ class RuleHandler:
         self.deliveries_recorded = 0
         """New deliveries recorded since start (for metrics)."""
         self._fixed = _fixed_rules(settings, executors)
+        self.grouper = Grouper(
+            settings.rules,
+            settings.dry_run,
+            store,
+            executors,
+            clock,
+            notices=notices,
+            role=role,
+            on_recorded=on_recorded,
+        )
+        """Collects grouped rules' events and flushes their digests (``rules/groups.py``)."""
+        self._members: list[GroupMember] = []
+        """Grouped rules' members planned, collected by the next :meth:`record`."""
         self._admitted: dict[tuple[str, str], list[Rule]] = {}
         """(type, source) -> the rules whose ``on`` and ``sources`` admit such events."""
 
@@ -148,8 +166,9 @@ class RuleHandler:
         while True:
             try:
                 await self.catch_up()
+                await self.grouper.flush_due()
                 failures = 0
-                await self.wait_for_events()
+                await self.wait_for_events(await self.grouper.seconds_to_next_flush())
             except FencedError:
                 raise
             except StoreError as exc:
@@ -158,8 +177,9 @@ class RuleHandler:
                 logger.error("rule handler: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def wait_for_events(self) -> None:
-        """Return when the log has grown past our position, or after ``idle_timeout``.
+    async def wait_for_events(self, timeout: float | None = None) -> None:
+        """Return when the log has grown past our position, or after ``idle_timeout``
+        (or ``timeout``, when sooner: a group is due to flush).
 
         The check happens under the condition's lock, and the store notifies under it
         after committing, so an append between the check and the wait cannot be missed.
@@ -168,8 +188,9 @@ class RuleHandler:
         async with self.store.appended:
             if await self.store.last_seq() > position:
                 return
+            wait = self.idle_timeout if timeout is None else min(timeout, self.idle_timeout)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.appended.wait(), self.idle_timeout)
+                await asyncio.wait_for(self.store.appended.wait(), wait)
 
     async def catch_up(self) -> int:
         """Process batches until the log is exhausted; returns how many events."""
@@ -247,7 +268,14 @@ class RuleHandler:
         """The deliveries one event calls for (nothing is written)."""
         event = stored.event
         matches = match_event(self.settings.rules, event, self.renderer.evaluate)
-        return [await self._plan_match(stored, match) for match in matches]
+        planned: list[Planned] = []
+        for match in matches:
+            if match.rule.grouped and match.error is None:
+                if match.action_index == 0:  # one member per rule, whatever its actions
+                    self._members.append(member_of(match.rule, stored, self.clock()))
+                continue
+            planned.append(await self._plan_match(stored, match))
+        return planned
 
     async def _plan_match(self, stored: StoredEvent, match: Match) -> Planned:
         rule, action, event = match.rule, match.action, stored.event
@@ -272,10 +300,13 @@ class RuleHandler:
         if match.error is not None:
             return Planned(row(DeliveryStatus.DEAD, exactly_once, target), error=match.error)
         if not effective_dry_run(self.settings.dry_run, rule, action):
-            return Planned(row(DeliveryStatus.PENDING, exactly_once, target))
+            # a chained action waits for the one it runs after (deliveries/chain.py)
+            first = DeliveryStatus.WAITING if action.after else DeliveryStatus.PENDING
+            return Planned(row(first, exactly_once, target))
         delivery = row(DeliveryStatus.DRY_RUN, exactly_once, target)
         try:
-            rendered = await executor.render(action, event, rule)
+            with chain_results(sample_results(rule, match.action_index, event)):
+                rendered = await executor.render(action, event, rule)
         except Exception as exc:  # a template error is recorded, never a crash
             error = f"dry run: cannot render: {type(exc).__name__}: {exc}"
             return Planned(delivery, error=error)
@@ -296,6 +327,10 @@ class RuleHandler:
             How many deliveries were new.
         """
         now = self.clock()
+        # grouped rules' members first: collecting is idempotent, so a crash before the
+        # position moves collects them again, and nothing twice
+        members, self._members = self._members, []
+        await self.grouper.collect(members)
         rendered = {p.delivery.id: p.rendered for p in planned if p.rendered is not None}
         new = await self.store.record_deliveries(
             [p.delivery for p in planned],
@@ -353,8 +388,10 @@ def _fixed_rules(
     """
     fixed: dict[str, list[NewDelivery]] = {}
     for rule in settings.rules:
-        if rule.when is not None and rule.when.strip():
+        if rule.grouped or (rule.when is not None and rule.when.strip()):
             continue
+        if any(action.after for action in rule.actions):
+            continue  # its chained actions are recorded waiting
         deliveries: list[NewDelivery] = []
         for index, action in enumerate(rule.actions):
             executor = executors.get(action.type)

@@ -330,7 +330,14 @@ class Chains(Protocol):
         the move's). Returns the ids moved."""
 
 
-class Groups(Protocol):
+class Digests(Protocol):
+    """The digests grouped rules' deliveries carry (what the delivery worker reads)."""
+
+    async def get_digest(self, flush_id: str) -> str | None:
+        """The digest (JSON) a flush's deliveries carry, None for an unknown flush."""
+
+
+class Groups(Digests, Protocol):
     """Grouped rules (SPEC §7.2): the events collected per group, and each group's flushes.
 
     Collecting is idempotent per (rule, event), so a batch read again after a crash adds
@@ -356,9 +363,6 @@ class Groups(Protocol):
         """Write a flush in one transaction (see :class:`GroupFlush`), or, when its
         ``id`` is None, close the group unless members arrived meanwhile. Returns how
         many of its deliveries were new."""
-
-    async def get_digest(self, flush_id: str) -> str | None:
-        """The digest (JSON) a flush's deliveries carry, None for an unknown flush."""
 
 
 class Holds(Protocol):
