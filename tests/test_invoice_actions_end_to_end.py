@@ -7,7 +7,8 @@ rule engine plans the deliveries, the worker calls ``POST invoices/ID?action=X``
 simulator must have received exactly the right call with the right parameters, once, and
 every delivery must have succeeded. ``updateCallTransactions`` changes the unsent invoice,
 which the next poll reports as ``invoice.updated`` (event log and MQTT) without firing
-any rule again.
+any rule again. The config is the TOML an operator would write: ``billnotify check
+--connect`` accepts it first, and ``billnotify deliveries --json`` lists the outcome.
 
 Everything is real and on loopback: mosquitto, the billing simulator over HTTP, the
 service in this event loop.
@@ -15,7 +16,9 @@ service in this event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
-from servers import sim_source
+from servers import PYTHON, sim_source, toml_config
 from service_harness import events_on, polls_after, running_service, until
 
 XERO_ID = "550e8400-e29b-41d4-a716-446655440000"
@@ -83,6 +86,21 @@ def _config(sim: Simulator, broker: Mosquitto, prefix: str) -> dict[str, Any]:
     }
 
 
+async def cli(*args: str, cwd: Path) -> tuple[int, str]:
+    """``billnotify ARGS`` as a subprocess (this loop keeps serving the simulator)."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "billnotify",
+        *args,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
 async def test_six_invoice_actions_run_through_rules_once_with_their_params(
     tmp_path: Path,
     sim: Simulator,
@@ -92,9 +110,13 @@ async def test_six_invoice_actions_run_through_rules_once_with_their_params(
 ) -> None:
     sim.state.xero_module_active = True
     sim.state.expert_level = 5  # unlinking needs expert level 5 (seed 002)
+    raw = _config(sim, mosquitto, mqtt_prefix)
+    (tmp_path / "config.toml").write_text(toml_config(raw))
+    status, out = await cli("check", "--connect", "-c", "config.toml", cwd=tmp_path)
+    assert status == 0, out
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
-        running_service(_config(sim, mosquitto, mqtt_prefix), tmp_path) as service,
+        running_service(raw, tmp_path) as service,
     ):
         approved = ["Raised", "Approved"]
         invoices = {
@@ -161,3 +183,12 @@ async def test_six_invoice_actions_run_through_rules_once_with_their_params(
     [(_, on_mqtt)] = events_on(sub, head + "updated")
     assert on_mqtt["id"] == updated.event.id
     assert on_mqtt["data"]["object"]["invoiceCallCount"] == 5
+
+    # and the operator sees the same through the CLI
+    status, out = await cli("deliveries", "--json", "-c", "config.toml", cwd=tmp_path)
+    assert status == 0, out
+    listed = {row["rule"]: row for row in map(json.loads, out.splitlines())}
+    assert {rule: (row["status"], row["target"]) for rule, row in listed.items()} == {
+        name: ("succeeded", f"invoice {invoices[customer]['id']} {action}")
+        for customer, (name, action, _, _) in RULES.items()
+    }
