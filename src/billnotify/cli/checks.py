@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from billnotify.addresses import is_public, url_problem
+from billnotify.config.chains import results_warnings
 from billnotify.config.loader import parse_config, read_toml
 from billnotify.config.models import DEFAULT_TEMPLATES, Config, PropertyBillingSource
 from billnotify.errors import BillnotifyError, ConfigError
@@ -47,6 +48,7 @@ async def run_check_file(path: str | os.PathLike[str] | None, *, connect: bool =
         issues.extend(exc.issues)
     if config is not None:
         issues.extend(_config_issues(config))
+        warnings.extend(results_warnings(config.rules, config.template_folders))
     else:
         issues.extend(raw_template_issues(raw, file.resolve().parent))
     unsafe, unresolved = await resolve_webhook_hosts(raw)
@@ -95,7 +97,20 @@ def _config_issues(config: Config) -> list[str]:
     from billnotify.actions.smtp import check_smtp
 
     renderer = TemplateRenderer(config.template_folders)
-    return check_actions(config, renderer) + check_smtp(config.smtp)
+    return check_actions(config, renderer) + check_smtp(config.smtp) + _console_issues(config)
+
+
+def _console_issues(config: Config) -> list[str]:
+    """The console without a token on an address other machines reach (SPEC §7.4)."""
+    service = config.service
+    listen = service.listen()
+    if listen is None or service.console_open:
+        return []
+    return [
+        f"service.console_token: required when service.http ({service.http}) is not a "
+        'loopback address (the console would be open to the network): set console_token = '
+        '"env:NAME", or listen on 127.0.0.1'
+    ]
 
 
 def raw_template_issues(raw: Mapping[str, Any], base_dir: Path) -> list[str]:

@@ -22,19 +22,23 @@ customer-facing actions too, which is what forcing means.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from billnotify.actions.base import ActionExecutor, Rendered
+from billnotify.chain_results import chain_results
 from billnotify.config.models import Config, Rule
 from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.chain import sample_results
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler
 from billnotify.rules.matching import evaluate_when, selects
 from billnotify.store.base import Store
-from billnotify.store.records import Delivery, StoredEvent
+from billnotify.store.records import Delivery, OperatorAction, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,9 @@ class ReplayResult:
     reset: int
     unchanged: int
 
+    def __str__(self) -> str:
+        return f"to rules: {self.created} new, {self.reset} reset, {self.unchanged} unchanged"
+
 
 def statuses_for(name: str | None) -> list[DeliveryStatus] | None:
     """The statuses a ``--status`` value stands for (None: all).
@@ -98,41 +105,85 @@ async def list_deliveries(store: Store, status: str | None, limit: int = 1000) -
     return await store.list_deliveries(statuses_for(status), limit=limit)
 
 
-async def retry_deliveries(store: Store, ids: Iterable[str], now: datetime) -> list[CommandResult]:
+def cli_operator() -> str:
+    """Who an operator action from the command line is recorded as: ``cli:<os user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name for this uid (a bare container)
+        return f"cli:uid-{os.getuid()}"
+
+
+async def _recorded(
+    store: Store, now: datetime, who: str, action: str, reason: str, result: CommandResult
+) -> CommandResult:
+    """Keep an operator action on record (SPEC §7.4), whether or not it did anything."""
+    await store.record_operator_action(
+        OperatorAction(now, who, action, result.id, reason, result.message)
+    )
+    return result
+
+
+async def retry_deliveries(
+    store: Store, ids: Iterable[str], now: datetime, *, who: str = "", reason: str = ""
+) -> list[CommandResult]:
     """``deliveries retry ID...``: dead, failed or uncertain deliveries -> pending now.
 
     Retrying an ``uncertain`` delivery is the operator's word that it was not sent (as
     ``resolve --not-sent``). A retried delivery keeps its attempt count: if it fails
     again after its retry schedule is used up, it is dead again after one attempt.
+    Each retry is recorded as done by ``who`` (default :func:`cli_operator`) for ``reason``.
     """
+    who = who or cli_operator()
     results: list[CommandResult] = []
     for delivery_id in ids:
-        delivery = await store.get_delivery(delivery_id)
-        if delivery is None:
-            results.append(CommandResult(delivery_id, False, "no such delivery"))
-            continue
-        if delivery.status not in RETRYABLE:
-            message = f"is {delivery.status.value}; only dead, failed or uncertain can be retried"
-            results.append(CommandResult(delivery_id, False, message))
-            continue
-        await store.set_delivery_status(
-            delivery_id,
-            DeliveryStatus.PENDING,
-            now=now,
-            next_attempt_at=now,
-            note=f"operator retry (was {delivery.status.value})",
-        )
-        results.append(CommandResult(delivery_id, True, f"{delivery.status.value} -> pending"))
+        result = await _retry(store, delivery_id, now, reason)
+        results.append(await _recorded(store, now, who, "retry", reason, result))
     return results
 
 
+async def _retry(store: Store, delivery_id: str, now: datetime, reason: str) -> CommandResult:
+    delivery = await store.get_delivery(delivery_id)
+    if delivery is None:
+        return CommandResult(delivery_id, False, "no such delivery")
+    if delivery.status not in RETRYABLE:
+        message = f"is {delivery.status.value}; only dead, failed or uncertain can be retried"
+        return CommandResult(delivery_id, False, message)
+    await store.set_delivery_status(
+        delivery_id,
+        DeliveryStatus.PENDING,
+        now=now,
+        next_attempt_at=now,
+        note=_note(f"operator retry (was {delivery.status.value})", reason),
+    )
+    return CommandResult(delivery_id, True, f"{delivery.status.value} -> pending")
+
+
+def _note(what: str, reason: str) -> str:
+    return f"{what}: {reason}" if reason else what
+
+
 async def resolve_delivery(
-    store: Store, delivery_id: str, sent: bool, now: datetime
+    store: Store,
+    delivery_id: str,
+    sent: bool,
+    now: datetime,
+    *,
+    who: str = "",
+    reason: str = "",
 ) -> CommandResult:
     """``deliveries resolve ID --sent|--not-sent`` for an ``uncertain`` delivery.
 
     ``sent=True`` settles it as succeeded; ``sent=False`` makes it pending (sent again).
+    Recorded as done by ``who`` (default :func:`cli_operator`) for ``reason``.
     """
+    result = await _resolve(store, delivery_id, sent, now, reason)
+    action = "resolve_sent" if sent else "resolve_not_sent"
+    return await _recorded(store, now, who or cli_operator(), action, reason, result)
+
+
+async def _resolve(
+    store: Store, delivery_id: str, sent: bool, now: datetime, reason: str
+) -> CommandResult:
     delivery = await store.get_delivery(delivery_id)
     if delivery is None:
         return CommandResult(delivery_id, False, "no such delivery")
@@ -142,13 +193,45 @@ async def resolve_delivery(
         )
     if sent:
         await store.set_delivery_status(
-            delivery_id, DeliveryStatus.SUCCEEDED, now=now, note="operator: sent"
+            delivery_id, DeliveryStatus.SUCCEEDED, now=now, note=_note("operator: sent", reason)
         )
         return CommandResult(delivery_id, True, "uncertain -> succeeded")
     await store.set_delivery_status(
-        delivery_id, DeliveryStatus.PENDING, now=now, next_attempt_at=now, note="operator: not sent"
+        delivery_id,
+        DeliveryStatus.PENDING,
+        now=now,
+        next_attempt_at=now,
+        note=_note("operator: not sent", reason),
     )
     return CommandResult(delivery_id, True, "uncertain -> pending")
+
+
+async def enable_endpoint(
+    store: Store, name: str, now: datetime, *, who: str = "", reason: str = ""
+) -> CommandResult:
+    """Re-enable a webhook endpoint that a ``410 Gone`` disabled; recorded as the others."""
+    disabled = await store.disabled_endpoints()
+    if name not in disabled:
+        result = CommandResult(name, False, "is not disabled")
+    else:
+        await store.enable_endpoint(name)
+        result = CommandResult(name, True, f"enabled (was disabled: {disabled[name]})")
+    return await _recorded(store, now, who or cli_operator(), "enable_endpoint", reason, result)
+
+
+async def record_replay(
+    store: Store,
+    events: Sequence[StoredEvent],
+    message: str,
+    now: datetime,
+    *,
+    who: str = "",
+    reason: str = "",
+) -> None:
+    """Keep a replay on record, once per event replayed; ``message`` says what it did."""
+    for stored in events:
+        ok = CommandResult(stored.event.id, True, message)
+        await _recorded(store, now, who or cli_operator(), "replay", reason, ok)
 
 
 def rule_fires(
@@ -254,14 +337,15 @@ async def render_rule(
     del renderer  # the executors hold the template renderer; kept for the CLI's symmetry
     rule = _rule_named(config, rule_name)
     rendered: list[Rendered] = []
-    for action in rule.actions:
+    for index, action in enumerate(rule.actions):
         executor = executors.get(action.type)
         if executor is None:
             error = {"error": f"no executor for {action.type!r} actions (is it configured?)"}
             rendered.append(Rendered(action.type, "", error))
             continue
-        try:
-            rendered.append(await executor.render(action, event, rule))
+        try:  # a chained action renders with sample answers of what it runs after
+            with chain_results(sample_results(rule, index, event)):
+                rendered.append(await executor.render(action, event, rule))
         except Exception as exc:  # shown to the operator, never a crash
             target = executor.target(action, event)
             rendered.append(Rendered(action.type, target, {"error": f"{exc}"}))

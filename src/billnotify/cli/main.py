@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --to rules: also send again deliveries that already succeeded",
     )
+    replay.add_argument("--reason", default="", help="why, kept on record with the replay")
 
     sub.add_parser(
         "status", parents=[common], help="the event log's backlog, the ledger, live instances"
@@ -128,11 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     dsub = deliveries.add_subparsers(dest="deliveries_command", metavar="ACTION")
     retry = dsub.add_parser("retry", parents=[common], help="send deliveries again")
     retry.add_argument("ids", nargs="+", metavar="ID")
+    retry.add_argument("--reason", default="", help="why, kept on record with the retry")
     resolve = dsub.add_parser("resolve", parents=[common], help="settle an uncertain delivery")
     resolve.add_argument("id", metavar="ID")
     how = resolve.add_mutually_exclusive_group(required=True)
     how.add_argument("--sent", action="store_true", help="it did reach the customer")
     how.add_argument("--not-sent", action="store_true", help="it did not: send it now")
+    resolve.add_argument("--reason", default="", help="why, kept on record with the resolution")
     show = dsub.add_parser("show", parents=[common], help="one delivery with its attempts")
     show.add_argument("id", metavar="ID")
 
@@ -280,7 +283,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "replay":
             return await _replay(config, store, args)
         if args.command == "deliveries":
-            return await _deliveries(store, args)
+            return await _deliveries(store, args, config)
         if args.command == "status":
             from billnotify.cli.state import status_report
 
@@ -353,10 +356,14 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
     if args.to == "mqtt":
         from billnotify.publish.mqtt import MqttPublisher
 
+        from billnotify.cli.commands import record_replay
+
         count = await MqttPublisher(config.mqtt, store).republish(events)
+        done = f"to MQTT: {count} re-published"
+        await record_replay(store, events, done, datetime.now(UTC), reason=args.reason)
         print(f"re-published {count} event(s) to MQTT")
     else:
-        from billnotify.cli.commands import replay_to_rules
+        from billnotify.cli.commands import record_replay, replay_to_rules
         from billnotify.components import build_actions, build_rule_handler
 
         actions = build_actions(config)
@@ -365,6 +372,7 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
             result = await replay_to_rules(handler, events, force=args.force)
         finally:
             await actions.close()
+        await record_replay(store, events, str(result), datetime.now(UTC), reason=args.reason)
         print(
             f"{len(events)} event(s): {result.created} new delivery(ies), "
             f"{result.reset} reset, {result.unchanged} already recorded"
@@ -372,27 +380,41 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _deliveries(store: Any, args: argparse.Namespace) -> int:
+async def _deliveries(store: Any, args: argparse.Namespace, config: Config) -> int:
     from billnotify.cli import commands
+    from billnotify.deliveries.chain import ChainFollower
 
     now = datetime.now(UTC)
     action = args.deliveries_command
     if action in ("retry", "resolve"):
         if action == "retry":
-            results = await commands.retry_deliveries(store, args.ids, now)
+            results = await commands.retry_deliveries(store, args.ids, now, reason=args.reason)
         else:
+            sent = bool(args.sent)
             results = [
-                await commands.resolve_delivery(store, args.id, sent=bool(args.sent), now=now)
+                await commands.resolve_delivery(store, args.id, sent, now, reason=args.reason)
             ]
         for result in results:
             print(f"{result.id}: {result.message}", file=sys.stdout if result.ok else sys.stderr)
+        chains = ChainFollower(config.rules, store, lambda: datetime.now(UTC))
+        if chains:  # a chained action waiting on what was resolved or retried moves on
+            for moved in await chains.sweep():
+                print(f"{moved.id}: {moved.note} -> {moved.status.value}")
         return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
     if action == "show":
         delivery = await store.get_delivery(args.id)
         if delivery is None:
             print(f"billnotify: unknown delivery {args.id}", file=sys.stderr)
             return EXIT_FAILURE
-        print(json.dumps(_jsonable(delivery), indent=2, default=str))
+        shown = _jsonable(delivery)
+        # the answer kept for it (invoice actions, actions with an id; SPEC §7.5)
+        kept = (await store.get_results([delivery.id])).get(delivery.id)
+        shown["result"] = json.loads(kept) if kept is not None else None
+        # what operators did to it (SPEC §7.4), newest first, as the console shows it
+        shown["operator_actions"] = [
+            _jsonable(a) for a in await store.operator_actions(delivery.id)
+        ]
+        print(json.dumps(shown, indent=2, default=str))
         return EXIT_OK
     rows = await commands.list_deliveries(store, args.status, limit=args.limit)
     if args.json:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -85,3 +86,56 @@ def results_referenced(texts: Sequence[str]) -> set[str]:
         for match in _RESULTS_REF.finditer(text):
             names.add(match.group(1) or match.group(2))
     return names
+
+
+def results_warnings(rules: Sequence[Any], folders: Sequence[Path]) -> list[str]:
+    """A warning (with its TOML path) for each action whose templates read
+    ``results.<id>`` where ``<id>`` is not an action it runs ``after`` (directly or down
+    the chain): that answer is never there, so the template fails when it renders.
+
+    Args:
+        rules: the configured rules.
+        folders: where template files are looked up, in order.
+    """
+    warnings: list[str] = []
+    for r, rule in enumerate(rules):
+        for a, action in enumerate(rule.actions):
+            texts = _template_texts(action, folders)
+            used = results_referenced(texts)
+            if not used:
+                continue
+            reachable = {rule.actions[i].id for i in chain_of(rule.actions, a)}
+            for name in sorted(used - reachable):
+                warnings.append(
+                    f"rules[{r}].actions[{a}]: its templates read results.{name}, but it does "
+                    f"not run after an action with id {name!r} (set after = {name!r} or a "
+                    "chain leading there); the template will fail"
+                )
+    return warnings
+
+
+def _template_texts(action: Any, folders: Sequence[Path]) -> list[str]:
+    """The text of every template an action renders: inline strings and files."""
+    texts = [s for s in _strings(action.model_dump()) if "results" in s]
+    files: list[str] = []
+    if action.type == "email":
+        files = [f"{action.template}.{part}.j2" for part in ("subject", "txt", "html")]
+    elif action.type == "webhook" and action.body:
+        files = [action.body if action.body.endswith(".j2") else f"{action.body}.j2"]
+    for name in files:
+        for folder in folders:
+            path = Path(folder) / name
+            if path.is_file():
+                texts.append(path.read_text(encoding="utf-8", errors="replace"))
+                break
+    return texts
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    return []

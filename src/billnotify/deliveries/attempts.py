@@ -18,11 +18,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from billnotify.actions.base import Permit, preparer
+from billnotify.chain_results import chain_results
 from billnotify.config.models import WebhookAction
 from billnotify.deliveries.base import AttemptResult, DeliveryStatus, Outcome
+from billnotify.deliveries.chain import ChainFollower, Settled
 from billnotify.deliveries.due import DueQueue, Job
 from billnotify.deliveries.outcomes import OutcomeWriter
 from billnotify.deliveries.policy import AttemptReport, Decision, decide
@@ -30,8 +32,8 @@ from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.logs import log_context
 from billnotify.notices import Notices
-from billnotify.store.base import Endpoints, Ledger
-from billnotify.store.records import AttemptEnd
+from billnotify.store.base import Chains, Endpoints, Ledger
+from billnotify.store.records import AttemptEnd, DueDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,9 @@ _NOTICED = (DeliveryStatus.DEAD, DeliveryStatus.UNCERTAIN)
 """Outcomes reported as events of the service's own (``billnotify.delivery.*``)."""
 
 
-class AttemptStore(Ledger, Endpoints, Protocol):
+class AttemptStore(Ledger, Endpoints, Chains, Protocol):
     """What an attempt needs of the store: starting and finishing it, disabling an
-    endpoint that answered 410 Gone."""
+    endpoint that answered 410 Gone, keeping its answer for the actions chained to it."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class AttemptRunner:
         wake: tells the worker's loop that a delivery may come due again.
         notices: reports deliveries that end ``dead`` or ``uncertain`` and endpoints
             disabled.
+        chains: keeps answers, gives chained actions their ``results`` and moves a
+            delivery's dependents on once its outcome is committed (none: no rule
+            chains actions).
 
     Attributes:
         starting: taken from the due queue, their ``sending`` not committed yet.
@@ -85,8 +90,10 @@ class AttemptRunner:
         settled: dict[str, int],
         wake: Callable[[], None],
         notices: Notices | None = None,
+        chains: ChainFollower | None = None,
     ) -> None:
         self.store = store
+        self.chains = chains
         self.clock = clock
         self.starting: set[str] = set()
         self.inflight: set[str] = set()
@@ -99,6 +106,7 @@ class AttemptRunner:
         self._notices = notices
         self._outcomes = OutcomeWriter(store)
         self._disabling: set[asyncio.Task[None]] = set()
+        self._following: set[asyncio.Task[object]] = set()
 
     def take(self, job: Job) -> None:
         """A slot took ``job``: it is in flight until its outcome is committed."""
@@ -116,6 +124,8 @@ class AttemptRunner:
             task.cancel()
         await asyncio.gather(*self._disabling, return_exceptions=True)
         await self.flush()
+        # dependents not moved yet are moved by the sweep at the next start
+        await asyncio.gather(*self._following, return_exceptions=True)
 
     async def flush(self) -> None:
         """Commit the outcomes queued so far."""
@@ -147,6 +157,7 @@ class AttemptRunner:
             result = await self._execute(job, event)
             if result is None:
                 return  # not started: it stays due
+            await self._keep_answer(job, result)
         # the slot frees, the delivery is not settled: it stays in flight (and out of
         # reach of the next read) until its outcome is committed
         try:
@@ -159,6 +170,33 @@ class AttemptRunner:
         """The attempt's result; None when a job handed over unstarted (number 0) was not
         started after all (draining, changed meanwhile, or the store failed)."""
         delivery = job.delivery
+        results: dict[str, Any] = {}
+        if self.chains is not None and self.chains.chained(delivery.rule, delivery.action_index):
+            try:
+                results = await self.chains.results_for(
+                    delivery.rule, delivery.action_index, delivery.event_id
+                )
+            except StoreError as exc:  # nothing was sent
+                why = f"cannot read the answers it runs after: {exc}"
+                logger.error("delivery %s: %s", delivery.id, why)
+                if job.number == 0:  # not started: it stays due
+                    self.starting.discard(delivery.id)
+                    self.forget(delivery.id, due_again=False)
+                    return None
+                return AttemptResult(Outcome.RETRYABLE, error=why[:500])
+        try:
+            with chain_results(results):
+                return await self._prepare_and_execute(job, event)
+        except asyncio.CancelledError:
+            raise  # drained or shut down: the row stays 'sending' for recovery
+        except Exception as exc:
+            logger.exception(
+                "executor %s raised for delivery %s", delivery.action_type, delivery.id
+            )
+            return _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
+
+    async def _prepare_and_execute(self, job: Job, event: CloudEvent) -> AttemptReport | None:
+        delivery = job.delivery
         permit: Permit | None = None
         try:
             if job.number == 0:
@@ -170,16 +208,26 @@ class AttemptRunner:
             return await job.executor.execute(
                 job.action, event, job.rule, delivery_id=delivery.id, attempt=job.number
             )
-        except asyncio.CancelledError:
-            raise  # drained or shut down: the row stays 'sending' for recovery
-        except Exception as exc:
-            logger.exception(
-                "executor %s raised for delivery %s", delivery.action_type, delivery.id
-            )
-            return _Crash(Outcome.UNCERTAIN, f"executor crashed: {type(exc).__name__}: {exc}")
         finally:
             if permit is not None:
                 permit.release()
+
+    async def _keep_answer(self, job: Job, result: AttemptReport) -> None:
+        """Keep a successful attempt's answer, before its success is committed: a
+        dependent that runs once it is committed always finds it."""
+        response = getattr(result, "response", None)
+        delivery = job.delivery
+        if (
+            self.chains is None
+            or result.outcome != Outcome.SUCCESS
+            or response is None
+            or not self.chains.keeps_result(delivery.rule, delivery.action_index)
+        ):
+            return
+        try:
+            await self.chains.keep(delivery.id, response, self.clock())
+        except StoreError as exc:  # the dependents' templates will say what is missing
+            logger.error("delivery %s: cannot keep its answer: %s", delivery.id, exc)
 
     async def _start(self, job: Job) -> bool:
         """Commit ``sending`` for one exactly-once job whose request is ready to leave
@@ -268,6 +316,10 @@ class AttemptRunner:
                     "event_id": delivery.event_id,
                 },
             )
+        if self.chains is not None and self.chains.has_dependents(
+            delivery.rule, delivery.action_index
+        ):
+            self._follow(delivery, decision.status)
         gone = decision.disable_endpoint or (
             outcome is Outcome.PERMANENT and result.status_code == 410
         )
@@ -279,6 +331,21 @@ class AttemptRunner:
             task.add_done_callback(self._disabling.discard)
             return
         self.forget(delivery.id, due_again=decision.status is DeliveryStatus.RETRY_SCHEDULED)
+
+    def _follow(self, delivery: DueDelivery, status: DeliveryStatus) -> None:
+        """Move the delivery's dependents on, now that its outcome is committed."""
+        assert self.chains is not None
+        settled = Settled(delivery.rule, delivery.action_index, delivery.event_id, status)
+        task = asyncio.create_task(self._follow_quietly(settled), name="follow-chain")
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
+
+    async def _follow_quietly(self, settled: Settled) -> None:
+        assert self.chains is not None
+        try:
+            await self.chains.follow([settled])
+        except StoreError as exc:  # the next sweep moves them
+            logger.warning("moving the dependents of %s on failed: %s", settled, exc)
 
     async def _disable(self, endpoint: str, delivery_id: str, now: datetime) -> None:
         reason = f"410 Gone on delivery {delivery_id}"

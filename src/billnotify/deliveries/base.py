@@ -21,6 +21,8 @@ class DeliveryStatus(StrEnum):
     DEAD = "dead"
     UNCERTAIN = "uncertain"
     DRY_RUN = "dry_run"
+    MUTED = "muted"
+    """Fell due inside a mute window of a rule with ``mute_action = "drop"``: not sent."""
     WAITING = "waiting"
     """A chained action (``after``) waiting for its predecessor to succeed."""
     SKIPPED = "skipped"

@@ -54,6 +54,7 @@ from typing import Protocol
 from billnotify.actions.base import ActionExecutor, preparer
 from billnotify.deliveries.attempts import AttemptRunner, AttemptStore
 from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.chain import ChainFollower
 from billnotify.deliveries.due import DueQueue, DueStore, Job
 from billnotify.deliveries.reconcile import InvoiceEmailReconciler
 from billnotify.deliveries.recovery import Recovery, RecoveryStore
@@ -145,6 +146,9 @@ class DeliveryWorker:
             on_ready=self._wake.set,
             notices=notices,
         )
+        chains = ChainFollower(settings.rules, store, clock)
+        self.chains = chains if chains else None
+        """Chained actions (none when no rule chains its actions)."""
         self._runner = AttemptRunner(
             store,
             clock,
@@ -153,6 +157,7 @@ class DeliveryWorker:
             settled=self.settled,
             wake=self._wake.set,
             notices=notices,
+            chains=self.chains,
         )
         self._slots = Slots(
             self.concurrency, self._runner.run, on_take=self._runner.take, on_free=self._slot_freed
@@ -172,6 +177,11 @@ class DeliveryWorker:
 
     # -- public control ----------------------------------------------------------------
     @property
+    def held(self) -> dict[str, int]:
+        """Deliveries held back since start, by reason (``mute``, ``rate_limit``)."""
+        return self._due.holds.held
+
+    @property
     def in_flight(self) -> int:
         """Attempts running now (request under way, or outcome being committed)."""
         return len(self._runner.inflight)
@@ -184,6 +194,8 @@ class DeliveryWorker:
     async def recover(self) -> tuple[int, int]:
         """Resolve ``sending`` rows a previous process (or a dead one) left behind."""
         self.recovered = await self._recovery.at_start()
+        if self.chains is not None:  # dependents a crash left behind their predecessor
+            await self.chains.sweep()
         return self.recovered
 
     async def run(self) -> None:
@@ -205,6 +217,8 @@ class DeliveryWorker:
             asyncio.create_task(self._recovery.sweep_forever(self._sleep), name="recover"),
             asyncio.create_task(self._follow_due(), name="due-wake"),
         ]
+        if self.chains is not None:
+            helpers.append(asyncio.create_task(self._sweep_chains(), name="chains"))
         if self.reconciler is not None and self.reconciler.billing_clients:
             helpers.append(
                 asyncio.create_task(
@@ -301,6 +315,17 @@ class DeliveryWorker:
             async with due:
                 await due.wait()
             self.wake()
+
+    async def _sweep_chains(self) -> None:
+        """Move on dependents whose predecessor changed elsewhere (an operator, the
+        reconciler, another process)."""
+        assert self.chains is not None
+        while True:
+            await self._sleep(self.reconcile_interval)
+            try:
+                await self.chains.sweep()
+            except StoreError as exc:
+                logger.warning("sweeping chained deliveries failed: %s", exc)
 
     async def _reconcile_forever(self) -> None:
         while True:
