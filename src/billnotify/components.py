@@ -30,6 +30,7 @@ from billnotify.config.models import (
     Rule,
     SourceConfig,
 )
+from billnotify.config.rates import parse_rate
 from billnotify.deliveries.base import AttemptResult, Outcome
 from billnotify.deliveries.reconcile import (
     InvoiceEmailReconciler,
@@ -84,6 +85,13 @@ def delivery_settings(config: Config) -> DeliverySettings:
         email_schedule=config.smtp.retry_schedule if config.smtp is not None else None,
         # longer than any request to a billing platform can take: its timeout plus a margin
         settle_after=max(timeouts, default=timedelta(seconds=30)) + timedelta(seconds=5),
+        mute_windows={window.name: window for window in config.mute_windows},
+        webhook_rates={
+            hook.name: parse_rate(hook.rate_limit) for hook in config.webhooks if hook.rate_limit
+        },
+        email_rate=parse_rate(config.smtp.rate_limit)
+        if config.smtp is not None and config.smtp.rate_limit
+        else None,
     )
 
 

@@ -224,9 +224,10 @@ def _duplicates(table: str, items: Any) -> list[str]:
 def _check_references(raw: Mapping[str, Any]) -> list[str]:
     """Checks across tables; they work on the raw data so they run even when a model fails."""
     issues = []
-    for table in ("sources", "webhooks", "rules"):
+    for table in ("sources", "webhooks", "rules", "mute_windows"):
         issues.extend(_duplicates(table, raw.get(table)))
     webhooks = set(_names(raw.get("webhooks")))
+    mute_windows = set(_names(raw.get("mute_windows")))
     sources = _list(raw.get("sources"))
     source_names = set(_names(sources))
     billing_sources = {
@@ -248,6 +249,9 @@ def _check_references(raw: Mapping[str, Any]) -> list[str]:
         for name in _list(rule.get("sources")):
             if isinstance(name, str) and name not in source_names:
                 issues.append(f"rules[{r}].sources: unknown source {name!r}")
+        for m, name in enumerate(_list(rule.get("mute"))):
+            if isinstance(name, str) and name not in mute_windows:
+                issues.append(f"rules[{r}].mute[{m}]: unknown mute window {name!r}")
         actions = _list(rule.get("actions"))
         for a, action in enumerate(actions):
             if not isinstance(action, dict):

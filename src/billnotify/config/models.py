@@ -15,6 +15,7 @@ from pydantic import Field
 
 from billnotify.config.base import StrictModel
 from billnotify.config.mqtt import MqttConfig
+from billnotify.config.mute import MuteWindow
 from billnotify.config.rules import (
     Action,
     EmailAction,
@@ -38,6 +39,7 @@ class Config(StrictModel):
     smtp: SmtpConfig | None = None
     webhooks: list[WebhookEndpoint] = []
     rules: list[Rule] = []
+    mute_windows: list[MuteWindow] = []
     base_dir: Path = Field(default=Path("."), exclude=True)
     """The folder of the config file; relative paths resolve against it."""
 
@@ -82,6 +84,7 @@ __all__ = [
     "InvoiceActionAction",
     "MqttAction",
     "MqttConfig",
+    "MuteWindow",
     "PropertyBillingSource",
     "Rule",
     "ServiceConfig",

@@ -20,6 +20,7 @@ from billnotify.config.models import (
     InvoiceActionAction,
     MqttAction,
     MqttConfig,
+    MuteWindow,
     PropertyBillingSource,
     Rule,
     ServiceConfig,
@@ -44,6 +45,7 @@ TABLES: list[tuple[str, type[BaseModel]]] = [
     ('[[rules.actions]] type = "email"', EmailAction),
     ('[[rules.actions]] type = "webhook"', WebhookAction),
     ('[[rules.actions]] type = "mqtt"', MqttAction),
+    ("[[mute_windows]]", MuteWindow),
 ]
 
 

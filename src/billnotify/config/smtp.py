@@ -7,6 +7,7 @@ from datetime import timedelta
 from pydantic import Field, field_validator
 
 from billnotify.config.base import StrictModel, check_retry_schedule
+from billnotify.config.rates import check_rate
 from billnotify.config.types import Duration
 from billnotify.secrets import Secret
 
@@ -51,8 +52,12 @@ class SmtpConfig(StrictModel):
     """Connections kept open to the server (messages sent at once)."""
     retry_schedule: list[Duration] = list(DEFAULT_SMTP_RETRY_SCHEDULE)
     """Delay before each attempt of an email; exhausted means dead letter."""
+    rate_limit: str | None = None
+    """At most this many emails: ``"N/s"``, ``"N/m"`` or ``"N/h"``; more wait their turn
+    (never dropped), across restarts and processes."""
 
     _schedule_ok = field_validator("retry_schedule")(check_retry_schedule)
+    _rate_ok = field_validator("rate_limit")(check_rate)
 
     @property
     def plaintext_auth(self) -> bool:

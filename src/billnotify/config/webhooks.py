@@ -7,6 +7,7 @@ from datetime import timedelta
 from pydantic import field_validator
 
 from billnotify.config.base import StrictModel, check_http_url, check_name, check_retry_schedule
+from billnotify.config.rates import check_rate
 from billnotify.config.types import DEFAULT_RETRY_SCHEDULE, Duration
 from billnotify.secrets import Secret
 
@@ -28,6 +29,9 @@ class WebhookEndpoint(StrictModel):
     """Delay before each attempt; exhausted means dead letter."""
     allow_private: bool = False
     """Permit private/loopback addresses and plain http:// (for internal receivers)."""
+    rate_limit: str | None = None
+    """At most this many deliveries to the endpoint: ``"N/s"``, ``"N/m"`` or ``"N/h"``;
+    more wait their turn (never dropped), across restarts and processes."""
 
     _name_ok = field_validator("name")(check_name)
 
@@ -55,3 +59,4 @@ class WebhookEndpoint(StrictModel):
         return value
 
     _schedule_ok = field_validator("retry_schedule")(check_retry_schedule)
+    _rate_ok = field_validator("rate_limit")(check_rate)
