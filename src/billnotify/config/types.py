@@ -45,6 +45,14 @@ EVENT_TYPES = (
     "invoice.updated",
     "billing_header.published",
     "billing_header.updated",
+    "billing_task.deleted",
+    "billing_task.restored",
+    "billing_run.deleted",
+    "billing_run.restored",
+    "invoice.deleted",
+    "invoice.restored",
+    "billing_header.deleted",
+    "billing_header.restored",
 )
 """Every event type billnotify emits (SPEC §2)."""
 
