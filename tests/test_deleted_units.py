@@ -319,3 +319,53 @@ async def test_property_headers_of_one_property_are_reconciled(
         assert types == ["billing_header.deleted", "billing_header.restored"]
     finally:
         await client.close()
+
+
+async def test_unsent_invoices_known_from_include_unsent_are_not_deleted_when_it_is_off(
+    sim: Simulator, store: SqliteStore
+) -> None:
+    raised = sim.state.add_invoice(customerID="1")
+    unsent = sim.state.add_invoice(customerID="2", invoiceNumber="", status=["Unsent"])
+    on = Rig(sim, store, include_unsent=True)
+    on.config = on.config.model_copy(update={"watch": ["invoices"]})
+    (on.sync,) = build_billing_syncs(on.config, on.client, store)
+    await on.sync.poll_once()
+    known = await store.get_snapshots("acme", "invoice", [raised["id"], unsent["id"]])
+    assert len(known) == 2
+    off = BillingPlatformSource.model_validate(
+        sim_source(sim, watch=["invoices"], reconcile_interval="1s")
+    )
+    (sync,) = build_billing_syncs(off, on.client, store)
+    reconciler = build_id_reconciler(sync, off, clock=lambda: NOW)
+    assert reconciler is not None
+    stats = await reconciler.reconcile_once()
+    assert (stats.known, stats.listed, stats.deleted) == (1, 1, 0)
+    sim.state.delete_record("invoices", raised["id"])
+    sim.state.add_invoice(customerID="3")  # keeps the listing from being empty
+    assert (await reconciler.reconcile_once()).deleted == 1
+    await on.client.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("500ms", 'must be "0s" (off) or at least "1s"'), ("soon", "not a duration")],
+)
+def test_a_bad_reconcile_interval_names_its_toml_path(value: str, error: str) -> None:
+    from billnotify.config import parse_config
+    from billnotify.errors import ConfigError
+
+    raw = {
+        "sources": [
+            {
+                "name": "acme",
+                "kind": "billing_platform",
+                "base_url": "https://acme.example.com/backend/api/v1",
+                "api_key": "k",
+                "reconcile_interval": value,
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert "sources[0].reconcile_interval" in str(caught.value)
+    assert error in str(caught.value)

@@ -42,7 +42,7 @@ from billnotify.sources.detect import Policy
 from billnotify.sources.property_billing import ENTITY as HEADER_ENTITY
 from billnotify.sources.property_billing import PropertyBillingSync
 from billnotify.store.base import Snapshots
-from billnotify.values import record_id
+from billnotify.values import flags, record_id
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,12 @@ class _BillingListing:
         return self.sync.iter_all()
 
     def owns(self, record: dict[str, Any]) -> bool:
+        # Without include_unsent the listing leaves unsent invoices out: one known from
+        # when it was on is not gone.
+        if self.resource == "invoices" and not self.sync.config.include_unsent:
+            return bool(record.get("invoiceNumber")) and "Unsent" not in flags(
+                record.get("status")
+            )
         return True
 
 
