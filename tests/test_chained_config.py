@@ -1,0 +1,157 @@
+"""Chained actions in the config (SPEC §7.5, §5): ``id`` / ``after`` checked with their
+TOML paths, ``check`` warns of ``results.<id>`` outside the chain, ``render`` and dry
+runs show a chained action with a sample answer, and how a dependent moves on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billnotify.cli.checks import run_check_file
+from billnotify.cli.commands import render_rule
+from billnotify.components import build_actions, build_rule_handler
+from billnotify.config.loader import parse_config
+from billnotify.deliveries.base import DeliveryStatus
+from billnotify.deliveries.chain import transition
+from billnotify.errors import ConfigError
+from billnotify.events import build_event
+from billnotify.store import MemoryStore, StoredEvent
+from servers import toml_config
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+SOURCE = {"name": "acme", "kind": "billing_platform", "base_url": "http://x", "api_key": "k"}
+LINK = {"type": "invoice_action", "id": "link", "action": "generateDownloadLink"}
+MAIL = {
+    "type": "email",
+    "after": "link",
+    "to": ["customer@example.com"],
+    "template": "download",
+}
+
+
+def _raw(actions: list[dict[str, Any]], **rule: Any) -> dict[str, Any]:
+    return {
+        "sources": [SOURCE],
+        "smtp": {"host": "127.0.0.1", "port": 2525, "from": "billing@example.com"},
+        "rules": [{"name": "chain", "on": ["invoice.*"], "actions": actions, **rule}],
+    }
+
+
+def _templates(folder: Path, text: str = "Get it: {{ results.link.download_url }}") -> None:
+    templates = folder / "templates"
+    templates.mkdir(exist_ok=True)
+    (templates / "download.subject.j2").write_text("Invoice {{ object.id }}")
+    (templates / "download.txt.j2").write_text(text)
+
+
+def _issues(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, base_dir=Path("."))
+    return caught.value.issues
+
+
+def test_ids_and_afters_are_checked_with_their_toml_paths() -> None:
+    mqtt = {"type": "mqtt", "topic": "t"}
+    issues = _issues(
+        _raw(
+            [
+                {**mqtt, "id": "a", "after": "b"},  # names a later action: no cycles
+                {**mqtt, "id": "b", "after": "a"},
+                {**mqtt, "id": "a"},  # the same id twice
+                {**mqtt, "after": "nothing"},
+                {**mqtt, "id": "c", "after": "c"},
+                {**mqtt, "id": "not a name"},
+            ]
+        )
+    )
+    text = "\n".join(issues)
+    assert "rules[0].actions[0].after: 'b' names a later action" in text
+    assert "rules[0].actions[2].id: 'a' is already the id of actions[0]" in text
+    assert "rules[0].actions[3].after: 'nothing' names no action" in text
+    assert "rules[0].actions[4].after: 'c' is this action's own id" in text
+    assert "rules[0].actions[5].id: 'not a name' must be a name" in text
+    assert "actions[1]" not in text  # 'b' after 'a' is a valid chain
+    grouped = _issues(_raw([{**mqtt, "id": "a"}, {**mqtt, "after": "a"}], group_by=["source"]))
+    assert any("rules[0].actions[1].after: a grouped rule" in i for i in grouped), grouped
+
+
+async def test_check_warns_of_results_read_outside_the_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _templates(tmp_path)
+    unchained = {**MAIL}
+    del unchained["after"]
+    raw = _raw([LINK, MAIL, unchained])
+    (tmp_path / "config.toml").write_text(toml_config(raw))
+    assert await run_check_file(tmp_path / "config.toml") == 0
+    err = capsys.readouterr().err
+    assert "rules[0].actions[2]: its templates read results.link" in err
+    assert "rules[0].actions[1]" not in err  # chained after link: fine
+
+
+async def test_render_shows_a_chained_action_with_a_sample_answer(tmp_path: Path) -> None:
+    _templates(tmp_path)
+    config = parse_config(_raw([LINK, MAIL]), base_dir=tmp_path)
+    actions = build_actions(config)
+    event = build_event(
+        source="acme",
+        entity="invoice",
+        object_id="7",
+        type_="invoice.created",
+        key="7",
+        time=T0,
+        data={"object": {"id": "7", "customerID": "1"}},
+    )
+    try:
+        link, mail = await render_rule(config, actions.renderer, actions.executors, "chain", event)
+        assert link.summary["action"] == "generateDownloadLink"
+        assert "error" not in mail.summary, mail.summary
+        assert "https://billing.example.com/download/invoice/SAMPLE-TOKEN" in str(mail.summary)
+
+        # a dry run records it the same way, with the sample answer
+        dry = parse_config(_raw([LINK, MAIL], dry_run=True), base_dir=tmp_path)
+        store = MemoryStore()
+        await store.open()
+        handler = build_rule_handler(dry, store, build_actions(dry), lambda: T0)
+        planned = await handler.plan(StoredEvent(1, event))
+        assert [p.delivery.status for p in planned] == [DeliveryStatus.DRY_RUN] * 2
+        assert planned[1].error is None
+        assert planned[1].rendered is not None and "SAMPLE-TOKEN" in planned[1].rendered
+
+        # not a dry run: the chained action is recorded waiting
+        live = parse_config(_raw([LINK, MAIL]), base_dir=tmp_path)
+        handler = build_rule_handler(live, store, build_actions(live), lambda: T0)
+        planned = await handler.plan(StoredEvent(1, event))
+        assert [p.delivery.status for p in planned] == [
+            DeliveryStatus.PENDING,
+            DeliveryStatus.WAITING,
+        ]
+    finally:
+        await actions.close()
+
+
+@pytest.mark.parametrize(
+    ("before", "expect", "to", "note"),
+    [
+        ("succeeded", ("waiting", "skipped"), "pending", "after link: succeeded"),
+        ("dead", ("waiting",), "skipped", "after link: dead"),
+        ("uncertain", ("waiting",), "skipped", "after link: uncertain"),
+        ("dry_run", ("waiting",), "skipped", "after link: dry_run"),
+        ("skipped", ("waiting",), "skipped", "after link: skipped"),
+        ("pending", ("skipped",), "waiting", "after link: pending"),
+        ("retry_scheduled", ("skipped",), "waiting", "after link: retry_scheduled"),
+    ],
+)
+def test_how_a_dependent_moves_on_with_its_predecessor(
+    before: str, expect: tuple[str, ...], to: str, note: str
+) -> None:
+    move = transition(DeliveryStatus(before), "link", "dlv_x")
+    assert move is not None
+    assert ([s.value for s in move.expect], move.status.value, move.note) == (
+        list(expect),
+        to,
+        note,
+    )
