@@ -17,6 +17,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+from aiohttp import web
+
 from billnotify.collector import tuned_collector
 from billnotify.components import Components, build_components, build_store, utcnow
 from billnotify.config.models import Config
@@ -132,6 +134,19 @@ class Service:
         oldest = await self.store.oldest_pending_at()
         m.oldest_pending.set((self.clock() - oldest).total_seconds() if oldest else 0)
 
+    def _console(self) -> Callable[[web.Application], None] | None:
+        """The console's routes, when it may be served (SPEC §7.4: a token, or loopback)."""
+        if not self.config.service.console_open:
+            logger.warning(
+                "console not served: service.http %s is not a loopback address and "
+                "service.console_token is not set",
+                self.config.service.http,
+            )
+            return None
+        from billnotify.console import Console
+
+        return Console(self.config, self.store, self, clock=self.clock).mount
+
     def _poll_now(self, source: str) -> None:
         for poller in self.pollers:
             if poller.sync.source == source:
@@ -180,6 +195,7 @@ class Service:
                     on_hook=self._poll_now,
                     instance=config.service.instance_name,
                     leases=self.held_leases,
+                    console=self._console(),
                 )
                 await self.health.start()
                 stack.push_async_callback(self.health.stop)

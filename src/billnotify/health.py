@@ -1,4 +1,4 @@
-"""The operator's HTTP endpoint: /healthz, /readyz, /metrics (and inbound hooks)."""
+"""The operator's HTTP endpoint: /healthz, /readyz, /metrics, inbound hooks, the console."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class HealthServer:
             byte by byte must not hold a connection for long): 408 after that.
         instance: this process's name, which ``/readyz`` reports (SPEC §7.1).
         leases: the leases this process holds, which ``/readyz`` lists.
+        console: adds the operator console's routes (SPEC §7.4) to the application.
     """
 
     def __init__(
@@ -57,7 +58,9 @@ class HealthServer:
         hook_read_timeout: float = 10.0,
         instance: str | None = None,
         leases: HeldLeases | None = None,
+        console: Callable[[web.Application], None] | None = None,
     ) -> None:
+        self._console = console
         self.instance = instance
         self._leases = leases
         self.host = host
@@ -78,6 +81,8 @@ class HealthServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_handler)
         app.router.add_post("/hooks/{source}", self._hook)
+        if self._console is not None:
+            self._console(app)
         return app
 
     async def start(self) -> None:

@@ -108,7 +108,7 @@ def _console_issues(config: Config) -> list[str]:
         return []
     return [
         f"service.console_token: required when service.http ({service.http}) is not a "
-        'loopback address (the console would be open to the network): set console_token = '
+        "loopback address (the console would be open to the network): set console_token = "
         '"env:NAME", or listen on 127.0.0.1'
     ]
 

@@ -73,9 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--event", required=True, type=Path, help="a CloudEvent JSON file")
 
     events = sub.add_parser("events", parents=[common], help="list the event log")
-    events.add_argument("--since", type=parse_since)
+    events.add_argument(
+        "--since",
+        type=parse_since,
+        help="only events after this: a duration ago ('2h') or an ISO time",
+    )
     events.add_argument("--type", dest="type_glob", help="type glob, e.g. 'invoice.*'")
-    events.add_argument("--limit", type=int, default=1000)
+    events.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="at most this many, newest last (default 1000; 0: all)",
+    )
     events.add_argument("--json", action="store_true", help="one CloudEvent JSON per line")
 
     replay = sub.add_parser(
@@ -86,7 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("ids", nargs="*", metavar="ID")
     replay.set_defaults(usage_error=replay.error)
-    replay.add_argument("--since", type=parse_since)
+    replay.add_argument(
+        "--since",
+        type=parse_since,
+        help="every event after this: a duration ago ('2h') or an ISO time",
+    )
     replay.add_argument("--to", choices=["mqtt", "rules"], default="mqtt")
     replay.add_argument(
         "--force",
@@ -124,7 +137,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_status_arg,
         help="failed | dead | uncertain | pending | succeeded | retry_scheduled | dry_run",
     )
-    deliveries.add_argument("--limit", type=int, default=100)
+    deliveries.add_argument(
+        "--limit", type=int, default=100, help="at most this many, newest first (default 100)"
+    )
     deliveries.add_argument("--json", action="store_true")
     dsub = deliveries.add_subparsers(dest="deliveries_command", metavar="ACTION")
     retry = dsub.add_parser("retry", parents=[common], help="send deliveries again")
@@ -140,11 +155,20 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID")
 
     simulate = sub.add_parser("simulate", help="run the billing platform simulator")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8080)
+    simulate.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    simulate.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     simulate.add_argument("--tick", type=float, default=2.0, help="seconds per scenario step")
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--api-key", default="sim-key")
+    simulate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the scenario: the same seed, the same story",
+    )
+    simulate.add_argument(
+        "--api-key", default="sim-key", help="the API key the simulator accepts (default sim-key)"
+    )
 
     demo = sub.add_parser("demo", help="the whole product on this machine, nothing outside")
     demo.add_argument("--duration", type=parse_duration_arg, help="stop after e.g. '60s'")
@@ -354,9 +378,8 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
         print(f"billnotify: unknown event id(s): {', '.join(sorted(missing))}", file=sys.stderr)
         return EXIT_FAILURE
     if args.to == "mqtt":
-        from billnotify.publish.mqtt import MqttPublisher
-
         from billnotify.cli.commands import record_replay
+        from billnotify.publish.mqtt import MqttPublisher
 
         count = await MqttPublisher(config.mqtt, store).republish(events)
         done = f"to MQTT: {count} re-published"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from datetime import timedelta
@@ -69,6 +70,16 @@ def check_listen(value: str | None) -> str | None:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) can be reached from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def default_instance() -> str:
     """This process's name when ``[service] instance`` is not set: ``hostname-pid``."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -95,7 +106,9 @@ class ServiceConfig(StrictModel):
     templates: str = "templates"
     """Folder of your own templates (relative to the config file's folder); they override the shipped ones of the same name."""
     http: str | None = "127.0.0.1:9464"
-    """``host:port`` for /healthz, /readyz and /metrics; empty to disable."""
+    """``host:port`` for /healthz, /readyz, /metrics and the console; empty to disable."""
+    console_token: Secret | None = None
+    """Token that opens the operator console at ``/`` (``env:NAME`` / ``file:/path``); without it the console is served only on a loopback ``http`` address."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
     log_format: Literal["text", "json"] = "text"
@@ -206,6 +219,12 @@ class ServiceConfig(StrictModel):
     def templates_path(self, base_dir: Path) -> Path:
         """The template folder, resolved against the config file's folder."""
         return _resolve(base_dir, self.templates)
+
+    @property
+    def console_open(self) -> bool:
+        """Whether the console may be served: with a ``console_token``, or on loopback."""
+        listen = self.listen()
+        return listen is not None and (bool(self.console_token) or is_loopback(listen[0]))
 
     def listen(self) -> tuple[str, int] | None:
         """``(host, port)`` of the HTTP endpoint, or None when disabled."""
