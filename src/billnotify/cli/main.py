@@ -100,7 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_since,
         help="every event after this: a duration ago ('2h') or an ISO time",
     )
-    replay.add_argument("--to", choices=["mqtt", "rules"], default="mqtt")
+    replay.add_argument(
+        "--to",
+        choices=["mqtt", "rules"],
+        default="mqtt",
+        help="mqtt: publish again (default); rules: run the rules on them again",
+    )
     replay.add_argument(
         "--force",
         action="store_true",
@@ -140,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument(
         "--limit", type=int, default=100, help="at most this many, newest first (default 100)"
     )
-    deliveries.add_argument("--json", action="store_true")
+    deliveries.add_argument("--json", action="store_true", help="one delivery JSON per line")
     dsub = deliveries.add_subparsers(dest="deliveries_command", metavar="ACTION")
     retry = dsub.add_parser("retry", parents=[common], help="send deliveries again")
     retry.add_argument("ids", nargs="+", metavar="ID")
