@@ -140,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument(
         "--status",
         type=_status_arg,
-        help="failed | dead | uncertain | pending | succeeded | retry_scheduled | dry_run",
+        help="failed | dead | uncertain | pending | succeeded | retry_scheduled | dry_run "
+        "| waiting | skipped",
     )
     deliveries.add_argument(
         "--limit", type=int, default=100, help="at most this many, newest first (default 100)"
