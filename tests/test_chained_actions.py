@@ -24,7 +24,7 @@ from typing import Any
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.simulator import Simulator
 from billnotify.store.records import Delivery, delivery_id
-from servers import PYTHON, SmtpSink, sim_source, toml_config
+from servers import PYTHON, SmtpSink, WebhookReceiver, sim_source, toml_config
 from service_harness import polls_after, running_service, until
 
 RULE = "download-link-to-customer"
@@ -227,3 +227,35 @@ async def test_an_uncertain_predecessor_holds_its_dependent_until_resolved_as_se
         await until(
             lambda: _status(service.store, then_id, DeliveryStatus.SUCCEEDED), "it succeeded"
         )
+
+
+async def test_a_webhook_with_an_id_keeps_the_receivers_answer_for_the_action_after_it(
+    tmp_path: Path, sim: Simulator, sink: SmtpSink, receiver: WebhookReceiver
+) -> None:
+    hook = {"type": "webhook", "id": "hook", "endpoint": "ops"}
+    note = {"type": "email", "after": "hook", "to": ["ops@example.com"], "template": "hooked"}
+    raw = _config(tmp_path, sim, sink, [hook, note])
+    raw["webhooks"] = [
+        {
+            "name": "ops",
+            "url": receiver.url("/ok"),
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "allow_private": True,
+        }
+    ]
+    (tmp_path / "templates" / "hooked.subject.j2").write_text("hooked")
+    (tmp_path / "templates" / "hooked.txt.j2").write_text(
+        "{{ results.hook.status }} {{ results.hook.body.received }}\n"
+    )
+    async with running_service(raw, tmp_path) as service:
+        sim.state.add_invoice(status=["Raised", "Approved"])
+
+        async def told() -> list[str]:
+            return _mails_to(sink, "ops@example.com")
+
+        [body] = await until(told, "the email after the webhook")
+        assert body.strip() == "200 True"
+        [hooked] = [d for d in await service.store.list_deliveries() if d.action_index == 0]
+        kept = await service.store.get_results([hooked.id])
+    assert json.loads(kept[hooked.id]) == {"status": 200, "body": {"received": True}}
+    assert len(receiver.hits) == 1

@@ -141,6 +141,7 @@ async def test_render_shows_a_chained_action_with_a_sample_answer(tmp_path: Path
         ("uncertain", ("waiting",), "skipped", "after link: uncertain"),
         ("dry_run", ("waiting",), "skipped", "after link: dry_run"),
         ("skipped", ("waiting",), "skipped", "after link: skipped"),
+        ("muted", ("waiting",), "skipped", "after link: muted"),
         ("pending", ("skipped",), "waiting", "after link: pending"),
         ("retry_scheduled", ("skipped",), "waiting", "after link: retry_scheduled"),
     ],

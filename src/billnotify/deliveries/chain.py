@@ -6,7 +6,7 @@ dependent does, by :func:`transition`::
 
     predecessor succeeded                  waiting | skipped -> pending (runs now)
     predecessor dead, uncertain, dry_run,  waiting           -> skipped, note
-      skipped                                                   "after link: uncertain"
+      muted, skipped                                            "after link: uncertain"
     predecessor due again (a retry) or     skipped           -> waiting
       waiting
 
@@ -51,7 +51,13 @@ MAX_RESULT_BYTES = 64 * 1024
 
 _W, _S, _P = DeliveryStatus.WAITING, DeliveryStatus.SKIPPED, DeliveryStatus.PENDING
 _STOPS = frozenset(
-    {DeliveryStatus.DEAD, DeliveryStatus.UNCERTAIN, DeliveryStatus.DRY_RUN, DeliveryStatus.SKIPPED}
+    {
+        DeliveryStatus.DEAD,
+        DeliveryStatus.UNCERTAIN,
+        DeliveryStatus.DRY_RUN,
+        DeliveryStatus.SKIPPED,
+        DeliveryStatus.MUTED,
+    }
 )
 _GOES_ON = frozenset(
     {
