@@ -214,7 +214,8 @@ class FencedSnapshots:
 
 
 class Reconciler(Protocol):
-    """Work a poller runs beside its polls, under its lease (:mod:`billnotify.sources.reconcile_ids`)."""
+    """Work a poller runs beside its polls, under its lease (the deleted-records
+    reconcile, :mod:`billnotify.sources.reconcile_ids`)."""
 
     async def run(self, busy: asyncio.Lock) -> None:
         """Until cancelled; commits only while holding ``busy``."""

@@ -58,6 +58,8 @@ class IdListing(Protocol):
     source: str
     resource: str
     entity: str
+    closing_requests: int
+    """Requests a complete listing makes beyond its pages (the empty last page)."""
 
     def pages(self) -> AsyncIterator[list[dict[str, Any]]]:
         """The complete listing, page by page; raises when it cannot be completed."""
@@ -69,6 +71,7 @@ class IdListing(Protocol):
 @dataclass
 class _BillingListing:
     sync: BillingPlatformSync
+    closing_requests: int = 1
 
     def __post_init__(self) -> None:
         self.source, self.resource, self.entity = (
@@ -84,9 +87,7 @@ class _BillingListing:
         # Without include_unsent the listing leaves unsent invoices out: one known from
         # when it was on is not gone.
         if self.resource == "invoices" and not self.sync.config.include_unsent:
-            return bool(record.get("invoiceNumber")) and "Unsent" not in flags(
-                record.get("status")
-            )
+            return bool(record.get("invoiceNumber")) and "Unsent" not in flags(record.get("status"))
         return True
 
 
@@ -96,6 +97,7 @@ class _HeaderListing:
     lists them all in one answer (seed 003 has no paging)."""
 
     sync: PropertyBillingSync
+    closing_requests: int = 0
 
     def __post_init__(self) -> None:
         self.source, self.resource, self.entity = (
@@ -194,8 +196,7 @@ class IdReconciler:
                 k = known.get(rid)
                 if k is not None and k.deleted:
                     returning[rid] = record
-        if isinstance(self.listing, _BillingListing):
-            stats.requests += 1  # the empty page that ends a billing-platform listing
+        stats.requests += self.listing.closing_requests
         stats.listed = len(listed)
         found = diff_ids(known, listed)
         live = sum(1 for k in known.values() if not k.deleted)
