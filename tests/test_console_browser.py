@@ -8,7 +8,8 @@ Debian's chromium, driven by Playwright, logs in, resolves the uncertain deliver
 through the page, re-enables the disabled endpoint and previews a rule; the CLI
 (``billnotify deliveries show`` as a subprocess) then agrees, with who and why. Without
 a session nothing is shown and nothing is done, and a POST without the session's CSRF
-token is refused. Each page is saved to ``docs/console/<page>.png`` for the README.
+token is refused. Each page is saved as ``<page>.png``: into ``docs/console/`` for the
+README with ``BILLNOTIFY_SCREENSHOTS=1``, else into the test's temp folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +43,8 @@ playwright_api = pytest.importorskip(
 
 TOKEN = "console-" + "Hq7Zt2Wm9Ls4Px8Rv"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+"""Where the screenshots go with ``BILLNOTIFY_SCREENSHOTS=1`` (the README's pictures);
+otherwise into the test's temp folder, so a test run leaves the tree as it was."""
 REASON = "customer confirmed by phone: mail arrived"
 
 
@@ -153,7 +157,8 @@ async def test_an_operator_resolves_an_uncertain_email_in_the_browser_and_the_cl
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BN_TEST_CONSOLE_TOKEN", TOKEN)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = SHOTS if os.environ.get("BILLNOTIFY_SCREENSHOTS") else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
     sink.handler.data_stall = 3.0  # takes the mail, answers too late: uncertain
     async with Simulator(page_max=50) as sim:
         task = sim.state.add_billing_task(status="Running")
@@ -166,13 +171,19 @@ async def test_an_operator_resolves_an_uncertain_email_in_the_browser_and_the_cl
         ):
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
             try:
-                await _scenario(service, url, browser, sim, task, config_file)
+                await _scenario(service, url, browser, sim, task, config_file, shots)
             finally:
                 await browser.close()
 
 
 async def _scenario(
-    service: Service, url: str, browser: Any, sim: Simulator, task: dict[str, Any], config: Path
+    service: Service,
+    url: str,
+    browser: Any,
+    sim: Simulator,
+    task: dict[str, Any],
+    config: Path,
+    shots: Path,
 ) -> None:
     store = service.store
     sim.state.update_billing_task(task["id"], status="Failed")
@@ -194,7 +205,7 @@ async def _scenario(
     assert page.url == f"{url}/login"
     assert delivery.id not in await page.content()
     assert response is not None
-    await page.screenshot(path=str(SHOTS / "login.png"))
+    await page.screenshot(path=str(shots / "login.png"))
     refused = await stranger.request.post(
         f"{url}/deliveries/{delivery.id}/resolve",
         form={"outcome": "sent", "reason": "x", "csrf": "x"},
@@ -227,7 +238,7 @@ async def _scenario(
         "n => Number(document.getElementById('events-total').textContent) > n", arg=before
     )
     assert await page.inner_text("#deliveries-uncertain") == "1"
-    await page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # -- a POST without the session's CSRF token is refused ----------------------------
     for form in (
@@ -247,28 +258,37 @@ async def _scenario(
     await page.wait_for_selector("#live-status:text('live')")
     sim.state.add_billing_task(status="Running")  # no webhook: the rule wants Pending ones
     await page.wait_for_selector("#event-rows tr.new >> text=billing_task.created")
-    await page.screenshot(path=str(SHOTS / "events.png"), full_page=True)
+    await page.screenshot(path=str(shots / "events.png"), full_page=True)
     await page.goto(f"{url}/events/{delivery.event_id}")
     assert '"type": "billing_task.status_changed"' in await page.inner_text("pre.json")
-    await page.screenshot(path=str(SHOTS / "event.png"), full_page=True)
+    await page.screenshot(path=str(shots / "event.png"), full_page=True)
+    await page.fill("input[name=reason]", "checking the rules")
+    await page.click("button:text('Replay')")
+    await page.wait_for_selector(".flash:text('replayed to rules: 0 new')")
+    (replayed,) = await store.operator_actions(delivery.event_id)
+    assert (replayed.who, replayed.action, replayed.reason) == (
+        "console:ann",
+        "replay",
+        "checking the rules",
+    )
 
     # -- deliveries: find the uncertain one, resolve it through the page ----------------
     await page.goto(f"{url}/deliveries")
     await page.select_option("select[name=status]", "uncertain")
     await page.click("form.filters button[type=submit]")
     await page.wait_for_url(f"{url}/deliveries?status=uncertain&rule=&endpoint=")
-    await page.screenshot(path=str(SHOTS / "deliveries.png"), full_page=True)
+    await page.screenshot(path=str(shots / "deliveries.png"), full_page=True)
     await page.click(f"text={delivery.id}")
     await page.wait_for_url(f"{url}/deliveries/{delivery.id}")
     assert "no reply to DATA" in await page.inner_text("table")
     await page.check("input[name=outcome][value=sent]")
     await page.fill("#resolve-form input[name=reason]", REASON)
-    await page.screenshot(path=str(SHOTS / "delivery.png"), full_page=True)
+    await page.screenshot(path=str(shots / "delivery.png"), full_page=True)
     await page.click("#resolve-form button[type=submit]")
     await page.wait_for_selector(".flash:text('uncertain -> succeeded')")
     assert await page.inner_text("#delivery-status") == "succeeded"
     assert REASON in await page.inner_text("table.actions")
-    await page.screenshot(path=str(SHOTS / "delivery-resolved.png"), full_page=True)
+    await page.screenshot(path=str(shots / "delivery-resolved.png"), full_page=True)
 
     code, out, err = await _cli("deliveries", "show", delivery.id, "-c", str(config))
     assert code == 0, err
@@ -283,7 +303,7 @@ async def _scenario(
 
     # -- endpoints: re-enable the one the 410 disabled ---------------------------------
     await page.goto(f"{url}/endpoints")
-    await page.screenshot(path=str(SHOTS / "endpoints.png"), full_page=True)
+    await page.screenshot(path=str(shots / "endpoints.png"), full_page=True)
     await page.fill("input[name=reason]", "the receiver is back")
     await page.click("button:text('Re-enable')")
     await page.wait_for_selector(".flash:text('gone: enabled')")
@@ -295,7 +315,7 @@ async def _scenario(
     await page.goto(f"{url}/rules?rule=failed-tasks&event={delivery.event_id}")
     preview = await page.inner_text("#preview")
     assert "Action 0: email" in preview and "customer@example.com" in preview
-    await page.screenshot(path=str(SHOTS / "rules.png"), full_page=True)
+    await page.screenshot(path=str(shots / "rules.png"), full_page=True)
 
     # -- on a phone ---------------------------------------------------------------------
     phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
@@ -304,7 +324,7 @@ async def _scenario(
     await small.goto(f"{url}/")
     width = await small.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the overview needs {width}px on a 390px phone"
-    await small.screenshot(path=str(SHOTS / "overview-phone.png"), full_page=True)
+    await small.screenshot(path=str(shots / "overview-phone.png"), full_page=True)
     await phone.close()
 
     # -- logout ends the session --------------------------------------------------------
