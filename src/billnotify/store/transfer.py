@@ -4,7 +4,8 @@ Moving to several instances must not cost a new baseline (every record seen agai
 new) nor send anything twice, so everything that makes up the state moves as it is:
 events (same ids, ``seq`` and JSON), snapshots (records, marks, versions: the next
 event ids depend on them), cursors, consumer positions, deliveries with their attempts
-and rendered messages, disabled endpoints and the operator actions on record. Leases and instances are not state: the
+and rendered messages, the answers kept for chained actions, disabled endpoints and
+the operator actions on record. Leases and instances are not state: the
 processes started on the copy take them.
 
 The source is read in one read transaction (a consistent picture even if something
@@ -130,6 +131,13 @@ TABLES = (
         ("at", "who", "action", "subject", "reason", "result"),
         {"at": _time},
         "id",
+        optional=True,
+    ),
+    _Table(
+        "delivery_results",
+        ("delivery_id", "result", "recorded_at"),
+        {"recorded_at": _time},
+        "delivery_id",
         optional=True,
     ),
 )
