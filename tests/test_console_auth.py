@@ -320,3 +320,25 @@ async def test_without_a_token_on_loopback_each_visitor_gets_a_session_and_csrf(
         assert (action.who, action.action) == ("console:local", "retry")
     finally:
         await runner.cleanup()
+
+
+async def test_what_the_platform_sends_is_shown_as_text_never_as_markup(
+    console: tuple[str, str, SqliteStore],
+) -> None:
+    url, _, store = console
+    evil = '<img src=x onerror="alert(1)">'
+    event = CloudEvent(
+        id="evt_console_evil",
+        source="billnotify://acme",
+        type="invoice.status_changed",
+        subject=f"invoices/{evil}",
+        time="2026-11-21T10:02:00Z",
+        data={"object": {"id": evil}},
+    )
+    await store.commit("acme", [], [event])
+    async with _session() as http:
+        assert await _login(http, url) == 303
+        for path in ("/events", "/events/evt_console_evil"):
+            async with http.get(url + path) as r:
+                body = await r.text()
+                assert evil not in body and "&lt;img src=x" in body, path

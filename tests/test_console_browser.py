@@ -239,6 +239,15 @@ async def _scenario(
     )
     assert await page.inner_text("#deliveries-uncertain") == "1"
     await page.screenshot(path=str(shots / "overview.png"), full_page=True)
+    # a failing source shows, with its error, and recovers, without a reload
+    state = "[data-live='source.acme/billing_tasks.state']"
+    error = "[data-live='source.acme/billing_tasks.error']"
+    sim.faults.add("/backend/api/v1/billingTasks", kind="503", count=-1)
+    await page.wait_for_selector(f"{state}:text('failing')")
+    assert "503" in await page.inner_text(error)
+    sim.faults.clear()
+    await page.wait_for_selector(f"{state}:text('ok')")
+    assert await page.inner_text(error) == "none"
 
     # -- a POST without the session's CSRF token is refused ----------------------------
     for form in (

@@ -95,6 +95,8 @@ class HealthServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         logger.info("health and metrics on http://%s:%d/", self.host, self.port)
+        if self._console is not None:
+            logger.info("operator console on http://%s:%d/", self.host, self.port)
 
     async def stop(self) -> None:
         """Stop listening."""

@@ -48,7 +48,9 @@ class SourceState:
     state: str
     """``ok``, ``failing``, ``standby`` or ``not polled yet``."""
     last_poll: str
-    """How long ago it last polled successfully (``12s ago``, ``never``)."""
+    """When it last polled successfully (``2026-11-21T10:00:00Z``, ``never``)."""
+    lag: str
+    """How old what billnotify knows of it is: the time since that poll (``12s``)."""
     error: str
     """The last poll's error (empty once a poll succeeds)."""
     polls: int
@@ -84,24 +86,25 @@ class Overview:
         for source in self.sources:
             values[f"source.{source.name}.state"] = source.state
             values[f"source.{source.name}.last_poll"] = source.last_poll
+            values[f"source.{source.name}.lag"] = source.lag
             values[f"source.{source.name}.error"] = source.error or "none"
             values[f"source.{source.name}.polls"] = str(source.polls)
         return values
 
 
-def ago(seconds: float | None) -> str:
-    """``12s ago``, ``3m 5s ago``, ``never``."""
+def span(seconds: float | None) -> str:
+    """``12s``, ``3m 5s``, ``2h 10m``; ``—`` for none."""
     if seconds is None:
-        return "never"
+        return "—"
     whole = max(0, int(seconds))
     if whole < 60:
-        return f"{whole}s ago"
+        return f"{whole}s"
     if whole < 3600:
-        return f"{whole // 60}m {whole % 60}s ago"
-    return f"{whole // 3600}h {whole % 3600 // 60}m ago"
+        return f"{whole // 60}m {whole % 60}s"
+    return f"{whole // 3600}h {whole % 3600 // 60}m"
 
 
-def _source(poller: Poller, now: float) -> SourceState:
+def _source(poller: Poller, now: float, wall: datetime) -> SourceState:
     since = None if poller.last_success is None else now - poller.last_success
     if poller.standby:
         state = "standby"
@@ -111,7 +114,8 @@ def _source(poller: Poller, now: float) -> SourceState:
         state = "failing"
     else:
         state = "ok"
-    return SourceState(poller.name, state, ago(since), poller.last_error or "", poller.polls)
+    last = "never" if since is None else format_time(wall - timedelta(seconds=since))
+    return SourceState(poller.name, state, last, span(since), poller.last_error or "", poller.polls)
 
 
 async def read_overview(
@@ -127,7 +131,7 @@ async def read_overview(
         counts[status] = counts.get(status, 0) + count
     mqtt = "off" if publisher is None else "connected" if publisher.connected else "disconnected"
     return Overview(
-        sources=[_source(p, monotonic) for p in pollers],
+        sources=[_source(p, monotonic, now) for p in pollers],
         mqtt=mqtt,
         mqtt_backlog=max(0, last - await store.get_position("mqtt")) if publisher else 0,
         rules_backlog=max(0, last - await store.get_position("rules")),
