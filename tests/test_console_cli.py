@@ -16,11 +16,15 @@ from pathlib import Path
 
 import pytest
 
+import pg
 from billnotify.config import parse_config
 from billnotify.config.service import ServiceConfig, is_loopback
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.events import CloudEvent
 from billnotify.store import NewDelivery, SqliteStore
+from billnotify.store.postgres import PgStore
+from billnotify.store.records import OperatorAction
+from billnotify.store.transfer import copy_state
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 TOKEN = "tok-" + "Gm4Rw8Ye2Nq6Ub1"
@@ -122,6 +126,28 @@ async def test_cli_replay_to_rules_is_recorded_per_event(tmp_path: Path) -> None
         (action,) = await store.operator_actions("evt_cli_0")
     assert (action.action, action.reason) == ("replay", "rule fixed")
     assert action.result.startswith("to rules: ")
+
+
+async def test_state_copy_takes_the_operator_actions_along(tmp_path: Path) -> None:
+    reason = pg.available()
+    if reason:
+        pytest.skip(reason)
+    target = pg.shared().database()
+    async with SqliteStore(tmp_path / "state.db") as store:
+        kept = [
+            OperatorAction(NOW, "cli:ann", "retry", "dlv_a", "bounced", "dead -> pending"),
+            OperatorAction(NOW, "console:bob", "enable_endpoint", "ops", "back", "enabled"),
+        ]
+        for action in kept:
+            await store.record_operator_action(action)
+    report = await copy_state(tmp_path / "state.db", target)
+    assert report.counts["operator_actions"] == 2
+    async with PgStore(target) as copied:
+        assert await copied.operator_actions() == list(reversed(kept))
+        # the copy's own actions come after the copied ones
+        later = OperatorAction(NOW, "cli:ann", "retry", "dlv_a", "again", "x")
+        await copied.record_operator_action(later)
+        assert (await copied.operator_actions("dlv_a"))[0] == later
 
 
 @pytest.mark.parametrize(
