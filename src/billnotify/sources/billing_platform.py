@@ -4,27 +4,31 @@ Each cycle of a resource:
 
 1. First sync (no cursor): list everything, paging with ``idAfter``, and record it as the
    baseline (no events unless ``emit_on_first_sync``).
-2. Later cycles: ``updatedSince`` and ``createdSince`` = cursor - overlap, each paged with
-   ``idAfter`` until an empty page. Records re-read in the overlap equal their snapshot
-   and emit nothing, so the overlap never duplicates an event.
-3. The cursor is the platform's own clock (the ``Date`` header of the cycle's first
-   response), committed only after every page of the cycle is committed: a crash or a
-   failing page repeats the cycle, never skips it.
+2. Later cycles: ``updatedSince`` = cursor - overlap, paged with ``idAfter`` until an
+   empty page; ``createdSince`` too, every cycle until the platform has shown that
+   ``updatedSince`` lists created records, then once a minute from a cursor of its own
+   (:mod:`~billnotify.sources.billing_cursor`). Records re-read in the overlap equal
+   their snapshot and emit nothing, so the overlap never duplicates an event.
+3. The cursor is the platform's own clock (the ``Date`` headers of the cycle's
+   responses, by id range), committed only after every page of the cycle is committed: a
+   crash or a failing page repeats the cycle, never skips it.
 4. Time-based events (stalled tasks, overdue invoices) are swept from the store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import BillingPlatformSource
 from billnotify.config.types import RESOURCES
 from billnotify.sources.base import Clock, PollStats, diff_page, sweep_due, utcnow
+from billnotify.sources.billing_cursor import CreatedCheck, Cursor, ReadTimes
 from billnotify.sources.detect import Policy
 from billnotify.store.base import Snapshots
 from billnotify.values import record_id
@@ -34,7 +38,6 @@ logger = logging.getLogger(__name__)
 PATHS = {"billing_tasks": "billingTasks", "billing_runs": "billingRuns", "invoices": "invoices"}
 """Resource name -> the API's collection path."""
 
-CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _NO_DATE_MARGIN = timedelta(minutes=5)
 
 
@@ -74,6 +77,7 @@ class BillingPlatformSync:
         self.store = store
         self.clock = clock
         self.policy = Policy(stall_after=config.stall_after, zone=config.zone)
+        self._created = CreatedCheck()
 
     def _base_params(self) -> dict[str, Any]:
         if self.resource == "invoices" and self.config.include_unsent:
@@ -83,44 +87,97 @@ class BillingPlatformSync:
     async def poll_once(self) -> PollStats:
         """One cycle: fetch, detect, commit; then advance the cursor."""
         stats = PollStats()
-        cursor = await self.store.get_cursor(self.source, self.resource)
-        if cursor is None:
-            stats.baseline = not self.config.emit_on_first_sync
-            passes: list[dict[str, Any]] = [self._base_params()]
-        else:
-            since = datetime.strptime(cursor, CURSOR_FORMAT).replace(tzinfo=UTC)
-            since -= self.config.overlap
-            passes = [
-                {**self._base_params(), "updatedSince": since},
-                {**self._base_params(), "createdSince": since},
-            ]
-        started: datetime | None = None
-        for params in passes:
-            async for page in self.client.iter_pages(self.path, params):
-                stats.requests += 1
-                if started is None:
-                    started = server_time(self.client, self.clock())
-                await self._apply(page, stats)
-            stats.requests += 1
-            if started is None:
-                started = server_time(self.client, self.clock())
+        stored = await self.store.get_cursor(self.source, self.resource)
+        cursor = None if stored is None else Cursor.parse(stored)
+        stats.baseline = cursor is None and not self.config.emit_on_first_sync
+        reads = ReadTimes()
+        updated = await self._updated_pass(cursor, reads, stats)
+        started = reads.first
+        assert started is not None
+        created = started if cursor is None else cursor.created
+        if self._created.due(cursor, started):
+            assert cursor is not None
+            since = cursor.created - self.config.overlap
+            await self._created_pass(since, updated, stats)
+            created = started
         swept = await sweep_due(
             self.store, self.source, self.entity, now=self.clock(), policy=self.policy
         )
         stats.events += len(swept)
         stats.types.update(s.event.type for s in swept)
-        assert started is not None
-        new_cursor = started.strftime(CURSOR_FORMAT)
-        if new_cursor != cursor:
+        new_cursor = Cursor(reads.ranges(), created).text()
+        if new_cursor != stored:
             await self.store.commit(self.source, [], [], (self.resource, new_cursor))
         return stats
+
+    async def _updated_pass(
+        self, cursor: Cursor | None, reads: ReadTimes, stats: PollStats
+    ) -> set[str]:
+        """Everything (first sync) or ``updatedSince`` by id range (see
+        :mod:`~billnotify.sources.billing_cursor`); the ids it found new (incremental
+        cycles only)."""
+        queries: list[tuple[int | None, datetime | None]] = [(None, None)]
+        if cursor is not None:
+            queries = [*cursor.queries(self.config.overlap)]
+        new: set[str] = set()
+        position: int | None = None
+        while queries:
+            _, since = queries.pop(0)
+            params = self._base_params()
+            if since is not None:
+                params["updatedSince"] = since
+            if position is not None:
+                params["idAfter"] = position
+            listing = self.client.iter_pages(self.path, params)
+            async with aclosing(cast("AsyncGenerator[list[dict[str, Any]]]", listing)) as pages:
+                async for page in pages:
+                    stats.requests += 1
+                    reads.add(position, server_time(self.client, self.clock()))
+                    known = await self._apply(page, stats)
+                    if cursor is not None:
+                        new.update(i for i in map(record_id, page) if i not in known)
+                    position = max(int(r["id"]) for r in page)
+                    passed = [q for q in queries if q[0] is not None and q[0] <= position]
+                    if passed:  # the ids above ``position`` are read from a later time
+                        queries = [passed[-1], *queries[len(passed) :]]
+                        break
+                else:
+                    stats.requests += 1  # the empty page: nothing above ``position``
+                    reads.add(position, server_time(self.client, self.clock()))
+                    return new
+        return new
+
+    async def _created_pass(self, since: datetime, updated: set[str], stats: PollStats) -> None:
+        """``createdSince``, and what it shows of the platform (see :class:`CreatedCheck`);
+        ``updated``: the records this cycle's ``updatedSince`` found new."""
+        params = {**self._base_params(), "createdSince": since}
+        fresh = confirmed = False
+        async for page in self.client.iter_pages(self.path, params):
+            stats.requests += 1
+            known = await self._apply(page, stats)
+            for rid in map(record_id, page):
+                fresh = fresh or rid not in known
+                confirmed = confirmed or rid in updated
+        stats.requests += 1
+        folded = self._created.folded
+        self._created.learn(fresh=fresh, confirmed=confirmed)
+        if folded != self._created.folded:
+            logger.info(
+                "%s %s: createdSince asked %s",
+                self.source,
+                self.resource,
+                "once a minute (updatedSince lists created records)"
+                if self._created.folded
+                else "every cycle (a created record only createdSince listed)",
+            )
 
     def iter_all(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Every record the platform lists for the resource now, page by page (the
         deleted-records reconcile, :mod:`billnotify.sources.reconcile_ids`)."""
         return self.client.iter_pages(self.path, self._base_params())
 
-    async def _apply(self, page: list[dict[str, Any]], stats: PollStats) -> None:
+    async def _apply(self, page: list[dict[str, Any]], stats: PollStats) -> set[str]:
+        """Detect and commit one page; the ids of its records that had a snapshot."""
         ids = [record_id(r) for r in page]
         known = await self.store.get_snapshots(self.source, self.entity, ids)
         result = diff_page(
@@ -137,6 +194,7 @@ class BillingPlatformSync:
             stored = await self.store.commit(self.source, result.writes, result.events)
             stats.events += len(stored)
             stats.types.update(s.event.type for s in stored)
+        return set(known)
 
 
 def build_billing_syncs(
