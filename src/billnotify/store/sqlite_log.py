@@ -99,18 +99,23 @@ class LogTables(SqliteBase):
         self, source: str, entity: str, ids: Sequence[str]
     ) -> dict[str, Snapshot]:
         """The stored snapshots of ``ids``."""
-        found: dict[str, Snapshot] = {}
+        rows = await self.snapshot_rows(source, entity, ids)
+        return {snap.id: snap for snap in map(self._snapshot, rows)}
+
+    async def snapshot_rows(
+        self, source: str, entity: str, ids: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """:meth:`get_snapshots` as rows, not parsed (what a
+        :class:`~billnotify.store.process.ProcessStore` has its child send: strings)."""
+        found: list[tuple[Any, ...]] = []
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            rows = await self._fetch(
+            found += await self._fetch(
                 f"SELECT {self._SNAP_COLS} FROM snapshots "
                 f"WHERE source = ? AND entity = ? AND id IN ({marks})",
                 [source, entity, *chunk],
             )
-            for row in rows:
-                snap = self._snapshot(row)
-                found[snap.id] = snap
         return found
 
     async def due_snapshots(
