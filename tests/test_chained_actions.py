@@ -259,3 +259,21 @@ async def test_a_webhook_with_an_id_keeps_the_receivers_answer_for_the_action_af
         kept = await service.store.get_results([hooked.id])
     assert json.loads(kept[hooked.id]) == {"status": 200, "body": {"received": True}}
     assert len(receiver.hits) == 1
+
+
+async def test_every_invoice_actions_answer_is_kept_even_without_a_chain(
+    tmp_path: Path, sim: Simulator, sink: SmtpSink
+) -> None:
+    raw = _config(tmp_path, sim, sink, [{"type": "invoice_action", "action": "email"}])
+    async with running_service(raw, tmp_path) as service:
+        sim.state.add_invoice(status=["Raised", "Approved"])
+
+        async def done() -> list[Delivery]:
+            rows = await service.store.list_deliveries()
+            return [d for d in rows if d.status is DeliveryStatus.SUCCEEDED]
+
+        [emailed] = await until(done, "the invoice emailed")
+    code, out, err = await _cli(tmp_path, "deliveries", "show", emailed.id)
+    assert code == 0, err
+    result = json.loads(out)["result"]
+    assert result["success"] is True and result["message"]

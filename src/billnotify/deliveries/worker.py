@@ -146,9 +146,8 @@ class DeliveryWorker:
             on_ready=self._wake.set,
             notices=notices,
         )
-        chains = ChainFollower(settings.rules, store, clock)
-        self.chains = chains if chains else None
-        """Chained actions (none when no rule chains its actions)."""
+        self.chains = ChainFollower(settings.rules, store, clock)
+        """Keeps invoice actions' answers; chained actions (false when no rule chains)."""
         self._runner = AttemptRunner(
             store,
             clock,
@@ -194,7 +193,7 @@ class DeliveryWorker:
     async def recover(self) -> tuple[int, int]:
         """Resolve ``sending`` rows a previous process (or a dead one) left behind."""
         self.recovered = await self._recovery.at_start()
-        if self.chains is not None:  # dependents a crash left behind their predecessor
+        if self.chains:  # dependents a crash left behind their predecessor
             await self.chains.sweep()
         return self.recovered
 
@@ -217,7 +216,7 @@ class DeliveryWorker:
             asyncio.create_task(self._recovery.sweep_forever(self._sleep), name="recover"),
             asyncio.create_task(self._follow_due(), name="due-wake"),
         ]
-        if self.chains is not None:
+        if self.chains:
             helpers.append(asyncio.create_task(self._sweep_chains(), name="chains"))
         if self.reconciler is not None and self.reconciler.billing_clients:
             helpers.append(
@@ -319,7 +318,6 @@ class DeliveryWorker:
     async def _sweep_chains(self) -> None:
         """Move on dependents whose predecessor changed elsewhere (an operator, the
         reconciler, another process)."""
-        assert self.chains is not None
         while True:
             await self._sleep(self.reconcile_interval)
             try:
