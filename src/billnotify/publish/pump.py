@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -35,13 +36,13 @@ from billnotify.config.models import MqttConfig
 from billnotify.errors import FencedError, StoreError
 from billnotify.publish.connection import effective_protocol, properties
 from billnotify.publish.state import StatePublisher
-from billnotify.publish.topics import event_topic
+from billnotify.publish.topics import event_topic, logged_event_topic
 from billnotify.publish.window import InflightWindow, Publish
 
 if TYPE_CHECKING:
     from billnotify.leases import Role
     from billnotify.store.base import EventLog, Snapshots
-    from billnotify.store.records import StoredEvent
+    from billnotify.store.records import LogEntry, StoredEvent
 
     class PublishStore(EventLog, Snapshots, Protocol):
         """What the publisher needs of the store: the log it follows (with its position)
@@ -115,7 +116,7 @@ class LogPump:
         await self.save_position(self.last_published_seq)
         position = self.last_published_seq = self._stored_seq
         window = self._window(acked=position)
-        reader = asyncio.create_task(store.read_events(position, limit))
+        reader = asyncio.create_task(store.read_log(position, limit))
         saver: asyncio.Task[None] | None = None
         state_due = loop.time()
         try:
@@ -125,9 +126,9 @@ class LogPump:
                     self._role.fence()  # a lapsed lease stops the pump before a publish
                 if batch:
                     sent = batch[-1].seq
-                    reader = asyncio.create_task(store.read_events(sent, limit))
-                    for stored in batch:
-                        await window.submit(stored.seq, self._event_publisher(client, stored))
+                    reader = asyncio.create_task(store.read_log(sent, limit))
+                    for entry in batch:
+                        await window.submit(entry.seq, self._entry_publisher(client, entry))
                     acked = self.last_published_seq = window.advance()
                     if saver is not None and saver.done():
                         saver.result()  # a store failure ends the pump
@@ -148,7 +149,7 @@ class LogPump:
                     pass
                 state_due = loop.time() + self._idle_interval
                 await self._wait_for_events(window.acked)
-                reader = asyncio.create_task(store.read_events(window.acked, limit))
+                reader = asyncio.create_task(store.read_log(window.acked, limit))
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -223,18 +224,31 @@ class LogPump:
     def _event_publisher(self, client: aiomqtt.Client, stored: StoredEvent) -> Publish:
         event = stored.event
         topic = event_topic(self._config.prefix, event)
+        return self._publisher(client, stored.seq, event.id, topic, event.to_json())
+
+    def _entry_publisher(self, client: aiomqtt.Client, entry: LogEntry) -> Publish:
+        """An event as logged, sent as it was logged: it is byte for byte what the parsed
+        event would serialise to (``tests/test_events_json.py``), so only the envelope
+        fields of the topic are read from it."""
+        envelope = json.loads(entry.json)
+        topic = logged_event_topic(
+            self._config.prefix, entry.type, envelope["source"], envelope["subject"]
+        )
+        return self._publisher(client, entry.seq, entry.id, topic, entry.json)
+
+    def _publisher(
+        self, client: aiomqtt.Client, seq: int, event_id: str, topic: str, payload: str
+    ) -> Publish:
         try:
             topic.encode()
         except UnicodeEncodeError as exc:  # a lone surrogate in an id: never publishable
-            logger.error(
-                "event %s (seq %d) has no valid topic: %s; skipped", event.id, stored.seq, exc
-            )
+            logger.error("event %s (seq %d) has no valid topic: %s; skipped", event_id, seq, exc)
             return _nothing
         # The aiomqtt call itself, with no wrapper: this is the hot path.
         return functools.partial(
             client.publish,
             topic,
-            event.to_json().encode(),
+            payload.encode(),
             qos=self._config.qos,
             retain=False,
             properties=self._event_props,

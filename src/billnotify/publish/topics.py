@@ -43,13 +43,18 @@ def client_id(base: str, instance: str | None = None) -> str:
 
 def event_topic(prefix: str, event: CloudEvent) -> str:
     """``{prefix}/events/{source}/{entity}/{id}/{action}`` for one event."""
+    return logged_event_topic(prefix, event.type, event.source, event.subject)
+
+
+def logged_event_topic(prefix: str, type_: str, source: str, subject: str) -> str:
+    """:func:`event_topic` from an event's ``type``, ``source`` and ``subject`` as logged."""
     # Called once per published event: the parts are taken apart here directly
     # rather than through the event's properties. The service's own events
     # (``billnotify.delivery.dead``) drop their prefix: entity ``delivery``, action ``dead``.
-    entity, _, action = event.type.removeprefix("billnotify.").partition(".")
+    entity, _, action = type_.removeprefix("billnotify.").partition(".")
     return (
-        f"{prefix}/events/{topic_level(event.source.removeprefix('billnotify://'))}"
-        f"/{topic_level(entity)}/{topic_level(event.subject.partition('/')[2])}"
+        f"{prefix}/events/{topic_level(source.removeprefix('billnotify://'))}"
+        f"/{topic_level(entity)}/{topic_level(subject.partition('/')[2])}"
         f"/{topic_level(action)}"
     )
 
