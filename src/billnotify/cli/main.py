@@ -67,10 +67,18 @@ def _parser() -> argparse.ArgumentParser:
         help="show what a rule would send",
         description="Print what each action of RULE would send for the event. Exit status: "
         "0 the rule fires and every action renders; 1 a template fails; 3 everything "
-        "renders but the rule would not fire for this event (type or 'when').",
+        "renders but the rule would not fire for this event (type or 'when'). A grouped "
+        "rule renders a digest: of its newest N matching events in the log (--sample N), "
+        "or of the --event FILE (N copies with --sample N).",
     )
     render.add_argument("rule")
-    render.add_argument("--event", required=True, type=Path, help="a CloudEvent JSON file")
+    render.add_argument("--event", type=Path, help="a CloudEvent JSON file")
+    render.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="grouped rules: a digest of N events (the newest matching ones of the log)",
+    )
 
     events = sub.add_parser("events", parents=[common], help="list the event log")
     events.add_argument(
@@ -298,7 +306,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     config = _load(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "render":
-        return await _render(config, args.rule, args.event)
+        return await _render(config, args.rule, args.event, args.sample)
     if args.command == "state":
         from billnotify.cli.state import copy_command
 
@@ -324,10 +332,23 @@ async def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-async def _render(config: Config, rule_name: str, event_file: Path) -> int:
+async def _render(
+    config: Config, rule_name: str, event_file: Path | None, sample: int | None = None
+) -> int:
     from billnotify.cli.commands import render_report
     from billnotify.components import build_actions
     from billnotify.events import CloudEvent
+
+    grouped = next((r for r in config.rules if r.name == rule_name and r.grouped), None)
+    if grouped is not None:  # a digest of sample events
+        from billnotify.cli.digest_preview import render_digest
+
+        return await render_digest(config, grouped, event_file, sample)
+    if event_file is None:
+        print(
+            "billnotify: render needs --event FILE (--sample is for grouped rules)", file=sys.stderr
+        )
+        return EXIT_FAILURE
 
     try:
         event = CloudEvent.from_json(event_file.read_bytes())

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 GROUP_ROOTS = ("event", "object", "previous", "source")
 """Where a ``group_by`` path may start: the names of the template context it reads."""
@@ -41,22 +43,35 @@ def path_problem(path: str) -> str | None:
     return None
 
 
-def group_problems(
-    group_by: Sequence[str] | None,
-    group_wait: timedelta | None,
-    group_interval: timedelta | None,
-    actions: Sequence[Any],
-) -> list[tuple[tuple[str | int, ...], str]]:
-    """Every problem of a grouped rule as (location in the rule, message)."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    for index, path in enumerate(group_by or ()):
-        problem = path_problem(path)
-        if problem is not None:
-            problems.append((("group_by", index), problem))
-    if group_wait is not None and group_wait < timedelta(0):
-        problems.append((("group_wait",), "must not be negative"))
-    if group_interval is not None and group_interval < timedelta(seconds=1):
-        problems.append((("group_interval",), "must be at least 1s"))
+def check_path(path: str) -> str:
+    """A ``group_by`` entry, checked (a field validator: each bad entry is reported)."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    return path
+
+
+def check_wait(value: timedelta | None) -> timedelta | None:
+    """``group_wait``: zero or more."""
+    if value is not None and value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
+def check_interval(value: timedelta | None) -> timedelta | None:
+    """``group_interval``: at least a second."""
+    if value is not None and value < timedelta(seconds=1):
+        raise ValueError("must be at least 1s")
+    return value
+
+
+GroupPath = Annotated[str, AfterValidator(check_path)]
+"""A ``group_by`` entry: a dotted path into the template context."""
+
+
+def group_problems(actions: Sequence[Any]) -> list[tuple[tuple[str | int, ...], str, Any]]:
+    """What a grouped rule's actions cannot do, as (location in the rule, message, value)."""
+    problems: list[tuple[tuple[str | int, ...], str, Any]] = []
     for index, action in enumerate(actions):
         kind = getattr(action, "type", "")
         if kind == "invoice_action":
@@ -65,6 +80,7 @@ def group_problems(
                     ("actions", index, "type"),
                     "an invoice_action acts on one invoice; a grouped rule sends digests "
                     "(use a rule without group_by for it)",
+                    kind,
                 )
             )
         elif kind == "email" and getattr(action, "attach", None):
@@ -72,6 +88,7 @@ def group_problems(
                 (
                     ("actions", index, "attach"),
                     "a digest email cannot attach the PDFs of one invoice",
+                    list(getattr(action, "attach", [])),
                 )
             )
     return problems

@@ -7,6 +7,7 @@ holds exactly this text, so the documentation cannot drift from the code.
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -84,6 +85,7 @@ def _type(field: FieldInfo) -> str:
             else "duration".replace("typing.", "").replace("datetime.timedelta", "duration")
         )
     text = text.replace("billnotify.secrets.Secret", "secret").replace("NoneType", "None")
+    text = re.sub(r"typing\.Annotated\[str, [^\]]*\]", "str", text)  # a checked str
     text = text.replace("<class '", "").replace("'>", "")
     if text.startswith("list[typing.Annotated[billnotify.config.rules.InvoiceActionAction"):
         return "list[action] (tables below)"

@@ -10,7 +10,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from billnotify.config.base import StrictModel, check_name
 from billnotify.config.chains import chain_problems
-from billnotify.config.groups import group_problems
+from billnotify.config.groups import GroupPath, check_interval, check_wait, group_problems
 from billnotify.config.invoice_params import param_problems
 from billnotify.config.types import EVENT_TYPES, NOTICE_TYPES, Duration
 
@@ -136,7 +136,7 @@ class Rule(StrictModel):
     mute_action: Literal["defer", "drop"] = "defer"
     """``drop``: a delivery falling due inside a mute window is recorded ``muted`` and
     never sent, instead of waiting."""
-    group_by: list[str] | None = None
+    group_by: list[GroupPath] | None = None
     """Send one digest per group instead of one delivery per event: dotted paths into the
     template context (``source``, ``object.billingTaskType``); ``[]`` is one group."""
     group_wait: Duration | None = None
@@ -146,20 +146,20 @@ class Rule(StrictModel):
     (``5m`` when grouped)."""
 
     _name_ok = field_validator("name")(check_name)
+    _wait_ok = field_validator("group_wait")(check_wait)
+    _interval_ok = field_validator("group_interval")(check_interval)
 
     @model_validator(mode="after")
     def _check_grouping(self) -> Rule:
-        if not self.grouped:
-            return self
-        problems = group_problems(self.group_by, self.group_wait, self.group_interval, self.actions)
+        problems = group_problems(self.actions) if self.grouped else []
         if problems:
             raise ValidationError.from_exception_data(
                 "grouping",
                 [
                     InitErrorDetails(
-                        type=PydanticCustomError("grouping", message), loc=loc, input=self.name
+                        type=PydanticCustomError("grouping", message), loc=loc, input=value
                     )
-                    for loc, message in problems
+                    for loc, message, value in problems
                 ],
             )
         return self
