@@ -266,7 +266,10 @@ async def _scenario(
     await page.wait_for_url(f"{url}/events")
     await page.wait_for_selector("#live-status:text('live')")
     sim.state.add_billing_task(status="Running")  # no webhook: the rule wants Pending ones
+    changed = time.monotonic()
     await page.wait_for_selector("#event-rows tr.new >> text=billing_task.created")
+    # the poll (200 ms) plus one live interval (1 s) at most
+    print(f"\nconsole: a new event on the page {time.monotonic() - changed:.2f}s after the change")
     await page.screenshot(path=str(shots / "events.png"), full_page=True)
     await page.goto(f"{url}/events/{delivery.event_id}")
     assert '"type": "billing_task.status_changed"' in await page.inner_text("pre.json")

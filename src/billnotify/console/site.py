@@ -11,10 +11,10 @@ path and one record whichever way an operator takes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -86,6 +86,8 @@ class Console:
         self.guard = Guard(token.reveal() if token else None)
         self.closing = asyncio.Event()
         """Set when the server shuts down: live streams end at once."""
+        self._shared: tuple[float, dict[str, str]] | None = None
+        self._reading = asyncio.Lock()
         self._env = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -247,19 +249,39 @@ class Console:
                 if after is not None and chunk[1] is not None:
                     after = chunk[1]
                 await response.write(chunk[0] or b": still here\n\n")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.closing.wait(), self.live_interval)
+                await self._pause(events=after is not None)
         except ConnectionError:
             pass  # the browser went away
         return response
+
+    async def _pause(self, *, events: bool) -> None:
+        """One live interval, cut short by the server stopping or (for a stream that
+        follows the log) by events appended."""
+        waits = [asyncio.ensure_future(self.closing.wait())]
+        if events:
+            waits.append(asyncio.ensure_future(_appended(self.store)))
+        try:
+            await asyncio.wait(waits, timeout=self.live_interval, return_when="FIRST_COMPLETED")
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _live_values(self) -> dict[str, str]:
+        """The overview's live values, read at most once per interval for all streams
+        together (a read counts the whole ledger: ~50 ms at 100,000 deliveries)."""
+        async with self._reading:
+            now = time.monotonic()
+            if self._shared is None or now - self._shared[0] >= self.live_interval * 0.9:
+                ttl = self.config.service.lease_ttl
+                overview = await read_overview(self.store, self.running, self.clock(), ttl)
+                self._shared = (now, overview.live())
+            return self._shared[1]
 
     async def _live_chunk(
         self, sent: dict[str, str], after: int | None
     ) -> tuple[bytes, int | None]:
         """What changed since ``sent`` (updated), and the events after ``after``."""
-        ttl = self.config.service.lease_ttl
-        overview = await read_overview(self.store, self.running, self.clock(), ttl)
-        values = overview.live()
+        values = await self._live_values()
         changed = {k: v for k, v in values.items() if sent.get(k) != v}
         sent.update(changed)
         out = b""
@@ -283,6 +305,11 @@ class Console:
                 ]
                 out += b"event: events\ndata: " + json.dumps(rows).encode() + b"\n\n"
         return out, newest
+
+
+async def _appended(store: Store) -> None:
+    async with store.appended:
+        await store.appended.wait()
 
 
 def _int(value: str | None) -> int | None:
