@@ -257,7 +257,7 @@ class Console:
     async def _pause(self, *, events: bool) -> None:
         """One live interval, cut short by the server stopping or (for a stream that
         follows the log) by events appended."""
-        waits = [asyncio.ensure_future(self.closing.wait())]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.closing.wait())]
         if events:
             waits.append(asyncio.ensure_future(_appended(self.store)))
         try:
