@@ -84,3 +84,19 @@ class ChainsContract:
         await asyncio.sleep(0.05)
         await backend.move_chained([ChainMove(then.id, (W,), P, "after link: succeeded")], NOW)
         await asyncio.wait_for(waiter, 5)
+
+    async def test_chained_deliveries_page_by_creation_then_id(self, backend: Store) -> None:
+        rows: list[NewDelivery] = []
+        for n in range(5):
+            first, then = _chain(f"evt_{n}", n)
+            await backend.record_deliveries([first, then], "rules", n + 1, NOW)
+            rows.append(then)
+        later_first, later = _chain("evt_9", 9)
+        await backend.record_deliveries([later_first, later], "rules", 10, NOW + timedelta(1))
+        same_time = sorted(r.id for r in rows)  # created together: in id order
+        page = await backend.chained_deliveries(limit=3)
+        assert [d.id for d in page] == same_time[:3]
+        rest = await backend.chained_deliveries(after=(page[-1].created_at, page[-1].id))
+        assert [d.id for d in rest] == [*same_time[3:], later.id]
+        last = rest[-1]
+        assert await backend.chained_deliveries(after=(last.created_at, last.id)) == []

@@ -156,3 +156,41 @@ def test_how_a_dependent_moves_on_with_its_predecessor(
         to,
         note,
     )
+
+
+async def test_the_sweep_goes_round_so_old_skipped_rows_never_hide_a_waiting_one() -> None:
+    from datetime import timedelta
+
+    from billnotify.deliveries.base import Outcome
+    from billnotify.deliveries.chain import ChainFollower
+    from billnotify.store import NewDelivery
+    from billnotify.store.records import AttemptEnd
+
+    rule = parse_config(_raw([LINK, MAIL]), base_dir=Path(".")).rules[0]
+    store = MemoryStore()
+    await store.open()
+    W = DeliveryStatus.WAITING
+
+    def pair(n: int) -> tuple[NewDelivery, NewDelivery]:
+        first = NewDelivery("chain", 0, "invoice_action", f"evt_{n}", n, exactly_once=False)
+        return first, NewDelivery("chain", 1, "email", f"evt_{n}", n, True, status=W)
+
+    old = [pair(n) for n in range(1200)]
+    await store.record_deliveries([d for p in old for d in p], "rules", 1, T0)
+    await store.finish_attempts(  # every old link dead: their emails get skipped
+        [AttemptEnd(f.id, 1, T0, Outcome.PERMANENT, DeliveryStatus.DEAD) for f, _ in old]
+    )
+    chains = ChainFollower([rule], store, lambda: T0)
+    assert len(await chains.sweep(whole=True)) == 1200
+    first, then = pair(5000)
+    await store.record_deliveries([first, then], "rules", 2, T0 + timedelta(seconds=1))
+    await store.finish_attempts(
+        [AttemptEnd(first.id, 1, T0, Outcome.SUCCESS, DeliveryStatus.SUCCEEDED)]
+    )
+    passes = 0
+    while (got := await store.get_delivery(then.id)) and got.status is W:
+        passes += 1
+        await chains.sweep(limit=500)
+        assert passes <= 3, "the waiting email was never reached"
+    assert got is not None and got.status is DeliveryStatus.PENDING
+    assert passes == 3  # 1,200 skipped rows before it: pages of 500, 500, then it

@@ -432,7 +432,7 @@ async def _replay(config: Config, store: Any, args: argparse.Namespace) -> int:
 
 async def _deliveries(store: Any, args: argparse.Namespace, config: Config) -> int:
     from billnotify.cli import commands
-    from billnotify.deliveries.chain import ChainFollower
+    from billnotify.deliveries.chain import ChainFollower, Settled
 
     now = datetime.now(UTC)
     action = args.deliveries_command
@@ -448,7 +448,9 @@ async def _deliveries(store: Any, args: argparse.Namespace, config: Config) -> i
             print(f"{result.id}: {result.message}", file=sys.stdout if result.ok else sys.stderr)
         chains = ChainFollower(config.rules, store, lambda: datetime.now(UTC))
         if chains:  # a chained action waiting on what was resolved or retried moves on
-            for moved in await chains.sweep():
+            changed = await store.get_deliveries([r.id for r in results if r.ok])
+            settled = [Settled(d.rule, d.action_index, d.event_id, d.status) for d in changed]
+            for moved in await chains.follow(settled):
                 print(f"{moved.id}: {moved.note} -> {moved.status.value}")
         return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
     if action == "show":

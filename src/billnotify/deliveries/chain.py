@@ -42,9 +42,12 @@ from billnotify.config.models import Action, InvoiceActionAction, Rule
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.events import CloudEvent
 from billnotify.store.base import Chains, Deliveries
-from billnotify.store.records import ChainMove, delivery_id
+from billnotify.store.records import ChainMove, Delivery, delivery_id
 
 logger = logging.getLogger(__name__)
+
+_PAGE = 500
+"""Chained deliveries read per store trip by :meth:`ChainFollower.sweep`."""
 
 MAX_RESULT_BYTES = 64 * 1024
 """An answer longer than this (as JSON) is kept as ``{"truncated": true, "bytes": N}``."""
@@ -113,6 +116,8 @@ class ChainFollower:
         self.store = store
         self.clock = clock
         self._dependents: dict[tuple[str, int], list[tuple[int, str]]] = {}
+        self._cursor: tuple[datetime, str] | None = None
+        """Where the next :meth:`sweep` goes on from."""
         for rule in self.rules.values():
             ids = {a.id: i for i, a in enumerate(rule.actions) if a.id is not None}
             for index, action in enumerate(rule.actions):
@@ -182,28 +187,44 @@ class ChainFollower:
                     moves.append(move)
         return await self._move(moves)
 
-    async def sweep(self, limit: int = 2000) -> list[ChainMove]:
-        """Look at every ``waiting`` / ``skipped`` delivery's predecessor and move it on
-        if it should (the catch-all behind :meth:`follow`); returns the moves made."""
+    async def sweep(self, limit: int = 2000, *, whole: bool = False) -> list[ChainMove]:
+        """Look at ``waiting`` / ``skipped`` deliveries' predecessors and move each on
+        if it should (the catch-all behind :meth:`follow`); returns the moves made.
+
+        A call looks at up to ``limit`` of them, going on from where the last call
+        stopped and starting over at the end, so many old ``skipped`` rows never keep
+        the others from being looked at; ``whole`` goes through all of them (at start).
+        """
         if not self:
             return []
-        chained = await self.store.chained_deliveries(limit)
-        wanted: dict[str, tuple[str, str]] = {}  # predecessor id -> (dependent id, label)
-        pairs: list[tuple[str, str, str]] = []
+        made: list[ChainMove] = []
+        seen = 0
+        while whole or seen < limit:
+            page = await self.store.chained_deliveries(_PAGE, after=self._cursor)
+            self._cursor = (page[-1].created_at, page[-1].id) if len(page) == _PAGE else None
+            made += await self._sweep_page(page)
+            seen += len(page)
+            if self._cursor is None:
+                break
+        return made
+
+    async def _sweep_page(self, chained: Sequence[Delivery]) -> list[ChainMove]:
+        wanted: set[str] = set()
+        pairs: list[tuple[str, str, str]] = []  # (predecessor id, dependent id, label)
         for row in chained:
             rule = self.rules.get(row.rule)
             action = self._action(row.rule, row.action_index)
             if rule is None or action is None or action.after is None:
-                continue  # the config changed: the due queue settles what cannot run
+                continue  # its rule changed since: it stays as it is (README)
             index = next((i for i, a in enumerate(rule.actions) if a.id == action.after), None)
             if index is None:
                 continue
             before = delivery_id(row.rule, index, row.event_id)
-            wanted[before] = (row.id, action.after)
+            wanted.add(before)
             pairs.append((before, row.id, action.after))
         if not pairs:
             return []
-        status = {d.id: d.status for d in await self.store.get_deliveries(list(wanted))}
+        status = {d.id: d.status for d in await self.store.get_deliveries(sorted(wanted))}
         moves = [
             move
             for before, dependent, label in pairs

@@ -194,7 +194,7 @@ class DeliveryWorker:
         """Resolve ``sending`` rows a previous process (or a dead one) left behind."""
         self.recovered = await self._recovery.at_start()
         if self.chains:  # dependents a crash left behind their predecessor
-            await self.chains.sweep()
+            await self.chains.sweep(whole=True)
         return self.recovered
 
     async def run(self) -> None:

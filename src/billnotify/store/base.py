@@ -321,8 +321,12 @@ class Chains(Protocol):
     async def get_results(self, ids: Sequence[str]) -> dict[str, str]:
         """Delivery id -> the answer kept (JSON); ids without one are absent."""
 
-    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
-        """Deliveries ``waiting`` or ``skipped``, oldest first, without attempt history."""
+    async def chained_deliveries(
+        self, limit: int = 500, after: tuple[datetime, str] | None = None
+    ) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped`` by (``created_at``, ``id``), oldest first,
+        without attempt history; ``after``: only those past that (created_at, id), for
+        paging."""
 
     async def move_chained(self, moves: Sequence[ChainMove], now: datetime) -> list[str]:
         """Apply each move whose delivery is still in one of its ``expect`` statuses, in

@@ -31,10 +31,15 @@ class ChainTables(LedgerTables):
         self._live()
         return {i: self._results[i] for i in ids if i in self._results}
 
-    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
-        """Deliveries ``waiting`` or ``skipped``, oldest first."""
+    async def chained_deliveries(
+        self, limit: int = 500, after: tuple[datetime, str] | None = None
+    ) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped``, oldest first (past ``after``)."""
         rows = [r for r in self._rows().values() if r.status in _CHAINED]
-        rows.sort(key=lambda r: r.created_at)
+        if after is not None:
+            cut = (_utc(after[0]) or after[0], after[1])
+            rows = [r for r in rows if (r.created_at, r.id) > cut]
+        rows.sort(key=lambda r: (r.created_at, r.id))
         return rows[:limit]
 
     async def move_chained(self, moves: Sequence[ChainMove], now: datetime) -> list[str]:

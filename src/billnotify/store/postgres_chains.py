@@ -39,11 +39,17 @@ class ChainTables(PgBase):
         )
         return {str(r[0]): str(r[1]) for r in rows}
 
-    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
-        """Deliveries ``waiting`` or ``skipped``, oldest first."""
+    async def chained_deliveries(
+        self, limit: int = 500, after: tuple[datetime, str] | None = None
+    ) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped``, oldest first (past ``after``)."""
         rows = await self._fetch(
-            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE {_CHAINED} ORDER BY created_at LIMIT $1",
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE {_CHAINED} "
+            "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) "
+            "ORDER BY created_at, id LIMIT $1",
             limit,
+            after[0] if after else None,
+            after[1] if after else "",
         )
         return [delivery_from_row(r) for r in rows]
 

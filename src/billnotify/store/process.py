@@ -381,9 +381,11 @@ class ProcessStore:
         """Delivery id -> the answer kept."""
         return await self._call(SqliteStore.get_results, list(ids))
 
-    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
-        """Deliveries ``waiting`` or ``skipped``, oldest first."""
-        return await self._call(SqliteStore.chained_deliveries, limit)
+    async def chained_deliveries(
+        self, limit: int = 500, after: tuple[datetime, str] | None = None
+    ) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped``, oldest first (past ``after``)."""
+        return await self._call(SqliteStore.chained_deliveries, limit, after)
 
     async def move_chained(self, moves: Sequence[ChainMove], now: datetime) -> list[str]:
         """Apply the moves whose delivery is still in an expected status."""

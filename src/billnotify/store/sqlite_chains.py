@@ -43,11 +43,16 @@ class ChainTables(SqliteBase):
             found.update((str(r[0]), str(r[1])) for r in rows)
         return found
 
-    async def chained_deliveries(self, limit: int = 500) -> list[Delivery]:
-        """Deliveries ``waiting`` or ``skipped``, oldest first."""
+    async def chained_deliveries(
+        self, limit: int = 500, after: tuple[datetime, str] | None = None
+    ) -> list[Delivery]:
+        """Deliveries ``waiting`` or ``skipped``, oldest first (past ``after``)."""
+        since, last = (after[0].timestamp(), after[1]) if after else (float("-inf"), "")
         rows = await self._fetch(
-            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE {_CHAINED} ORDER BY created_at LIMIT ?",
-            (limit,),
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE {_CHAINED} "
+            "AND created_at >= ? AND (created_at > ? OR id > ?) "
+            "ORDER BY created_at, id LIMIT ?",
+            (since, since, last, limit),
         )
         return [delivery_from_row(r) for r in rows]
 
