@@ -34,6 +34,19 @@ template = "task_failed"
 at_least_once = true
 
 [[rules]]
+name = "failed-tasks-digest"
+on = ["billing_task.status_changed"]
+when = "event.data.object.status in ['Failed', 'Error']"
+group_by = ["source", "object.billingTaskType"]
+group_wait = "10s"
+group_interval = "1m"
+[[rules.actions]]
+type = "email"
+to = ["ops-digest@example.com"]
+template = "task_failed_digest"
+at_least_once = true
+
+[[rules]]
 name = "alert-stalled-task"
 on = ["billing_task.stalled"]
 [[rules.actions]]

@@ -33,6 +33,7 @@ from billnotify.config import load_config
 from billnotify.demo.configfile import DemoPeers, templates_folder, write_demo_config
 from billnotify.demo.sinks import SmtpSink, WebhookSink
 from billnotify.demo.view import DemoInfo, DemoMonitor, PlainReporter, render_live, summary_lines
+from billnotify.digests import is_flush_id
 from billnotify.simulator import Simulator
 from billnotify.store import SqliteStore
 
@@ -372,6 +373,9 @@ class _Demo:
                 event_types[stored.event.type] += 1
             for (_action, status), count in (await store.count_deliveries()).items():
                 deliveries[status] += count
+            digests = sum(
+                1 for d in await store.list_deliveries(limit=1_000_000) if is_flush_id(d.event_id)
+            )
         lines = summary_lines(
             seconds=seconds,
             event_types=event_types,
@@ -380,6 +384,7 @@ class _Demo:
             webhooks=len(monitor.webhooks.received),
             webhooks_valid=monitor.webhooks.valid,
             published=monitor.published(),
+            digests=digests,
         )
         if self.options.keep:
             lines.append(f"  working folder: {self.folder}")

@@ -239,6 +239,7 @@ def summary_lines(
     webhooks: int,
     webhooks_valid: int,
     published: int,
+    digests: int = 0,
 ) -> list[str]:
     """The closing summary (its ``name: number`` lines are stable, scripts read them)."""
     return [
@@ -248,4 +249,5 @@ def summary_lines(
         f"  emails received by the SMTP sink: {emails}",
         f"  webhooks received by the webhook sink: {webhooks} ({webhooks_valid} signed ok)",
         f"  MQTT messages published: {published}",
+        f"  digests of grouped rules: {digests}",
     ]
