@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import signal
 import sys
 from typing import Any
@@ -21,9 +22,24 @@ from billnotify.errors import StoreError
 from billnotify.store.channel import frame, read_frame
 from billnotify.store.sqlite import SqliteStore
 
+PIPE_BYTES = 1 << 20
+"""Pipe capacity asked for (Linux's default cap for an unprivileged process: 1 MiB)."""
+
+
+def _widen_pipes() -> None:
+    """Both pipes to :data:`PIPE_BYTES` where the system allows (Linux): a commit or a
+    page of snapshots is a frame of a few hundred KiB, which the default 64 KiB pipe
+    takes in many partial writes, each a wake-up of both processes."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    for stream in (sys.stdin, sys.stdout):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if setpipe is not None:
+                fcntl.fcntl(stream.fileno(), setpipe, PIPE_BYTES)
+
 
 async def serve(path: str, instance: str | None = None) -> None:
     """Serve the store at ``path`` over this process's stdin and stdout."""
+    _widen_pipes()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**31 - 1)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
