@@ -194,3 +194,37 @@ async def test_the_sweep_goes_round_so_old_skipped_rows_never_hide_a_waiting_one
         assert passes <= 3, "the waiting email was never reached"
     assert got is not None and got.status is DeliveryStatus.PENDING
     assert passes == 3  # 1,200 skipped rows before it: pages of 500, 500, then it
+
+
+async def test_a_forced_replay_makes_a_chained_action_wait_again_for_its_predecessor(
+    tmp_path: Path,
+) -> None:
+    from billnotify.cli.commands import replay_to_rules
+
+    _templates(tmp_path)
+    config = parse_config(_raw([LINK, MAIL]), base_dir=tmp_path)
+    actions = build_actions(config)
+    store = MemoryStore()
+    await store.open()
+    try:
+        event = build_event(
+            source="acme",
+            entity="invoice",
+            object_id="7",
+            type_="invoice.created",
+            key="7",
+            time=T0,
+            data={"object": {"id": "7"}},
+        )
+        [stored] = await store.commit("acme", [], [event])
+        handler = build_rule_handler(config, store, actions, lambda: T0)
+        await handler.catch_up()
+        ids = [d.id for d in sorted(await store.list_deliveries(), key=lambda d: d.action_index)]
+        for id_ in ids:
+            await store.set_delivery_status(id_, DeliveryStatus.SUCCEEDED, now=T0)
+        result = await replay_to_rules(handler, [stored], force=True)
+        assert result.reset == 2
+        got = [await store.get_delivery(id_) for id_ in ids]
+        assert [d.status for d in got if d] == [DeliveryStatus.PENDING, DeliveryStatus.WAITING]
+    finally:
+        await actions.close()

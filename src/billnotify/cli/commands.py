@@ -386,10 +386,11 @@ async def replay_to_rules(
             old = existing.get(item.delivery.id)
             if old is None or old.status not in settled:
                 continue
-            if item.delivery.status is not DeliveryStatus.PENDING:
+            if item.delivery.status not in (DeliveryStatus.PENDING, DeliveryStatus.WAITING):
                 continue  # still dry-run, or its `when` fails: nothing to send
+            # a chained action waits again for the one it runs after (sent again too)
             await store.set_delivery_status(
-                old.id, DeliveryStatus.PENDING, now=now, next_attempt_at=now, note="forced replay"
+                old.id, item.delivery.status, now=now, next_attempt_at=now, note="forced replay"
             )
             reset += 1
     logger.info("replay of %d events: %d new deliveries, %d reset", len(events), created, reset)
