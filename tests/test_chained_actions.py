@@ -277,3 +277,7 @@ async def test_every_invoice_actions_answer_is_kept_even_without_a_chain(
     assert code == 0, err
     result = json.loads(out)["result"]
     assert result["success"] is True and result["message"]
+    code, out, err = await _cli(tmp_path, "deliveries", "--json")
+    assert code == 0, err
+    [listed] = [json.loads(line) for line in out.splitlines()]
+    assert listed["id"] == emailed.id and listed["result"] == result

@@ -470,8 +470,11 @@ async def _deliveries(store: Any, args: argparse.Namespace, config: Config) -> i
         return EXIT_OK
     rows = await commands.list_deliveries(store, args.status, limit=args.limit)
     if args.json:
+        kept = await store.get_results([row.id for row in rows])  # answers (SPEC §7.5)
         for row in rows:
-            print(json.dumps(_jsonable(row), default=str))
+            shown = _jsonable(row)
+            shown["result"] = json.loads(kept[row.id]) if row.id in kept else None
+            print(json.dumps(shown, default=str))
     else:
         print(commands.format_deliveries(rows))
     return EXIT_OK
