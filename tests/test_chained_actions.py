@@ -21,6 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import pg
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.simulator import Simulator
 from billnotify.store.records import Delivery, delivery_id
@@ -31,10 +34,14 @@ RULE = "download-link-to-customer"
 
 
 def _config(
-    tmp_path: Path, sim: Simulator, sink: SmtpSink, actions: list[dict[str, Any]]
+    tmp_path: Path,
+    sim: Simulator,
+    sink: SmtpSink,
+    actions: list[dict[str, Any]],
+    state: str = "state.db",
 ) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "service": {"name": "chains", "state": "state.db", "http": "", "shutdown_grace": "5s"},
+        "service": {"name": "chains", "state": state, "http": "", "shutdown_grace": "5s"},
         "mqtt": {"enabled": False},
         "sources": [sim_source(sim, poll_interval="200ms", watch=["invoices"], timeout="5s")],
         "smtp": {"host": "127.0.0.1", "port": sink.port, "from": "Billing <billing@example.com>"},
@@ -100,10 +107,16 @@ def _mails_to(sink: SmtpSink, address: str) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("state", ["sqlite", "postgres"])
 async def test_a_download_link_reaches_the_customer_in_the_email_chained_after_it(
-    tmp_path: Path, sim: Simulator, sink: SmtpSink
+    tmp_path: Path, sim: Simulator, sink: SmtpSink, state: str
 ) -> None:
-    raw = _config(tmp_path, sim, sink, [LINK, MAIL])
+    where = "state.db"
+    if state == "postgres":
+        if reason := pg.available():
+            pytest.skip(reason)
+        where = pg.shared().database()
+    raw = _config(tmp_path, sim, sink, [LINK, MAIL], state=where)
     async with running_service(raw, tmp_path) as service:
         invoice = sim.state.add_invoice(status=["Raised", "Approved"])
         event_id = None
