@@ -12,11 +12,12 @@ transaction, so every process on the store takes turns from the same log:
 - a delivery whose turn is still ahead keeps it;
 - a delivery whose turn has come goes now if that keeps every window within the limit
   (it does, unless the delivery is later than the slack: a worker that was busy or
-  down), else it takes the earliest time that does.
+  down), else it takes the earliest time that does; the turns other late deliveries
+  still wait for hold no place then (each is placed again when it comes).
 
-Moving a late turn to ``now`` never lets a window hold more than ``limit``, so the
-limit holds whatever the lateness; the slack only keeps an ordinary few milliseconds of
-lateness from costing a delivery its place.
+Every turn taken is checked against every turn taken before it, so the limit holds
+whatever the lateness; the slack only keeps an ordinary few milliseconds of lateness
+from costing a delivery its place.
 """
 
 from __future__ import annotations
@@ -57,13 +58,19 @@ def slack(limit: int, period: float) -> float:
 
 
 def plan_turn(
-    others: Sequence[float], mine: float | None, now: float, limit: int, period: float
+    taken: Sequence[float],
+    reserved: Sequence[float],
+    mine: float | None,
+    now: float,
+    limit: int,
+    period: float,
 ) -> float:
     """When a delivery may go (``<= now``: at once, and its turn is ``now``).
 
     Args:
-        others: the times of the key's other turns, oldest first (those older than
+        taken: when the key's other deliveries went, oldest first (those older than
             ``now - period`` may be left out: they are in no window that matters).
+        reserved: the turns other deliveries wait for, oldest first.
         mine: the delivery's own turn, when it was given one before.
         now: the current time (seconds since the epoch).
         limit: turns per period.
@@ -71,30 +78,34 @@ def plan_turn(
     """
     if mine is not None and mine > now + _EPSILON:
         return mine
+    gap = slack(limit, period)
     if mine is None:
-        if len(others) < limit:
-            return now
-        return _micro(max(now, others[-limit] + period + slack(limit, period)))
-    return _micro(_earliest_fit(others, now, limit, period))
+        every = sorted([*taken, *reserved])
+        at = now if len(every) < limit else every[-limit] + period + gap
+    else:
+        # a turn another delivery missed holds no place: it is placed again when that
+        # one comes, against the turns taken by then
+        live = sorted([*taken, *(at for at in reserved if at >= now)])
+        at = _earliest_fit(live, now, limit, period, gap)
+    # in whole microseconds, as a datetime holds them: a turn handed out as one and
+    # asked for at that time must be found to have come
+    return now if at <= now + _EPSILON else round(at, 6)
 
 
-def _micro(at: float) -> float:
-    """Whole microseconds, as a datetime holds them (a turn handed out as one and asked
-    for at that time must be found to have come)."""
-    return round(at, 6)
-
-
-def _earliest_fit(others: Sequence[float], now: float, limit: int, period: float) -> float:
+def _earliest_fit(
+    others: Sequence[float], now: float, limit: int, period: float, gap: float
+) -> float:
     """The earliest time ``>= now`` at which one more turn keeps every window within
-    ``limit`` (one period after the latest turn always does)."""
+    ``limit``: now, or a period (and the slack) after a turn (one after the latest turn
+    always does)."""
     if _fits(others, now, limit, period):
         return now
-    start = bisect.bisect_right(others, now - period)
+    start = bisect.bisect_right(others, now - period - gap)
     for at in others[start:]:
-        candidate = at + period
+        candidate = at + period + gap
         if candidate > now and _fits(others, candidate, limit, period):
             return candidate
-    return max(now, others[-1] + period) if others else now
+    return max(now, others[-1] + period + gap) if others else now
 
 
 def _fits(others: Sequence[float], t: float, limit: int, period: float) -> bool:

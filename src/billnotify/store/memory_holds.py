@@ -44,8 +44,9 @@ class HoldTables(LedgerTables):
         turns = [t for t in self._turns.get(key, []) if t.at > ts - 2 * seconds]
         turns.sort(key=lambda t: t.at)
         mine = next((t for t in turns if t.holder == holder), None)
-        others = [t.at for t in turns if t is not mine]
-        at = plan_turn(others, None if mine is None else mine.at, ts, limit, seconds)
+        taken = [t.at for t in turns if t.holder is None]
+        reserved = [t.at for t in turns if t.holder is not None and t is not mine]
+        at = plan_turn(taken, reserved, None if mine is None else mine.at, ts, limit, seconds)
         go = at <= ts
         if mine is None:
             mine = _Turn(at, holder)

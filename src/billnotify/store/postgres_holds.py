@@ -53,8 +53,12 @@ class HoldTables(PgBase):
                 "SELECT id, at, holder FROM rate_turns WHERE key = $1 ORDER BY at", key
             )
             mine = next((row for row in rows if row["holder"] == holder), None)
-            others = [float(row["at"]) for row in rows if row is not mine]
-            at = plan_turn(others, None if mine is None else float(mine["at"]), ts, limit, seconds)
+            taken = [float(row["at"]) for row in rows if row["holder"] is None]
+            reserved = [
+                float(row["at"]) for row in rows if row["holder"] is not None and row is not mine
+            ]
+            mine_at = None if mine is None else float(mine["at"])
+            at = plan_turn(taken, reserved, mine_at, ts, limit, seconds)
             go = at <= ts
             if mine is not None and not go and at == float(mine["at"]):
                 return datetime.fromtimestamp(at, UTC)

@@ -46,18 +46,15 @@ class HoldTables(SqliteBase):
         def work(db: sqlite3.Connection) -> float | None:
             # one writer at a time: the turns read here are every process's
             db.execute("DELETE FROM rate_turns WHERE key = ? AND at <= ?", (key, ts - 2 * seconds))
-            mine = db.execute(
-                "SELECT id, at FROM rate_turns WHERE key = ? AND holder = ? ORDER BY at LIMIT 1",
-                (key, holder),
-            ).fetchone()
-            others = [
-                float(row[0])
-                for row in db.execute(
-                    "SELECT at FROM rate_turns WHERE key = ? AND id IS NOT ? ORDER BY at",
-                    (key, mine[0] if mine else None),
-                )
-            ]
-            at = plan_turn(others, float(mine[1]) if mine else None, ts, limit, seconds)
+            rows = db.execute(
+                "SELECT id, at, holder FROM rate_turns WHERE key = ? ORDER BY at", (key,)
+            ).fetchall()
+            mine = next((row for row in rows if row[2] == holder), None)
+            taken = [float(row[1]) for row in rows if row[2] is None]
+            reserved = [float(row[1]) for row in rows if row[2] is not None and row is not mine]
+            at = plan_turn(
+                taken, reserved, None if mine is None else float(mine[1]), ts, limit, seconds
+            )
             if mine is not None and at == float(mine[1]) and at > ts:
                 return at
             go = at <= ts
