@@ -1,5 +1,6 @@
-"""Grouped rules end to end on SQLite: events collected per group, one digest per flush
-to a real webhook receiver and a real SMTP server, time moved by an injected clock."""
+"""Grouped rules end to end on SQLite and PostgreSQL: events collected per group, one
+digest per flush to a real webhook receiver and a real SMTP server, time moved by an
+injected clock."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
+import pg
 from billnotify.actions.email import EmailExecutor
 from billnotify.actions.webhook import WebhookExecutor
 from billnotify.components import delivery_settings, rule_settings
@@ -23,7 +25,8 @@ from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import build_event
 from billnotify.rules.engine import RuleHandler
-from billnotify.store import Delivery, SqliteStore
+from billnotify.store import Delivery, SqliteStore, Store
+from billnotify.store.postgres import PgStore
 from billnotify.templating import TemplateRenderer
 from servers import Clock, SmtpSink, serving
 
@@ -47,7 +50,7 @@ class Receiver:
 class Rig:
     receiver: Receiver
     sink: SmtpSink
-    store: SqliteStore
+    store: Store
     clock: Clock
     handler: RuleHandler
     worker: DeliveryWorker
@@ -131,8 +134,15 @@ def rule() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "postgres":
+        return PgStore(pg.shared().database())
+    return SqliteStore(tmp_path / "state.db")
+
+
 @pytest.fixture
-async def rig(tmp_path: Path, rule: dict[str, Any]) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, rule: dict[str, Any], backend: Store) -> AsyncIterator[Rig]:
     receiver, sink = Receiver([]), SmtpSink().start()
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
@@ -146,10 +156,14 @@ async def rig(tmp_path: Path, rule: dict[str, Any]) -> AsyncIterator[Rig]:
             }
             clock = Clock(T0)
             try:
-                async with SqliteStore(tmp_path / "state.db") as store:
+                await backend.open()
+                try:
+                    store = backend
                     worker = DeliveryWorker(delivery_settings(config), store, executors, clock)
                     handler = RuleHandler(rule_settings(config), store, templates, executors, clock)
                     yield Rig(receiver, sink, store, clock, handler, worker)
+                finally:
+                    await backend.close()
             finally:
                 for executor in executors.values():
                     await executor.close()

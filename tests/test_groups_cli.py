@@ -9,6 +9,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from billnotify.cli.commands import render_report
+from billnotify.components import build_actions
+from billnotify.config import load_config
 from billnotify.events import CloudEvent, build_event
 from billnotify.store import SqliteStore
 
@@ -172,3 +175,19 @@ attach = ["invoice_pdf"]
         "rules[1].actions[1].attach",
     ):
         assert expected in text, (expected, text)
+
+
+async def test_a_preview_of_one_event_renders_its_digest(tmp_path: Path) -> None:
+    # what the console's rule preview calls: one chosen event, rendered as the digest of it
+    config = load_config(_config(tmp_path))
+    actions = build_actions(config)
+    try:
+        report = await render_report(
+            config, actions.renderer, actions.executors, "failed-tasks-digest", _task("9")
+        )
+    finally:
+        await actions.close()
+    assert report.exit_code == 0, report.errors
+    email, hook = report.rendered
+    assert email.summary["subject"] == "[acme] 1 billing task failed: Invoice run"
+    assert json.loads(hook.summary["body"])["count"] == 1

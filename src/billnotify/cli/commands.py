@@ -34,8 +34,10 @@ from billnotify.chain_results import chain_results
 from billnotify.config.models import Config, Rule
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.chain import sample_results
+from billnotify.digests import is_digest
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler
+from billnotify.rules.groups import digest_of
 from billnotify.rules.matching import evaluate_when, selects
 from billnotify.store.base import Store
 from billnotify.store.records import Delivery, OperatorAction, StoredEvent
@@ -336,6 +338,8 @@ async def render_rule(
     """
     del renderer  # the executors hold the template renderer; kept for the CLI's symmetry
     rule = _rule_named(config, rule_name)
+    if rule.grouped and not is_digest(event):  # a grouped rule sends digests: of this event
+        event = digest_of(rule, [event])
     rendered: list[Rendered] = []
     for index, action in enumerate(rule.actions):
         executor = executors.get(action.type)

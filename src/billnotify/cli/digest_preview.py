@@ -24,9 +24,9 @@ from pathlib import Path
 from billnotify.actions.base import ActionExecutor
 from billnotify.cli.commands import RenderReport, render_report
 from billnotify.config.models import Config, Rule
-from billnotify.digests import digest_event, flush_id, group_key, group_values
 from billnotify.events import CloudEvent
 from billnotify.rules.engine import Evaluator
+from billnotify.rules.groups import digest_of
 from billnotify.rules.matching import evaluate_when, selects
 from billnotify.store.base import EventLog
 
@@ -51,15 +51,6 @@ def fires(rule: Rule, event: CloudEvent, renderer: Evaluator) -> bool:
     return applies and error is None
 
 
-def sample_digest(rule: Rule, events: Sequence[CloudEvent]) -> CloudEvent:
-    """The digest a flush of the newest event's group would carry: that group's events
-    among ``events`` (oldest first)."""
-    paths = rule.group_by or []
-    key = group_key(group_values(paths, events[-1]))
-    members = [e for e in events if group_key(group_values(paths, e)) == key]
-    return digest_event(flush_id(rule.name, key, members[0].id), key, members, rule=rule.name)
-
-
 async def matching_events(
     store: EventLog, rule: Rule, renderer: Evaluator, count: int
 ) -> list[CloudEvent]:
@@ -80,7 +71,7 @@ async def digest_report(
     events: Sequence[CloudEvent],
 ) -> tuple[CloudEvent, RenderReport]:
     """What each action of a grouped rule would send for a digest of ``events``."""
-    digest = sample_digest(rule, events)
+    digest = digest_of(rule, events)
     report = await render_report(config, renderer, executors, rule.name, digest)
     firing = [e for e in events if fires(rule, e, renderer)]
     not_firing = None if firing else "the rule collects none of the sample events (type or 'when')"

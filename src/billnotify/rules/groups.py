@@ -66,6 +66,15 @@ def member_of(rule: Rule, stored: StoredEvent, now: datetime) -> GroupMember:
     return GroupMember(rule.name, key, stored.event.id, stored.seq, now + group_wait(rule))
 
 
+def digest_of(rule: Rule, events: Sequence[CloudEvent]) -> CloudEvent:
+    """The digest a flush of the newest event's group would carry: that group's events
+    among ``events`` (oldest first). For previews (``render``, the console)."""
+    paths = rule.group_by or []
+    key = group_key(group_values(paths, events[-1]))
+    members = [e for e in events if group_key(group_values(paths, e)) == key]
+    return digest_event(flush_id(rule.name, key, members[0].id), key, members, rule=rule.name)
+
+
 class GroupStore(EventLog, Deliveries, Groups, Protocol):
     """What grouping needs of the store: members and flushes, the events flushed, and
     the rows it notes errors on."""
@@ -100,7 +109,7 @@ class Grouper:
         role: Role | None = None,
         on_recorded: Callable[[], None] | None = None,
     ) -> None:
-        self.rules = {rule.name: rule for rule in rules if rule.grouped}
+        self.rules = {rule.name: rule for rule in rules if rule.grouped and rule.enabled}
         self.dry_run = dry_run
         self.store = store
         self.executors = executors
