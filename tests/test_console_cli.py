@@ -20,6 +20,7 @@ import pg
 from billnotify.config import parse_config
 from billnotify.config.service import ServiceConfig, is_loopback
 from billnotify.deliveries.base import DeliveryStatus
+from billnotify.errors import ConfigError
 from billnotify.events import CloudEvent
 from billnotify.store import NewDelivery, SqliteStore
 from billnotify.store.postgres import PgStore
@@ -194,3 +195,15 @@ def test_console_is_open_with_a_token_or_on_loopback(tmp_path: Path) -> None:
         False,
         False,
     ]
+
+
+@pytest.mark.parametrize("token", ["", "short-token"])
+def test_a_short_console_token_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("BN_SHORT_TOKEN", token)
+    raw = {"service": {"console_token": "env:BN_SHORT_TOKEN"}, "mqtt": {"enabled": False}}
+    with pytest.raises(ConfigError) as failed:
+        parse_config(raw, base_dir=tmp_path)
+    assert "service.console_token: must be at least 16 characters" in str(failed.value)
+    assert token not in str(failed.value) or not token

@@ -108,7 +108,7 @@ class ServiceConfig(StrictModel):
     http: str | None = "127.0.0.1:9464"
     """``host:port`` for /healthz, /readyz, /metrics and the console; empty to disable."""
     console_token: Secret | None = None
-    """Token that opens the operator console at ``/`` (``env:NAME`` / ``file:/path``); without it the console is served only on a loopback ``http`` address."""
+    """Token (16 characters or more) that opens the operator console at ``/`` (``env:NAME`` / ``file:/path``); without it the console is served only on a loopback ``http`` address."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
     log_format: Literal["text", "json"] = "text"
@@ -127,6 +127,14 @@ class ServiceConfig(StrictModel):
     def _check_instance(cls, value: str | None) -> str | None:
         # it becomes an MQTT topic level and part of a client id
         return None if value is None else check_name(value)
+
+    @field_validator("console_token")
+    @classmethod
+    def _check_console_token(cls, value: Secret | None) -> Secret | None:
+        # an empty token would open the console to anyone who finds it
+        if value is not None and value.resolved and len(value.reveal()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -base64 32`)")
+        return value
 
     @field_validator("lease_ttl")
     @classmethod
