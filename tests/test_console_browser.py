@@ -218,6 +218,9 @@ async def _scenario(
     # -- log in -------------------------------------------------------------------------
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
+    complaints: list[str] = []  # the browser's own word on CSP violations and script errors
+    page.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: complaints.append(str(e)))
     await page.goto(f"{url}/")
     await page.fill("input[name=token]", TOKEN)
     await page.fill("input[name=name]", "ann")
@@ -338,6 +341,8 @@ async def _scenario(
     assert width <= 390, f"the overview needs {width}px on a 390px phone"
     await small.screenshot(path=str(shots / "overview-phone.png"), full_page=True)
     await phone.close()
+
+    assert complaints == []
 
     # -- logout ends the session --------------------------------------------------------
     await page.click("button:text('Log out')")
