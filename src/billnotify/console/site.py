@@ -270,7 +270,7 @@ class Console:
 
     async def _live_values(self) -> dict[str, str]:
         """The overview's live values, read at most once per interval for all streams
-        together (a read counts the whole ledger: ~50 ms at 100,000 deliveries)."""
+        together (a read counts the whole ledger: ``docs/performance.md``)."""
         async with self._reading:
             now = time.monotonic()
             if self._shared is None or now - self._shared[0] >= self.live_interval * 0.9:
