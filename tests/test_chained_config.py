@@ -4,21 +4,22 @@ runs show a chained action with a sample answer, and how a dependent moves on.""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billnotify.cli.checks import run_check_file
-from billnotify.cli.commands import render_rule
+from billnotify.cli.commands import render_rule, replay_to_rules
 from billnotify.components import build_actions, build_rule_handler
 from billnotify.config.loader import parse_config
-from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.chain import transition
+from billnotify.deliveries.base import DeliveryStatus, Outcome
+from billnotify.deliveries.chain import ChainFollower, Settled, transition
 from billnotify.errors import ConfigError
 from billnotify.events import build_event
-from billnotify.store import MemoryStore, StoredEvent
+from billnotify.store import MemoryStore, NewDelivery, StoredEvent
+from billnotify.store.records import AttemptEnd
 from servers import toml_config
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -159,12 +160,6 @@ def test_how_a_dependent_moves_on_with_its_predecessor(
 
 
 async def test_the_sweep_goes_round_so_old_skipped_rows_never_hide_a_waiting_one() -> None:
-    from datetime import timedelta
-
-    from billnotify.deliveries.base import Outcome
-    from billnotify.deliveries.chain import ChainFollower
-    from billnotify.store import NewDelivery
-    from billnotify.store.records import AttemptEnd
 
     rule = parse_config(_raw([LINK, MAIL]), base_dir=Path(".")).rules[0]
     store = MemoryStore()
@@ -199,7 +194,6 @@ async def test_the_sweep_goes_round_so_old_skipped_rows_never_hide_a_waiting_one
 async def test_a_forced_replay_makes_a_chained_action_wait_again_for_its_predecessor(
     tmp_path: Path,
 ) -> None:
-    from billnotify.cli.commands import replay_to_rules
 
     _templates(tmp_path)
     config = parse_config(_raw([LINK, MAIL]), base_dir=tmp_path)
@@ -228,3 +222,33 @@ async def test_a_forced_replay_makes_a_chained_action_wait_again_for_its_predece
         assert [d.status for d in got if d] == [DeliveryStatus.PENDING, DeliveryStatus.WAITING]
     finally:
         await actions.close()
+
+
+async def test_a_dead_head_skips_the_whole_chain_and_a_retry_brings_it_back() -> None:
+    mqtt = {"type": "mqtt", "topic": "t"}
+    actions = [{**mqtt, "id": "a"}, {**mqtt, "id": "b", "after": "a"}, {**mqtt, "after": "b"}]
+    rule = parse_config(_raw(actions), base_dir=Path(".")).rules[0]
+    store = MemoryStore()
+    await store.open()
+    W = DeliveryStatus.WAITING
+    rows = [
+        NewDelivery(
+            "chain", i, "mqtt", "evt_1", 1, False, status=DeliveryStatus.PENDING if i == 0 else W
+        )
+        for i in range(3)
+    ]
+    await store.record_deliveries(rows, "rules", 1, T0)
+    chains = ChainFollower([rule], store, lambda: T0)
+
+    async def statuses() -> list[str]:
+        got = [await store.get_delivery(r.id) for r in rows]
+        return [d.status.value for d in got if d]
+
+    dead = Settled("chain", 0, "evt_1", DeliveryStatus.DEAD)
+    assert [m.note for m in await chains.follow([dead])] == ["after a: dead", "after b: skipped"]
+    assert await statuses() == ["pending", "skipped", "skipped"]  # (a as the test left it)
+    again = Settled("chain", 0, "evt_1", DeliveryStatus.PENDING)  # an operator's retry
+    assert [m.status.value for m in await chains.follow([again])] == ["waiting", "waiting"]
+    ok = Settled("chain", 0, "evt_1", DeliveryStatus.SUCCEEDED)
+    assert [m.id for m in await chains.follow([ok])] == [rows[1].id]  # c waits for b to run
+    assert await statuses() == ["pending", "pending", "waiting"]

@@ -178,14 +178,23 @@ class ChainFollower:
 
     # -- moving dependents on ----------------------------------------------------------
     async def follow(self, settled: Sequence[Settled]) -> list[ChainMove]:
-        """Move the dependents of deliveries that changed status; returns the moves made."""
-        moves: list[ChainMove] = []
-        for item in settled:
-            for index, label in self._dependents.get((item.rule, item.action_index), ()):
-                move = transition(item.status, label, delivery_id(item.rule, index, item.event_id))
-                if move is not None:
-                    moves.append(move)
-        return await self._move(moves)
+        """Move the dependents of deliveries that changed status, and theirs down a
+        longer chain (``a`` dead: ``b`` and ``c`` skipped); returns the moves made."""
+        made: list[ChainMove] = []
+        while settled:
+            moves: dict[str, tuple[ChainMove, Settled]] = {}
+            for item in settled:
+                for index, label in self._dependents.get((item.rule, item.action_index), ()):
+                    dependent = delivery_id(item.rule, index, item.event_id)
+                    move = transition(item.status, label, dependent)
+                    if move is not None:
+                        after = Settled(item.rule, index, item.event_id, move.status)
+                        moves[dependent] = (move, after)
+            done = await self._move([move for move, _ in moves.values()])
+            made += done
+            # a dependent made pending moves its own only once it has run
+            settled = [moves[m.id][1] for m in done if m.status is not _P]
+        return made
 
     async def sweep(self, limit: int = 2000, *, whole: bool = False) -> list[ChainMove]:
         """Look at ``waiting`` / ``skipped`` deliveries' predecessors and move each on
