@@ -33,6 +33,8 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bill
 POLL_S = 1
 OVERLAP_S = 5
 """How far back each incremental poll reaches, on both sides (billnotify's default)."""
+HOOK_TOKEN = "bench-hook-token-0123456789"
+"""The Bearer token of billnotify's inbound hook (SPEC §7.3), when it takes hooks."""
 SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 
@@ -119,15 +121,25 @@ async def node_red(
 
 @contextlib.asynccontextmanager
 async def billnotify(
-    folder: Path, platform_url: str, mqtt_port: int, prefix: str, profile: Path | None = None
+    folder: Path,
+    platform_url: str,
+    mqtt_port: int,
+    prefix: str,
+    profile: Path | None = None,
+    *,
+    hook_port: int | None = None,
+    poll_s: float = POLL_S,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``billnotify run`` (under py-spy, raw stacks to ``profile``, when given)."""
+    """``billnotify run`` (under py-spy, raw stacks to ``profile``, when given; taking
+    inbound hooks with :data:`HOOK_TOKEN` on ``127.0.0.1:hook_port``, when given)."""
     config = folder / "billnotify.toml"
+    http = "" if hook_port is None else f"127.0.0.1:{hook_port}"
+    hook = "" if hook_port is None else 'hook_secret = "env:BENCH_HOOK_TOKEN"\n'
     config.write_text(
         f"""[service]
 name = "bench"
 state = "state.db"
-http = ""
+http = "{http}"
 log_level = "warning"
 
 [mqtt]
@@ -143,11 +155,11 @@ name = "bench"
 kind = "billing_platform"
 base_url = "{platform_url}"
 api_key = "env:BENCH_API_KEY"
-poll_interval = "{POLL_S}s"
+poll_interval = "{poll_s:g}s"
 overlap = "{OVERLAP_S}s"
 page_size = {PAGE_MAX}
 watch = ["billing_tasks"]
-"""
+{hook}"""
     )
     command = [sys.executable, "-m", "billnotify", "run", "-c", str(config)]
     if profile is not None:
@@ -159,7 +171,7 @@ watch = ["billing_tasks"]
             ).wait()
         record = [str(spy), "record", "--subprocesses", "--format", "raw", "--rate", str(RATE)]
         command = [*record, "--nonblocking", "-o", str(profile), "--", *command]
-    env = {**os.environ, "BENCH_API_KEY": API_KEY}
+    env = {**os.environ, "BENCH_API_KEY": API_KEY, "BENCH_HOOK_TOKEN": HOOK_TOKEN}
     process = await asyncio.create_subprocess_exec(
         *command, env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=sys.stderr
     )

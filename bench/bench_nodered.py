@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +68,7 @@ READY_TIMEOUT = 60.0
 BURST_TIMEOUT = 180.0
 
 Launch = Callable[[Path, str, int, str], AbstractAsyncContextManager[asyncio.subprocess.Process]]
+Nudge = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -138,11 +139,18 @@ async def _logging(platform: FakePlatform) -> AsyncIterator[list[Request]]:
         log.extend(await platform.requests())
 
 
-async def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+async def _until(
+    condition: Callable[[], bool], timeout: float, what: str, nudge: Nudge | None = None
+) -> None:
+    """Until ``condition()``, calling ``nudge`` (if any) every half second meanwhile."""
     deadline = time.monotonic() + timeout
+    nudged = 0.0
     while not condition():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
+        if nudge is not None and time.monotonic() - nudged > 0.5:
+            nudged = time.monotonic()
+            await nudge()
         await asyncio.sleep(0.05)
 
 
@@ -170,8 +178,11 @@ class _Live:
 
 
 @contextlib.asynccontextmanager
-async def _up(side: str, launch: Launch, port: int) -> AsyncIterator[_Live]:
-    """Start ``side``; wait for its first incremental poll and one change to come through."""
+async def _up(
+    side: str, launch: Launch, port: int, nudge: Nudge | None = None
+) -> AsyncIterator[_Live]:
+    """Start ``side``; wait for its first incremental poll and one change to come through
+    (``nudge``: called meanwhile, e.g. an inbound hook that asks for a poll)."""
     prefix = f"{side}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         async with (
@@ -181,9 +192,14 @@ async def _up(side: str, launch: Launch, port: int) -> AsyncIterator[_Live]:
             launch(Path(tmp), platform.base_url, port, prefix) as process,
         ):
             await _until(
-                lambda: any(r.filter != "full" for r in log), READY_TIMEOUT, f"{side} to poll"
+                lambda: any(r.filter != "full" for r in log),
+                READY_TIMEOUT,
+                f"{side} to poll",
+                nudge,
             )
             warm_up = {(str(N), "Running"): await platform.change(N, N, "Running")}
+            if nudge is not None:
+                await nudge()
             await subscriber.wait_for(1, 30)
             live = _Live(platform, log, subscriber, process, warm_up)
             yield live
