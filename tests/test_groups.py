@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +303,24 @@ async def test_a_dry_run_digest_is_rendered_and_recorded_not_sent(rig: Rig) -> N
     assert mail.status is DeliveryStatus.DRY_RUN
     rendered = json.loads(await rig.store.get_rendered(mail.id) or "{}")
     assert rendered["summary"]["subject"] == "[acme] 2 billing tasks failed: Invoice run"
+
+
+async def test_state_copy_carries_open_groups_and_flushed_digests(tmp_path: Path) -> None:
+    from billnotify.store.group_records import GroupFlush, GroupMember
+    from billnotify.store.transfer import copy_state
+
+    later = T0 + timedelta(seconds=30)
+    async with SqliteStore(tmp_path / "state.db") as sqlite:
+        await sqlite.add_group_members(
+            [GroupMember("r", "{}", "e1", 1, later), GroupMember("r", '{"a":1}', "e2", 2, later)],
+            T0,
+        )
+        await sqlite.flush_group(GroupFlush("r", "{}", "grp_1", '{"id":"grp_1"}', ("e1",)), T0)
+    target = pg.shared().database()
+    report = await copy_state(tmp_path / "state.db", target)
+    assert (report.counts["rule_groups"], report.counts["group_members"]) == (2, 2)
+    assert report.counts["group_flushes"] == 1
+    async with PgStore(target) as copied:
+        assert await copied.get_digest("grp_1") == '{"id":"grp_1"}'
+        due = {g.key: g.members for g in await copied.due_groups(later)}
+        assert due == {"{}": (), '{"a":1}': (("e2", 2),)}

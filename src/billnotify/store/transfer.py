@@ -140,6 +140,27 @@ TABLES = (
         "delivery_id",
         optional=True,
     ),
+    _Table(
+        "rule_groups",
+        ("rule", "key", "opened_at", "flush_at", "flushes"),
+        {"opened_at": _time, "flush_at": _time},
+        "rule, key",
+        optional=True,
+    ),
+    _Table(
+        "group_members",
+        ("rule", "event_id", "key", "event_seq", "flush_id"),
+        {},
+        "rule, event_id",
+        optional=True,
+    ),
+    _Table(
+        "group_flushes",
+        ("id", "rule", "key", "digest", "created_at"),
+        {"created_at": _time},
+        "id",
+        optional=True,
+    ),
 )
 """What a state is, in an order that keeps references (deliveries after events)."""
 
