@@ -93,6 +93,8 @@ def changed_fields(previous: dict[str, Any], current: dict[str, Any]) -> list[st
 
 
 def _changes(entity: str, previous: dict[str, Any], current: dict[str, Any]) -> list[Draft]:
+    if previous == current:  # the overlap's re-reads: most records, compared at C speed
+        return []
     changed = changed_fields(previous, current)
     if not changed:
         return []
@@ -162,12 +164,12 @@ def _stalled(
 ) -> tuple[list[Draft], frozenset[str], datetime | None]:
     stall_after = policy.stall_after
     status = str(record.get("status") or "")
+    if status != "Running" and (
+        status in TERMINAL_TASK_STATUSES or is_set(record.get("endedTime"))
+    ):
+        return [], marks, None  # not running, whenever it started
     started = as_datetime(record.get("startedTime"), policy.zone)
-    ended = is_set(record.get("endedTime"))
-    running = status == "Running" or (
-        started is not None and not ended and status not in TERMINAL_TASK_STATUSES
-    )
-    if not running or started is None:
+    if started is None:
         return [], marks, None
     mark = f"stalled:{record.get('startedTime')}"
     if mark in marks:
