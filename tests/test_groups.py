@@ -324,3 +324,36 @@ async def test_state_copy_carries_open_groups_and_flushed_digests(tmp_path: Path
         assert await copied.get_digest("grp_1") == '{"id":"grp_1"}'
         due = {g.key: g.members for g in await copied.due_groups(later)}
         assert due == {"{}": (), '{"a":1}': (("e2", 2),)}
+
+
+async def test_a_long_catch_up_does_not_hold_a_due_digest_back(rig: Rig) -> None:
+    await rig.fail("1")
+    rig.clock.advance(30)
+    others = [
+        build_event(
+            source="acme",
+            entity="billing_task",
+            object_id=str(n),
+            type_="billing_task.updated",
+            key=str(n),
+            time=T0,
+            data={"object": {"id": str(n)}, "previous": {}, "changed": []},
+        )
+        for n in range(100, 600)
+    ]
+    await rig.store.commit("acme", [], others)
+    rig.handler.grouper.look_every = 0  # as if each batch took a second
+    flushed_during = []
+    real = rig.handler.process_batch
+
+    async def batch() -> int:
+        flushed_during.append(await rig.store.next_group_flush_at())
+        return await real()
+
+    rig.handler.process_batch = batch  # type: ignore[method-assign]
+    await rig.handler.catch_up()
+    # the group was due before the first batch and flushed after it, not after the last
+    assert flushed_during[0] == T0 + timedelta(seconds=30)
+    assert flushed_during[1] == rig.clock() + timedelta(minutes=5)
+    await rig.worker.run_once()
+    assert [b["count"] for b in rig.receiver.bodies()] == [1]

@@ -200,6 +200,7 @@ class RuleHandler:
             if count == 0:
                 return total
             total += count
+            await self.grouper.flush_between_batches()  # a long catch-up delays no digest
 
     async def process_batch(self) -> int:
         """Read, plan and record one batch; returns how many events it held."""

@@ -21,6 +21,7 @@ again and waits ``group_wait``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -119,6 +120,9 @@ class Grouper:
         self.on_recorded = on_recorded
         self.flushes = 0
         self.collected = 0
+        self.look_every = 1.0
+        """Seconds between looks for due groups in a catch-up."""
+        self._looked = 0.0
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -140,11 +144,19 @@ class Grouper:
             return None
         return max((at - self.clock()).total_seconds(), 0.0)
 
+    async def flush_between_batches(self) -> int:
+        """:meth:`flush_due`, at most once per :attr:`look_every` seconds: between the
+        batches of a long catch-up, so that it holds no due digest back."""
+        if not self.rules or time.monotonic() - self._looked < self.look_every:
+            return 0
+        return await self.flush_due()
+
     async def flush_due(self) -> int:
         """Flush the groups whose time has come (up to a page of them); returns how many
         deliveries were recorded."""
         if not self.rules:
             return 0
+        self._looked = time.monotonic()
         now = self.clock()
         new = 0
         for group in await self.store.due_groups(
