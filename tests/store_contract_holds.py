@@ -114,3 +114,13 @@ class HoldsContract:
         assert len(later) == 15
         for i in range(len(later) - 5):
             assert later[i + 5] - later[i] >= SECOND
+
+    async def test_a_delivery_read_twice_at_once_costs_one_turn(self, backend: Store) -> None:
+        # two processes read the same due delivery: both ask, one starts it
+        assert await backend.take_turn("k", "d1", NOW, 2, SECOND) is None
+        assert await backend.take_turn("k", "d1", NOW + at(0.01), 2, SECOND) is None
+        assert await backend.take_turn("k", "d2", NOW + at(0.02), 2, SECOND) is None
+        assert await backend.take_turn("k", "d3", NOW + at(0.03), 2, SECOND) is not None
+        # a retry of d1 a second later is a new turn, and waits for it
+        retry = await backend.take_turn("k", "d1", NOW + at(1.0), 2, SECOND)
+        assert retry is not None and retry > NOW + at(1.0)

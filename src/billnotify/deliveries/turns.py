@@ -23,9 +23,8 @@ from costing a delivery its place.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 _MAX_SLACK = 0.1
 """Seconds of slack at most."""
@@ -33,21 +32,59 @@ _EPSILON = 2e-6
 """A turn this close counts as come (times pass through datetimes, in microseconds)."""
 
 
+WENT = "="
+"""The holder of a turn taken is ``=<delivery id>``; of a turn waited for, the id."""
+
+
 @dataclass(frozen=True, slots=True)
-class Rate:
-    """``limit`` turns per ``period``: a ``rate_limit = "N/s|m|h"`` setting.
+class TurnPlan:
+    """What :func:`plan_rows` decided.
 
     Attributes:
-        limit: turns per period (at least 1).
-        period: the window's length.
+        go: the delivery goes now.
+        at: its turn (``now`` when it goes).
+        row: the row of its own turn, to rewrite (None: a new row).
+        write: False when nothing changes (a turn still ahead, or taken just now by
+            another process that read the same delivery).
     """
 
-    limit: int
-    period: timedelta
+    go: bool
+    at: float
+    row: Hashable | None
+    write: bool
 
-    def __str__(self) -> str:
-        unit = {1: "s", 60: "m", 3600: "h"}.get(int(self.period.total_seconds()))
-        return f"{self.limit}/{unit}" if unit else f"{self.limit}/{self.period}"
+
+def plan_rows(
+    rows: Sequence[tuple[Hashable, float, str | None]],
+    holder: str,
+    now: float,
+    limit: int,
+    period: float,
+) -> TurnPlan:
+    """:func:`plan_turn` over a key's rows ``(row id, at, holder)``, as a store keeps
+    them: ``holder`` is the delivery's id.
+
+    A delivery whose turn was taken within the slack before ``now`` and that holds no
+    other turn goes again without a new one: two processes that read the same due
+    delivery both ask for it, only one of them can start it (the ledger's claim), and
+    the other must not cost a turn.
+    """
+    mine = next((row for row in rows if row[2] == holder), None)
+    if mine is None:
+        went = [at for _, at, h in rows if h == WENT + holder]
+        if went and max(went) > now - slack(limit, period) - _EPSILON:
+            return TurnPlan(True, now, None, False)
+    taken = sorted(at for _, at, h in rows if h is None or h.startswith(WENT))
+    reserved = sorted(row[1] for row in rows if row is not mine and _waiting(row[2]))
+    own = None if mine is None else mine[1]
+    at = plan_turn(taken, reserved, own, now, limit, period)
+    if own is not None and at == own and at > now:
+        return TurnPlan(False, at, mine[0] if mine else None, False)
+    return TurnPlan(at <= now, at, None if mine is None else mine[0], True)
+
+
+def _waiting(holder: str | None) -> bool:
+    return holder is not None and not holder.startswith(WENT)
 
 
 def slack(limit: int, period: float) -> float:

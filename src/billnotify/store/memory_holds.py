@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from billnotify.deliveries.turns import plan_turn
+from billnotify.deliveries.turns import WENT, plan_rows
 from billnotify.store.memory_ledger import LedgerTables
 from billnotify.store.memory_log import _utc
 from billnotify.store.records import DUE_STATUSES
@@ -43,14 +43,13 @@ class HoldTables(LedgerTables):
         ts, seconds = now.timestamp(), period.total_seconds()
         turns = [t for t in self._turns.get(key, []) if t.at > ts - 2 * seconds]
         turns.sort(key=lambda t: t.at)
-        mine = next((t for t in turns if t.holder == holder), None)
-        taken = [t.at for t in turns if t.holder is None]
-        reserved = [t.at for t in turns if t.holder is not None and t is not mine]
-        at = plan_turn(taken, reserved, None if mine is None else mine.at, ts, limit, seconds)
-        go = at <= ts
-        if mine is None:
-            mine = _Turn(at, holder)
-            turns.append(mine)
-        mine.at, mine.holder = (ts, None) if go else (at, holder)
+        plan = plan_rows([(id(t), t.at, t.holder) for t in turns], holder, ts, limit, seconds)
+        if plan.write:
+            who = WENT + holder if plan.go else holder
+            mine = next((t for t in turns if id(t) == plan.row), None)
+            if mine is None:
+                turns.append(_Turn(plan.at, who))
+            else:
+                mine.at, mine.holder = plan.at, who
         self._turns[key] = turns
-        return None if go else datetime.fromtimestamp(at, UTC)
+        return None if plan.go else datetime.fromtimestamp(plan.at, UTC)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.turns import plan_turn
+from billnotify.deliveries.turns import WENT, plan_rows
 from billnotify.store.postgres_base import PgBase, affected
 
 _TURN_LOCK = "billnotify-rate:"
@@ -52,23 +52,26 @@ class HoldTables(PgBase):
             rows = await conn.fetch(
                 "SELECT id, at, holder FROM rate_turns WHERE key = $1 ORDER BY at", key
             )
-            mine = next((row for row in rows if row["holder"] == holder), None)
-            taken = [float(row["at"]) for row in rows if row["holder"] is None]
-            reserved = [
-                float(row["at"]) for row in rows if row["holder"] is not None and row is not mine
-            ]
-            mine_at = None if mine is None else float(mine["at"])
-            at = plan_turn(taken, reserved, mine_at, ts, limit, seconds)
-            go = at <= ts
-            if mine is not None and not go and at == float(mine["at"]):
-                return datetime.fromtimestamp(at, UTC)
-            values = (ts, None) if go else (at, holder)
-            if mine is not None:
+            plan = plan_rows(
+                [(row["id"], float(row["at"]), row["holder"]) for row in rows],
+                holder,
+                ts,
+                limit,
+                seconds,
+            )
+            who = WENT + holder if plan.go else holder
+            if plan.write and plan.row is None:
                 await conn.execute(
-                    "UPDATE rate_turns SET at = $1, holder = $2 WHERE id = $3", *values, mine["id"]
+                    "INSERT INTO rate_turns (key, at, holder) VALUES ($1, $2, $3)",
+                    key,
+                    plan.at,
+                    who,
                 )
-            else:
+            elif plan.write:
                 await conn.execute(
-                    "INSERT INTO rate_turns (key, at, holder) VALUES ($1, $2, $3)", key, *values
+                    "UPDATE rate_turns SET at = $1, holder = $2 WHERE id = $3",
+                    plan.at,
+                    who,
+                    plan.row,
                 )
-        return None if go else datetime.fromtimestamp(at, UTC)
+        return None if plan.go else datetime.fromtimestamp(plan.at, UTC)

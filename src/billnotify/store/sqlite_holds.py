@@ -6,7 +6,7 @@ import sqlite3
 from datetime import datetime, timedelta
 
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.turns import plan_turn
+from billnotify.deliveries.turns import WENT, plan_rows
 from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
 
 
@@ -49,26 +49,20 @@ class HoldTables(SqliteBase):
             rows = db.execute(
                 "SELECT id, at, holder FROM rate_turns WHERE key = ? ORDER BY at", (key,)
             ).fetchall()
-            mine = next((row for row in rows if row[2] == holder), None)
-            taken = [float(row[1]) for row in rows if row[2] is None]
-            reserved = [float(row[1]) for row in rows if row[2] is not None and row is not mine]
-            at = plan_turn(
-                taken, reserved, None if mine is None else float(mine[1]), ts, limit, seconds
-            )
-            if mine is not None and at == float(mine[1]) and at > ts:
-                return at
-            go = at <= ts
-            if mine is not None:
-                db.execute(
-                    "UPDATE rate_turns SET at = ?, holder = ? WHERE id = ?",
-                    (ts if go else at, None if go else holder, mine[0]),
-                )
-            else:
-                db.execute(
-                    "INSERT INTO rate_turns (key, at, holder) VALUES (?, ?, ?)",
-                    (key, ts if go else at, None if go else holder),
-                )
-            return None if go else at
+            plan = plan_rows(rows, holder, ts, limit, seconds)
+            if plan.write:
+                who = WENT + holder if plan.go else holder
+                if plan.row is None:
+                    db.execute(
+                        "INSERT INTO rate_turns (key, at, holder) VALUES (?, ?, ?)",
+                        (key, plan.at, who),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE rate_turns SET at = ?, holder = ? WHERE id = ?",
+                        (plan.at, who, plan.row),
+                    )
+            return None if plan.go else plan.at
 
         at = await self._write(work)
         return _dt(at)
