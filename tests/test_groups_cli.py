@@ -191,3 +191,24 @@ async def test_a_preview_of_one_event_renders_its_digest(tmp_path: Path) -> None
     email, hook = report.rendered
     assert email.summary["subject"] == "[acme] 1 billing task failed: Invoice run"
     assert json.loads(hook.summary["body"])["count"] == 1
+
+
+async def test_check_warns_of_templates_that_read_the_other_context(tmp_path: Path) -> None:
+    mixed = CONFIG.replace('template = "task_failed_digest"', 'template = "task_failed"')
+    mixed += """
+[[rules]]
+name = "one-by-one"
+on = ["billing_task.status_changed"]
+[[rules.actions]]
+type = "email"
+to = ["ops@example.com"]
+template = "task_failed_digest"
+"""
+    code, out, err = await _cli("check", "-c", str(_config(tmp_path, mixed)))
+    assert code == 0, out + err  # warnings: the templates may guard what they read
+    assert (
+        "rules[0].actions[0]: its templates read object, empty in a digest of a grouped rule"
+    ) in err
+    assert "rules[1].actions[0]: its templates read count, events, group, which only" in err
+    code, _, err = await _cli("check", "-c", str(_config(tmp_path)))
+    assert code == 0 and "digest" not in err, err

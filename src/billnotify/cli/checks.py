@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from billnotify.addresses import is_public, url_problem
+from billnotify.cli.digest_checks import digest_template_warnings
 from billnotify.config.chains import results_warnings
 from billnotify.config.loader import parse_config, read_toml
 from billnotify.config.models import DEFAULT_TEMPLATES, Config, PropertyBillingSource
@@ -49,6 +50,7 @@ async def run_check_file(path: str | os.PathLike[str] | None, *, connect: bool =
     if config is not None:
         issues.extend(_config_issues(config))
         warnings.extend(results_warnings(config.rules, config.template_folders))
+        warnings.extend(digest_template_warnings(config.rules, config.template_folders))
     else:
         issues.extend(raw_template_issues(raw, file.resolve().parent))
     unsafe, unresolved = await resolve_webhook_hosts(raw)

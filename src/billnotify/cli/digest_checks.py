@@ -1,0 +1,86 @@
+"""``billnotify check`` warnings for templates that read the wrong context: a grouped
+rule's template reading ``object`` / ``previous`` (empty in a digest), or another rule's
+template reading ``events`` / ``group`` / ``count`` (only a digest has them).
+
+Either renders into a failed delivery at send time (templates are ``StrictUndefined``),
+so ``check`` says so beforehand, with the action's TOML path. The names a template reads
+come from its syntax tree (``jinja2.meta``), not from rendering it with made-up data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+
+SINGLE_ONLY = frozenset({"object", "previous", "changed"})
+"""Names of one event's context that a digest leaves empty."""
+
+DIGEST_ONLY = frozenset({"events", "group", "count"})
+"""Names only a digest's context has."""
+
+
+def digest_template_warnings(rules: Sequence[Any], folders: Sequence[Path]) -> list[str]:
+    """One warning per action whose templates read names its rule's context lacks."""
+    env = jinja2.Environment()
+    warnings: list[str] = []
+    for r, rule in enumerate(rules):
+        for a, action in enumerate(rule.actions):
+            names = _names(env, _texts(action, folders))
+            if (
+                rule.grouped
+                and (wrong := sorted(names & SINGLE_ONLY))
+                and not (names & DIGEST_ONLY)
+            ):
+                warnings.append(
+                    f"rules[{r}].actions[{a}]: its templates read {', '.join(wrong)}, empty "
+                    "in a digest of a grouped rule (use events, group, count; e.g. "
+                    "template = 'task_failed_digest'); they will fail when they render"
+                )
+            elif not rule.grouped and (wrong := sorted(names & DIGEST_ONLY)):
+                warnings.append(
+                    f"rules[{r}].actions[{a}]: its templates read {', '.join(wrong)}, which "
+                    "only a grouped rule's digest has (set group_by on the rule); they will "
+                    "fail when they render"
+                )
+    return warnings
+
+
+def _names(env: jinja2.Environment, texts: Iterable[str]) -> set[str]:
+    names: set[str] = set()
+    for text in texts:
+        try:
+            names |= meta.find_undeclared_variables(env.parse(text))
+        except jinja2.TemplateSyntaxError:
+            continue  # reported as an error by the template check
+    return names
+
+
+def _texts(action: Any, folders: Sequence[Path]) -> list[str]:
+    """The text of every template an action renders: its inline strings and files."""
+    texts = [s for s in _strings(action.model_dump()) if "{" in s]
+    files: list[str] = []
+    if action.type == "email":
+        files = [f"{action.template}.{part}.j2" for part in ("subject", "txt", "html")]
+    elif action.type == "webhook" and action.body:
+        files = [action.body if action.body.endswith(".j2") else f"{action.body}.j2"]
+    for name in files:
+        for folder in folders:
+            path = Path(folder) / name
+            if path.is_file():
+                texts.append(path.read_text(encoding="utf-8", errors="replace"))
+                break
+    return texts
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
