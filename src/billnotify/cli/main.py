@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "--status",
         type=_status_arg,
         help="failed | dead | uncertain | pending | succeeded | retry_scheduled | dry_run "
-        "| waiting | skipped",
+        "| waiting | skipped | muted",
     )
     deliveries.add_argument(
         "--limit", type=int, default=100, help="at most this many, newest first (default 100)"
@@ -167,6 +167,18 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("--reason", default="", help="why, kept on record with the resolution")
     show = dsub.add_parser("show", parents=[common], help="one delivery with its attempts")
     show.add_argument("id", metavar="ID")
+    endpoints = sub.add_parser(
+        "endpoints", parents=[common], help="webhook endpoints, enabled or disabled by a 410"
+    )
+    endpoints.add_argument("--json", action="store_true", help="one endpoint JSON per line")
+    esub = endpoints.add_subparsers(dest="endpoints_command", metavar="ACTION")
+    enable = esub.add_parser(
+        "enable", parents=[common], help="re-enable an endpoint that a 410 Gone disabled"
+    )
+    enable.add_argument("name", metavar="NAME", help="the endpoint's name")
+    enable.add_argument(
+        "--reason", required=True, help="why, kept on record with who re-enabled it and when"
+    )
 
     simulate = sub.add_parser("simulate", help="run the billing platform simulator")
     simulate.add_argument(
@@ -235,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-READ_ONLY = frozenset({"events", "deliveries", "status", "state"})
+READ_ONLY = frozenset({"events", "deliveries", "endpoints", "status", "state"})
 """Commands that read (or settle) the ledger only: their config's secrets stay unread
 (but for the state's own password)."""
 
@@ -322,6 +334,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _replay(config, store, args)
         if args.command == "deliveries":
             return await _deliveries(store, args, config)
+        if args.command == "endpoints":
+            return await _endpoints(store, args, config)
         if args.command == "status":
             from billnotify.cli.state import status_report
 
@@ -477,4 +491,23 @@ async def _deliveries(store: Any, args: argparse.Namespace, config: Config) -> i
             print(json.dumps(shown, default=str))
     else:
         print(commands.format_deliveries(rows))
+    return EXIT_OK
+
+
+async def _endpoints(store: Any, args: argparse.Namespace, config: Config) -> int:
+    from billnotify.cli import commands
+    from billnotify.cli.endpoints import endpoint_rows, format_endpoints
+
+    if args.endpoints_command == "enable":
+        result = await commands.enable_endpoint(
+            store, args.name, datetime.now(UTC), reason=args.reason
+        )
+        print(f"{result.id}: {result.message}", file=sys.stdout if result.ok else sys.stderr)
+        return EXIT_OK if result.ok else EXIT_FAILURE
+    rows = await endpoint_rows(config, store)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_json()))
+    else:
+        print(format_endpoints(rows))
     return EXIT_OK
