@@ -23,6 +23,7 @@ from billnotify.config.loader import parse_config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import build_event
+from billnotify.metrics import Metrics
 from billnotify.rules.engine import RuleHandler
 from billnotify.simulator import Simulator
 from billnotify.store import Delivery, SqliteStore
@@ -225,3 +226,14 @@ async def test_drop_records_the_delivery_muted_and_sends_nothing(rig: Rig) -> No
     first, second = await rig.rows("failed-task")
     assert first.status is DeliveryStatus.MUTED
     assert second.status is DeliveryStatus.SUCCEEDED and len(rig.receiver.hits) == 1
+
+
+async def test_held_deliveries_are_counted_in_metrics(rig: Rig) -> None:
+    await rig.approve()
+    await rig.worker.run_once()
+    metrics = Metrics()
+    metrics.count_holds(rig.worker.held)
+    metrics.count_holds(rig.worker.held)  # a scrape again adds nothing new
+    text = metrics.render().decode()
+    assert 'billnotify_delivery_holds_total{reason="mute"} 3.0' in text
+    assert 'billnotify_delivery_holds_total{reason="rate_limit"} 0.0' in text

@@ -133,6 +133,8 @@ class Service:
         m.retry_queue.set(retry)
         oldest = await self.store.oldest_pending_at()
         m.oldest_pending.set((self.clock() - oldest).total_seconds() if oldest else 0)
+        if self.worker is not None:
+            m.count_holds(self.worker.held)
 
     def _console(self) -> Callable[[web.Application], None] | None:
         """The console's routes, when it may be served (SPEC §7.4: a token, or loopback)."""

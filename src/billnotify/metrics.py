@@ -88,13 +88,30 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("billnotify_ready", "1 when /readyz answers 200.", registry=r)
+        self.holds = Counter(
+            "billnotify_delivery_holds",
+            "Deliveries held back before an attempt by this process: by a mute window "
+            "(deferred or muted) or a rate limit (waiting for their turn).",
+            ["reason"],
+            registry=r,
+        )
         self._published = 0
+        self._held: dict[str, int] = {}
 
     def count_published(self, total: int) -> None:
         """Move the published-events counter up to the publisher's running ``total``."""
         if total > self._published:
             self.mqtt_published.inc(total - self._published)
             self._published = total
+
+    def count_holds(self, held: dict[str, int]) -> None:
+        """Move the holds counter up to the delivery worker's running counts by reason."""
+        for reason, total in held.items():
+            seen = self._held.get(reason, 0)
+            counter = self.holds.labels(reason)  # every reason shown, at 0 until it holds
+            if total > seen:
+                counter.inc(total - seen)
+                self._held[reason] = total
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -6,7 +6,7 @@ store, so they are testable without a subprocess.
 Statuses for ``deliveries --status``:
 
 - any :class:`~billnotify.store.base.DeliveryStatus` value (``pending``, ``sending``,
-  ``succeeded``, ``retry_scheduled``, ``dead``, ``uncertain``, ``dry_run``);
+  ``succeeded``, ``retry_scheduled``, ``dead``, ``uncertain``, ``dry_run``, ``muted``);
 - ``failed``: every delivery whose last attempt failed and that is not settled
   successfully, i.e. ``retry_scheduled`` **and** ``dead`` (``dead`` alone lists only
   the given-up ones).

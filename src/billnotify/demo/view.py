@@ -33,6 +33,7 @@ _STATUS_STYLE = {
     "retry_scheduled": "yellow",
     "dead": "red",
     "uncertain": "magenta",
+    "muted": "cyan",
 }
 
 
