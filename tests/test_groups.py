@@ -357,3 +357,30 @@ async def test_a_long_catch_up_does_not_hold_a_due_digest_back(rig: Rig) -> None
     assert flushed_during[1] == rig.clock() + timedelta(minutes=5)
     await rig.worker.run_once()
     assert [b["count"] for b in rig.receiver.bodies()] == [1]
+
+
+async def test_replay_to_rules_collects_what_was_not_collected_and_nothing_twice(
+    rig: Rig,
+) -> None:
+    from billnotify.cli.commands import replay_to_rules
+
+    await rig.fail("1")
+    await rig.tick(30)
+    skipped = build_event(
+        source="acme",
+        entity="billing_task",
+        object_id="2",
+        type_="billing_task.status_changed",
+        key="skipped",
+        time=T0,
+        data={"object": {"id": "2", "status": "Failed", "billingTaskType": "Invoice run"}},
+    )
+    await rig.store.commit("acme", [], [skipped])
+    await rig.store.set_position("rules", await rig.store.last_seq())  # the rules never saw it
+    everything = await rig.store.list_events()
+    await replay_to_rules(rig.handler, everything, force=True)
+    await rig.tick(300)
+    assert [[e["data"]["object"]["id"] for e in b["events"]] for b in rig.receiver.bodies()] == [
+        ["1"],
+        ["2"],
+    ]
