@@ -18,11 +18,14 @@ import aiohttp
 import aiomqtt
 import aiosmtplib
 import pytest
+from rich.console import Console
 from standardwebhooks import Webhook
 
 from billnotify.config import load_config
 from billnotify.demo.configfile import DemoPeers, templates_folder, write_demo_config
 from billnotify.demo.sinks import SmtpSink, WebhookSink, verify_signature
+from billnotify.demo.view import DemoInfo, DemoMonitor, PlainReporter, render_live
+from billnotify.store import MemoryStore
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +174,27 @@ def _utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+def test_the_live_view_and_the_plain_lines_show_the_console_address() -> None:
+    info = DemoInfo(
+        folder="/tmp/demo",
+        simulator="http://127.0.0.1:8080",
+        mqtt_host="127.0.0.1",
+        mqtt_port=1883,
+        smtp="127.0.0.1:8025",
+        webhooks="http://127.0.0.1:9000/hooks/...",
+        console="http://127.0.0.1:9464/ (the operator console)",
+        metrics="http://127.0.0.1:9464/metrics",
+        log="/tmp/demo/billnotify.log",
+        duration=None,
+    )
+    screen = Console(record=True, width=200)
+    screen.print(render_live(info, DemoMonitor(MemoryStore(), SmtpSink(), WebhookSink(SECRET))))
+    assert re.search(r"console +http://127\.0\.0\.1:9464/ ", screen.export_text())
+    lines: list[str] = []
+    PlainReporter(lines.append).intro(info)
+    assert "  console        http://127.0.0.1:9464/ (the operator console)" in lines
+
+
 # -- the whole demo ----------------------------------------------------------------------
 
 
@@ -217,6 +241,7 @@ async def test_demo_runs_everything_and_stops_by_itself(tmp_path: Path) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     lines: list[str] = []
     topics: list[str] = []
+    console: tuple[str, int, str] | None = None  # (url, status, page) while it runs
     enough = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
     # drained all along: a full stderr pipe would block the demo
@@ -229,6 +254,10 @@ async def test_demo_runs_everything_and_stops_by_itself(tmp_path: Path) -> None:
                     watcher = asyncio.create_task(_watch_mqtt(mqtt_port, topics, enough))
                 if len(topics) >= 5:
                     enough.set()
+                shown = re.match(r"\s+console\s+(http://127\.0\.0\.1:\d+/) ", line)
+                if console is None and shown:
+                    async with aiohttp.ClientSession() as http, http.get(shown[1]) as resp:
+                        console = (shown[1], resp.status, await resp.text())
             errors = (await stderr).decode()
             status = await proc.wait()
     finally:
@@ -250,6 +279,8 @@ async def test_demo_runs_everything_and_stops_by_itself(tmp_path: Path) -> None:
     webhooks = _count("webhooks received by the webhook sink", out)
     assert webhooks > 0
     assert f"({webhooks} signed ok)" in out
+    assert console is not None, out[:3000]  # the address is printed, and it answers
+    assert console[1] == 200 and "<h1>Overview</h1>" in console[2], console[:2]
     assert _count("MQTT messages published", out) > 0
     assert any(t.startswith("billnotify/events/acme/") for t in topics), topics
     assert list((tmp_path / "mail").glob("*.eml"))

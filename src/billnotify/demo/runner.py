@@ -254,6 +254,7 @@ class _Demo:
                 mqtt_port=mqtt_port,
                 smtp=f"{HOST}:{smtp.port} (messages saved in {self.folder / 'mail'})",
                 webhooks=f"{hooks.base_url}/hooks/... (signatures verified)",
+                console=f"http://{HOST}:{http_port}/ (the operator console)",
                 metrics=f"http://{HOST}:{http_port}/metrics",
                 log=str(self.folder / "billnotify.log"),
                 duration=self.options.duration,

@@ -47,6 +47,8 @@ class DemoInfo:
     mqtt_port: int
     smtp: str
     webhooks: str
+    console: str
+    """The operator console's address (served on loopback without a token)."""
     metrics: str
     log: str
     duration: float | None
@@ -64,6 +66,7 @@ class DemoInfo:
             ("MQTT", f"embedded broker {self.mqtt_host}:{self.mqtt_port} - {self.mqtt_command}"),
             ("SMTP sink", self.smtp),
             ("webhook sink", self.webhooks),
+            ("console", self.console),
             ("metrics", self.metrics),
             ("log", self.log),
             ("working folder", self.folder),
