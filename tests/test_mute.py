@@ -9,6 +9,8 @@ Europe/London clock changes of 2026 (29 March, 25 October).
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ import pytest
 
 from billnotify.cli.commands import list_deliveries, status_lines
 from billnotify.components import Actions, build_actions, build_worker, rule_settings
-from billnotify.config.loader import parse_config
+from billnotify.config.loader import load_config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.worker import DeliveryWorker
 from billnotify.events import build_event
@@ -27,7 +29,7 @@ from billnotify.metrics import Metrics
 from billnotify.rules.engine import RuleHandler
 from billnotify.simulator import Simulator
 from billnotify.store import Delivery, SqliteStore
-from servers import Clock, SmtpSink, WebhookReceiver, sim_source
+from servers import PYTHON, Clock, SmtpSink, WebhookReceiver, sim_source, toml_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SATURDAY_BEFORE_SPRING = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
@@ -44,6 +46,7 @@ class Rig:
     worker: DeliveryWorker
     receiver: WebhookReceiver
     sink: SmtpSink
+    path: Path
 
     async def approve(self) -> dict[str, Any]:
         invoice = self.sim.state.add_invoice(status=["Raised", "Approved"])
@@ -83,59 +86,59 @@ async def rig(
     (tmp_path / "note.subject.j2").write_text("Invoice {{ object.id }}")
     (tmp_path / "note.txt.j2").write_text("Invoice {{ object.id }} approved.\n")
     hook = {"name": "ops", "url": receiver.url("/ok"), "secret": SECRET, "allow_private": True}
-    config = parse_config(
-        {
-            "service": {"templates": str(tmp_path)},
-            "sources": [sim_source(sim, timeout="5s")],
-            "smtp": {"host": "127.0.0.1", "port": sink.port, "from": "b@example.com"},
-            "webhooks": [
-                hook,
-                {
-                    **hook,
-                    "name": "flaky",
-                    "url": receiver.url("/flaky"),
-                    "retry_schedule": ["0s", "5s"],
-                },
-            ],
-            "mute_windows": [
-                {
-                    "name": "weekend",
-                    "timezone": "Europe/London",
-                    "weekdays": ["saturday", "sunday"],
-                    "times": ["00:00-24:00"],
-                }
-            ],
-            "rules": [
-                {
-                    "name": "approved",
-                    "on": ["invoice.status_changed"],
-                    "when": "'Approved' in event.data.added",
-                    "mute": ["weekend"],
-                    "actions": [
-                        {"type": "webhook", "endpoint": "ops"},
-                        {"type": "email", "to": ["ops@example.com"], "template": "note"},
-                        {"type": "invoice_action", "action": "email"},
-                    ],
-                },
-                {
-                    "name": "flaky-task",
-                    "on": ["billing_task.status_changed"],
-                    "when": "event.data.object.billingTaskType == 'flaky'",
-                    "mute": ["weekend"],
-                    "actions": [{"type": "webhook", "endpoint": "flaky"}],
-                },
-                {
-                    "name": "failed-task",
-                    "on": ["billing_task.status_changed"],
-                    "when": "event.data.object.billingTaskType == 'ops'",
-                    "mute": ["weekend"],
-                    "mute_action": "drop",
-                    "actions": [{"type": "webhook", "endpoint": "ops"}],
-                },
-            ],
-        },
-        base_dir=tmp_path,
-    )
+    raw = {
+        "service": {"templates": str(tmp_path)},
+        "sources": [sim_source(sim, timeout="5s")],
+        "smtp": {"host": "127.0.0.1", "port": sink.port, "from": "b@example.com"},
+        "webhooks": [
+            hook,
+            {
+                **hook,
+                "name": "flaky",
+                "url": receiver.url("/flaky"),
+                "retry_schedule": ["0s", "5s"],
+            },
+        ],
+        "mute_windows": [
+            {
+                "name": "weekend",
+                "timezone": "Europe/London",
+                "weekdays": ["saturday", "sunday"],
+                "times": ["00:00-24:00"],
+            }
+        ],
+        "rules": [
+            {
+                "name": "approved",
+                "on": ["invoice.status_changed"],
+                "when": "'Approved' in event.data.added",
+                "mute": ["weekend"],
+                "actions": [
+                    {"type": "webhook", "endpoint": "ops"},
+                    {"type": "email", "to": ["ops@example.com"], "template": "note"},
+                    {"type": "invoice_action", "action": "email"},
+                ],
+            },
+            {
+                "name": "flaky-task",
+                "on": ["billing_task.status_changed"],
+                "when": "event.data.object.billingTaskType == 'flaky'",
+                "mute": ["weekend"],
+                "actions": [{"type": "webhook", "endpoint": "flaky"}],
+            },
+            {
+                "name": "failed-task",
+                "on": ["billing_task.status_changed"],
+                "when": "event.data.object.billingTaskType == 'ops'",
+                "mute": ["weekend"],
+                "mute_action": "drop",
+                "actions": [{"type": "webhook", "endpoint": "ops"}],
+            },
+        ],
+    }
+    path = tmp_path / "config.toml"  # read as the service reads it
+    path.write_text(toml_config(raw))
+    config = load_config(path)
     actions: Actions = build_actions(config)
     clock = Clock(SATURDAY_BEFORE_SPRING)
     try:
@@ -146,7 +149,7 @@ async def rig(
             handler = RuleHandler(
                 rule_settings(config), store, actions.renderer, actions.executors, clock
             )
-            yield Rig(sim, store, clock, handler, worker, receiver, sink)
+            yield Rig(sim, store, clock, handler, worker, receiver, sink, path)
     finally:
         await actions.close()
 
@@ -217,6 +220,20 @@ async def test_drop_records_the_delivery_muted_and_sends_nothing(rig: Rig) -> No
     assert row.last_error is not None and "weekend" in row.last_error
     assert not rig.receiver.hits
     assert [d.id for d in await list_deliveries(rig.store, "muted")] == [row.id]
+    cli = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "billnotify",
+        "deliveries",
+        "--status",
+        "muted",
+        "--json",
+        "-c",
+        str(rig.path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out = (await asyncio.wait_for(cli.communicate(), 60))[0].decode()
+    assert cli.returncode == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [row.id]
     assert any("muted 1" in line for line in await status_lines(rig.store, "state.db"))
     assert rig.worker.settled["muted"] == 1
 
