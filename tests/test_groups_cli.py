@@ -212,3 +212,27 @@ template = "task_failed_digest"
     assert "rules[1].actions[0]: its templates read count, events, group, which only" in err
     code, _, err = await _cli("check", "-c", str(_config(tmp_path)))
     assert code == 0 and "digest" not in err, err
+
+
+async def test_status_shows_open_groups_and_the_next_flush(tmp_path: Path) -> None:
+    from billnotify.store.group_records import GroupMember
+
+    config = _config(tmp_path)
+    code, out, err = await _cli("status", "-c", str(config))
+    assert code == 0, err
+    assert "groups: 0 open, 0 events waiting for their flush" in out
+    flush_at = datetime(2026, 11, 21, 10, 0, 30, tzinfo=UTC)
+    async with SqliteStore(tmp_path / "state.db") as store:
+        await store.add_group_members(
+            [
+                GroupMember("failed-tasks-digest", "{}", "e1", 1, flush_at),
+                GroupMember("failed-tasks-digest", "{}", "e2", 2, flush_at),
+            ],
+            NOW,
+        )
+    code, out, err = await _cli("status", "-c", str(config))
+    assert code == 0, err
+    assert (
+        "groups: 1 open, 2 events waiting for their flush; next flush 2026-11-21T10:00:30Z "
+        "(due now)"
+    ) in out

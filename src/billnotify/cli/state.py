@@ -29,6 +29,10 @@ async def status_report(config: Config, store: Store, now: datetime | None = Non
     """``billnotify status``: the log and the ledger, then live instances and leases."""
     state = config.service.state if config.service.postgres else str(config.state_path)
     lines = await status_lines(store, state)
+    if any(rule.grouped for rule in config.rules):
+        from billnotify.rules.groups import group_status
+
+        lines += await group_status(store, now or datetime.now(UTC))
     if isinstance(store, _Leased):
         lines += await instance_lines(store, now or datetime.now(UTC), config.service.lease_ttl)
     return lines

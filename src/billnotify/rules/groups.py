@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from billnotify.actions.base import ActionExecutor
@@ -32,7 +32,7 @@ from billnotify.config.models import Rule
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.ledger import rendered_json, settle_without_sending
 from billnotify.digests import digest_event, flush_id, group_key, group_values
-from billnotify.events import CloudEvent
+from billnotify.events import CloudEvent, format_time
 from billnotify.leases import Role
 from billnotify.notices import Notices
 from billnotify.rules.matching import effective_dry_run
@@ -257,3 +257,14 @@ class Grouper:
             error = f"dry run: cannot render: {type(exc).__name__}: {exc}"
             return row(DeliveryStatus.DRY_RUN, exactly_once, target), None, error
         return row(DeliveryStatus.DRY_RUN, exactly_once, target), rendered_json(rendered), None
+
+
+async def group_status(store: Groups, now: datetime, limit: int = 1000) -> list[str]:
+    """``billnotify status`` lines: the open groups, the events they hold, the next flush."""
+    groups = await store.due_groups(datetime.max.replace(tzinfo=UTC), limit=limit)
+    waiting = sum(len(g.members) for g in groups)
+    line = f"groups: {len(groups)} open, {waiting} events waiting for their flush"
+    if groups:
+        soonest = min(g.flush_at for g in groups)
+        line += f"; next flush {format_time(soonest)}" + (" (due now)" if soonest <= now else "")
+    return [line]
