@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from billnotify.cli.commands import list_deliveries, status_lines
+from billnotify.cli.commands import format_deliveries, list_deliveries, status_lines
 from billnotify.components import Actions, build_actions, build_worker, rule_settings
 from billnotify.config.loader import load_config
 from billnotify.deliveries.base import DeliveryStatus
@@ -165,6 +165,8 @@ async def test_a_weekend_delivery_waits_until_monday_0000_british_summer_time(ri
         assert row.note is not None and "weekend" in row.note
     assert not rig.receiver.hits and not rig.sink.messages
     assert rig.sim.state.email_calls(invoice["id"]) == 0  # the customer's email waits too
+    # `billnotify deliveries` shows when each is due
+    assert format_deliveries(rows).count("2026-03-29T23:00:00Z") == 3
 
     rig.clock.now = MONDAY_0000_BST - timedelta(seconds=1)  # Sunday 23:59:59 BST
     await rig.worker.run_once()

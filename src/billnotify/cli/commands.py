@@ -406,7 +406,9 @@ def format_deliveries(deliveries: Sequence[Delivery], *, error_width: int = 60) 
     header = ("ID", "STATUS", "TRIES", "RULE", "ACTION", "TARGET", "NEXT/UPDATED", "LAST ERROR")
     rows = [header]
     for d in deliveries:
-        when = d.next_attempt_at if d.status is DeliveryStatus.RETRY_SCHEDULED else d.updated_at
+        # a delivery waiting (a retry, a mute window, a rate limit's turn): when it is due
+        waiting = d.status in (DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.PENDING)
+        when = d.next_attempt_at if waiting and d.next_attempt_at else d.updated_at
         error = " ".join((d.last_error or "").split())
         if len(error) > error_width:
             error = error[: error_width - 3] + "..."
