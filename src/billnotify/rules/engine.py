@@ -188,7 +188,9 @@ class RuleHandler:
         async with self.store.appended:
             if await self.store.last_seq() > position:
                 return
-            wait = self.idle_timeout if timeout is None else min(timeout, self.idle_timeout)
+            wait = self.idle_timeout
+            if timeout is not None:  # floored: groups still due after a flush spin no loop
+                wait = min(max(timeout, 0.05), self.idle_timeout)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.store.appended.wait(), wait)
 
