@@ -83,8 +83,11 @@ class Holds:
             for name, rule in settings.rules.items()
         }
 
+        self._active = bool(self._rates) or any(self._rule_mutes.values())
+
     def __bool__(self) -> bool:
-        return bool(self._rates) or any(self._rule_mutes.values())
+        """Whether anything is ever held (no mute window used, no rate limit: nothing)."""
+        return self._active
 
     async def release(
         self, delivery: DueDelivery, rule: Rule, action: Action, clock: Callable[[], datetime]
