@@ -54,6 +54,14 @@ def test_a_night_range_on_the_change_days_is_an_hour_shorter_or_longer() -> None
     assert muted_until([night], utc(2026, 10, 25, 1, 30)) == (utc(2026, 10, 25, 2, 30), ["w"])
 
 
+def test_a_range_inside_the_repeated_hour_ends_at_its_second_occurrence() -> None:
+    quarter = mute(times=["01:00-01:45"])
+    # 25 October: 01:00-02:00 happens twice, first in BST (00:00-01:00 UTC), then in GMT
+    assert muted_until([quarter], utc(2026, 10, 25, 0, 30)) == (utc(2026, 10, 25, 0, 45), ["w"])
+    assert muted_until([quarter], utc(2026, 10, 25, 0, 50)) is None  # 01:50 BST
+    assert muted_until([quarter], utc(2026, 10, 25, 1, 30)) == (utc(2026, 10, 25, 1, 45), ["w"])
+
+
 def test_adjacent_and_overlapping_windows_chain_to_the_last_end() -> None:
     evenings = mute(times=["18:00-24:00"])
     mornings = Mute.of(MuteWindow(name="mornings", timezone="Europe/London", times=["00:00-08:00"]))

@@ -64,17 +64,19 @@ class Mute:
         ends = [end for start, end in self.ranges if start <= minute < end]
         if not ends:
             return None
-        return _instant(local.date(), max(ends), self.zone)
+        return _instant_after(local.date(), max(ends), self.zone, at)
 
 
-def _instant(day: date, minute: int, zone: ZoneInfo) -> datetime:
-    """The UTC instant of a wall-clock minute of ``day`` in ``zone`` (``24:00`` is the
-    next day's midnight; a time the clocks skip is read with the offset before the
-    change, a time they repeat as its first occurrence)."""
+def _instant_after(day: date, minute: int, zone: ZoneInfo, at: datetime) -> datetime:
+    """The UTC instant of a wall-clock minute of ``day`` in ``zone`` that follows ``at``
+    (``24:00`` is the next day's midnight). A time the clocks repeat is its first
+    occurrence, or its second when ``at`` is past the first (inside the repeated hour);
+    a time they skip is read with the offset before the change."""
     if minute >= _DAY:
         day, minute = day + timedelta(days=1), minute - _DAY
     wall = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
-    return wall.astimezone(UTC)
+    first, second = wall.astimezone(UTC), wall.replace(fold=1).astimezone(UTC)
+    return first if first > at else second
 
 
 def muted_until(mutes: Iterable[Mute], now: datetime) -> tuple[datetime, list[str]] | None:
