@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from billnotify.config import parse_config
+from billnotify.config.models import Rule
 from billnotify.console import Console
 from billnotify.console.auth import COOKIE
 from billnotify.deliveries.base import DeliveryStatus
@@ -342,3 +343,47 @@ async def test_what_the_platform_sends_is_shown_as_text_never_as_markup(
             async with http.get(url + path) as r:
                 body = await r.text()
                 assert evil not in body and "&lt;img src=x" in body, path
+
+
+async def test_a_delivery_page_shows_its_kept_answer_and_what_a_chained_one_waits_for(
+    seeded: tuple[SqliteStore, str], tmp_path: Path
+) -> None:
+    """SPEC §7.5: the answer is kept with the delivery; a chained action says what it
+    runs after, and why it waits or was skipped."""
+    store, _ = seeded
+    hook = {"type": "webhook", "endpoint": "ops"}
+    config = _config(tmp_path, token=False)
+    chained = {"name": "chain", "on": ["invoice.*"], "actions": [{**hook, "id": "first"}]}
+    chained["actions"].append({**hook, "after": "first"})
+    config = config.model_copy(update={"rules": [Rule.model_validate(chained)]})
+    (stored,) = await store.list_events(limit=1)
+    head = NewDelivery("chain", 0, "webhook", stored.event.id, stored.seq, False, target="ops")
+    tail = NewDelivery(
+        "chain", 1, "webhook", stored.event.id, stored.seq, False, "ops", DeliveryStatus.WAITING
+    )
+    await store.record_deliveries([head, tail], "rules", stored.seq, NOW)
+    await store.keep_result(head.id, '{"status": 200, "body": {"url": "<b>x</b>"}}', NOW)
+    runner, url = await _serve(Console(config, store, None, clock=lambda: NOW))
+    try:
+        async with _session() as http:
+            async with http.get(f"{url}/deliveries/{head.id}") as r:
+                page = await r.text()
+            assert r.status == 200 and 'id="delivery-result"' in page
+            assert "&#34;url&#34;: &#34;&lt;b&gt;x&lt;/b&gt;&#34;" in page  # as text, indented
+            assert 'id="delivery-after"' not in page  # it runs on its own
+            async with http.get(f"{url}/deliveries/{tail.id}") as r:
+                page = await r.text()
+            assert r.status == 200 and 'id="delivery-result"' not in page  # nothing kept
+            assert f'<a href="/deliveries/{head.id}">{head.id}</a> (pending)' in page
+            assert "Waiting: it runs once <code>first</code> has succeeded." in page
+
+            await store.set_delivery_status(head.id, DeliveryStatus.DEAD, now=NOW)
+            await store.set_delivery_status(
+                tail.id, DeliveryStatus.SKIPPED, now=NOW, note="after first: dead"
+            )
+            async with http.get(f"{url}/deliveries/{tail.id}") as r:
+                page = await r.text()
+            assert f"{head.id}</a> (dead)" in page
+            assert "Skipped (after first: dead): it runs after all if" in page
+    finally:
+        await runner.cleanup()

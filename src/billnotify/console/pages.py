@@ -17,6 +17,7 @@ from aiohttp import web
 
 from billnotify.cli import commands
 from billnotify.console.auth import Session
+from billnotify.console.delivery_view import kept_answer, runs_after
 from billnotify.console.overview import lease_line, read_overview
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.store.records import Delivery, StoredEvent
@@ -183,6 +184,8 @@ class Pages:
             page="deliveries",
             d=delivery,
             actions=await self.store.operator_actions(delivery_id),
+            result=await kept_answer(self.store, delivery),  # SPEC §7.5
+            chain=await runs_after(self.config, self.store, delivery),
             retryable=delivery.status in commands.RETRYABLE,
             uncertain=delivery.status is DeliveryStatus.UNCERTAIN,
         )
