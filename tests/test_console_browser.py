@@ -319,6 +319,8 @@ async def _scenario(
     # -- endpoints: re-enable the one the 410 disabled ---------------------------------
     await page.goto(f"{url}/endpoints")
     await page.screenshot(path=str(shots / "endpoints.png"), full_page=True)
+    listed = await page.inner_text("main")
+    assert "disabled: 410 Gone on delivery dlv_" in listed and " (since " in listed  # when
     await page.fill("input[name=reason]", "the receiver is back")
     await page.click("button:text('Re-enable')")
     await page.wait_for_selector(".flash:text('gone: enabled')")

@@ -11,11 +11,11 @@ import fnmatch
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from billnotify.cli import commands
+from billnotify.cli.endpoints import endpoint_rows
 from billnotify.console.auth import Session
 from billnotify.console.delivery_view import kept_answer, runs_after
 from billnotify.console.overview import lease_line, read_overview
@@ -223,18 +223,9 @@ class Pages:
 
     # -- endpoints -------------------------------------------------------------------
     async def endpoints(self, _request: web.Request, session: Session) -> web.StreamResponse:
-        """Every webhook endpoint, the ones a 410 disabled with a button to re-enable."""
-        disabled = await self.store.disabled_endpoints()
-        names = [w.name for w in self.config.webhooks]
-        rows = [
-            {
-                "name": name,
-                "url": next((_shown(w.url) for w in self.config.webhooks if w.name == name), ""),
-                "disabled": disabled.get(name),
-                "actions": await self.store.operator_actions(name, limit=5),
-            }
-            for name in [*names, *sorted(set(disabled) - set(names))]
-        ]
+        """Every webhook endpoint, the ones a 410 disabled with a button to re-enable
+        (the rows ``billnotify endpoints`` lists)."""
+        rows = await endpoint_rows(self.config, self.store)
         return self.console.render("endpoints.html.j2", session, page="endpoints", rows=rows)
 
     async def enable(
@@ -295,12 +286,6 @@ class Pages:
             preview=preview,
             problem=problem,
         )
-
-
-def _shown(url: str) -> str:
-    """A webhook URL without its query and user info (either may hold a token)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _goes_to(delivery: Delivery, endpoint: str) -> bool:
