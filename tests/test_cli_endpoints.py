@@ -212,7 +212,8 @@ async def test_a_410_disabled_endpoint_is_listed_and_re_enabled_from_the_cli(rig
     code, out, err = await _cli("endpoints", "enable", "ops", "--reason", reason, "-c", rig.config)
     assert code == 0, err
     assert out.strip() == f"ops: enabled (was disabled: 410 Gone on delivery {gone.id})"
-    code, _, err = await _cli("endpoints", "enable", "crm", "--reason", "x", "-c", rig.config)
+    # -c before the action counts too
+    code, _, err = await _cli("endpoints", "-c", rig.config, "enable", "crm", "--reason", "x")
     assert code == 1 and "crm: is not disabled" in err
 
     listed = await _listed(rig)

@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-c", "--config", help="config file (default: $BILLNOTIFY_CONFIG or ./config.toml)"
     )
+    # an ACTION's own -c: one given before the action (`deliveries -c F retry ID`) stays
+    nested = argparse.ArgumentParser(add_help=False)
+    nested.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $BILLNOTIFY_CONFIG or ./config.toml)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the service")
@@ -156,16 +164,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     deliveries.add_argument("--json", action="store_true", help="one delivery JSON per line")
     dsub = deliveries.add_subparsers(dest="deliveries_command", metavar="ACTION")
-    retry = dsub.add_parser("retry", parents=[common], help="send deliveries again")
+    retry = dsub.add_parser("retry", parents=[nested], help="send deliveries again")
     retry.add_argument("ids", nargs="+", metavar="ID")
     retry.add_argument("--reason", default="", help="why, kept on record with the retry")
-    resolve = dsub.add_parser("resolve", parents=[common], help="settle an uncertain delivery")
+    resolve = dsub.add_parser("resolve", parents=[nested], help="settle an uncertain delivery")
     resolve.add_argument("id", metavar="ID")
     how = resolve.add_mutually_exclusive_group(required=True)
     how.add_argument("--sent", action="store_true", help="it did reach the customer")
     how.add_argument("--not-sent", action="store_true", help="it did not: send it now")
     resolve.add_argument("--reason", default="", help="why, kept on record with the resolution")
-    show = dsub.add_parser("show", parents=[common], help="one delivery with its attempts")
+    show = dsub.add_parser("show", parents=[nested], help="one delivery with its attempts")
     show.add_argument("id", metavar="ID")
     endpoints = sub.add_parser(
         "endpoints", parents=[common], help="webhook endpoints, enabled or disabled by a 410"
@@ -173,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     endpoints.add_argument("--json", action="store_true", help="one endpoint JSON per line")
     esub = endpoints.add_subparsers(dest="endpoints_command", metavar="ACTION")
     enable = esub.add_parser(
-        "enable", parents=[common], help="re-enable an endpoint that a 410 Gone disabled"
+        "enable", parents=[nested], help="re-enable an endpoint that a 410 Gone disabled"
     )
     enable.add_argument("name", metavar="NAME", help="the endpoint's name")
     enable.add_argument(
