@@ -28,6 +28,7 @@ from store_contract_leases import (
 )
 from store_contract_ledger import DeliveriesContract, EndpointsContract, LedgerContract
 from store_contract_operators import OperatorLogContract
+from store_contract_sessions import ConsoleSessionsContract
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "memory": lambda folder: MemoryStore(INSTANCE),
@@ -77,6 +78,10 @@ class TestOperatorLog(OperatorLogContract):
 
 
 class TestChains(ChainsContract):
+    pass
+
+
+class TestConsoleSessions(ConsoleSessionsContract):
     pass
 
 

@@ -2,11 +2,12 @@
 
 Everything durable lives behind them: the last-seen snapshot of every record, poll
 cursors, the append-only event log, each consumer's position in it, the delivery ledger,
-disabled endpoints, and the leases of the processes sharing the store. :class:`Store`
-combines them for the composition root. Backends: ``store/memory.py`` (in memory, for
-tests), ``store/sqlite.py`` (the default), ``store/process.py`` (SQLite in a child
-process, as the service runs it) and ``store/postgres.py`` (one database, any number of
-processes); the values they trade in are in ``store/records.py``.
+disabled endpoints, the console's sessions, and the leases of the processes sharing
+the store. :class:`Store` combines them for the composition root. Backends:
+``store/memory.py`` (in memory, for tests), ``store/sqlite.py`` (the default),
+``store/process.py`` (SQLite in a child process, as the service runs it) and
+``store/postgres.py`` (one database, any number of processes); the values they trade
+in are in ``store/records.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.records import (
     AttemptEnd,
     ChainMove,
+    ConsoleSession,
     Delivery,
     DueBatch,
     Instance,
@@ -310,6 +312,32 @@ class OperatorLog(Protocol):
         """Operator actions, newest first; only those done to ``subject`` when given."""
 
 
+class ConsoleSessions(Protocol):
+    """The console's logins (SPEC §7.4), kept where every process on the store sees them:
+    a restart logs nobody out, and any instance behind a load balancer accepts a session
+    another one opened. Found by the hash of the cookie, never by the cookie itself;
+    when a session has timed out is the console's to say (``console/auth.py``)."""
+
+    async def add_console_session(self, session: ConsoleSession) -> None:
+        """Keep a new session (a key already kept is replaced)."""
+
+    async def get_console_session(self, key: str) -> ConsoleSession | None:
+        """The session kept under ``key``, None when there is none."""
+
+    async def touch_console_session(
+        self, key: str, now: datetime, flash: str | None = None
+    ) -> bool:
+        """Mark a session seen at ``now`` (and replace its flash when given); False when
+        there is no such session (logged out meanwhile, by any process)."""
+
+    async def drop_console_session(self, key: str) -> bool:
+        """End a session (logout, time out, token changed); False when it was gone."""
+
+    async def prune_console_sessions(self, now: datetime, seen_before: datetime, keep: int) -> int:
+        """Drop the sessions that have ended (``expires_at <= now``), those not seen
+        since ``seen_before``, and all but the ``keep`` seen last. Returns how many went."""
+
+
 class Chains(Protocol):
     """Chained actions (SPEC §7.5): the answers kept with deliveries, and the deliveries
     that wait for a predecessor (``waiting``) or were skipped because of one."""
@@ -432,6 +460,7 @@ class Store(
     Deliveries,
     Endpoints,
     OperatorLog,
+    ConsoleSessions,
     Chains,
     Groups,
     Holds,
@@ -444,5 +473,6 @@ class Store(
     depends only on the narrow protocol it uses (:class:`Snapshots` for sources,
     :class:`EventLog` for the publisher, :class:`Ledger` for the rule handler and the
     worker, :class:`Deliveries`, :class:`Endpoints` and :class:`OperatorLog` for
-    operators, :class:`Leases` for the processes sharing the store).
+    operators, :class:`ConsoleSessions` for the console, :class:`Leases` for the
+    processes sharing the store).
     """

@@ -10,6 +10,7 @@ the object (and outlives :meth:`~MemoryStore.close`, as a file would).
 - ``memory_log.py``: snapshots, cursors, the event log, positions;
 - ``memory_ledger.py``: deliveries, attempts, endpoints;
 - ``memory_operators.py``: what operators did by hand;
+- ``memory_sessions.py``: the console's sessions;
 - ``memory_groups.py``: grouped rules' members and flushes;
 - ``memory_holds.py``: deliveries deferred, rate limits' turns;
 - ``memory_leases.py``: instances' heartbeats and leases.
@@ -26,9 +27,18 @@ from billnotify.store.memory_holds import HoldTables
 from billnotify.store.memory_leases import LeaseTables
 from billnotify.store.memory_log import LogTables
 from billnotify.store.memory_operators import OperatorTables
+from billnotify.store.memory_sessions import SessionTables
 
 
-class MemoryStore(ChainTables, GroupTables, HoldTables, OperatorTables, LeaseTables, LogTables):
+class MemoryStore(
+    ChainTables,
+    GroupTables,
+    HoldTables,
+    OperatorTables,
+    SessionTables,
+    LeaseTables,
+    LogTables,
+):
     """:class:`~billnotify.store.base.Store` in memory (see the module docstring).
 
     Args:

@@ -7,6 +7,7 @@ processes.
 - ``postgres_ledger.py``: deliveries recorded, due, attempted, recovered;
 - ``postgres_deliveries.py``: deliveries read and settled, endpoints;
 - ``postgres_operators.py``: what operators did by hand;
+- ``postgres_sessions.py``: the console's sessions (every process accepts each one);
 - ``postgres_groups.py``: grouped rules' members and flushes;
 - ``postgres_holds.py``: deliveries deferred, rate limits' turns (under a lock);
 - ``postgres_leases.py``: instances' heartbeats and leases.
@@ -27,6 +28,7 @@ from billnotify.store.postgres_leases import LeaseTables
 from billnotify.store.postgres_ledger import LedgerTables
 from billnotify.store.postgres_log import LogTables
 from billnotify.store.postgres_operators import OperatorTables
+from billnotify.store.postgres_sessions import SessionTables
 
 if TYPE_CHECKING:
     from billnotify.store.base import Store
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 class PgStore(
     LedgerTables,
     OperatorTables,
+    SessionTables,
     ChainTables,
     GroupTables,
     HoldTables,

@@ -193,6 +193,17 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TIMESTAMPTZ NOT NULL
     );
     """,
+    """
+    CREATE TABLE console_sessions (
+        key TEXT PRIMARY KEY,
+        who TEXT NOT NULL,
+        mark TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL,
+        flash TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 """Migration N (from 1) is ``MIGRATIONS[N - 1]``; append, never edit a released one."""
 

@@ -43,6 +43,7 @@ from billnotify.store.records import (
     DUE_STATUSES,
     AttemptEnd,
     ChainMove,
+    ConsoleSession,
     Delivery,
     DueBatch,
     Instance,
@@ -371,6 +372,29 @@ class ProcessStore:
     ) -> list[OperatorAction]:
         """Operator actions, newest first (``subject``: only those done to it)."""
         return await self._call(SqliteStore.operator_actions, subject, limit)
+
+    # -- console sessions ------------------------------------------------------------
+    async def add_console_session(self, session: ConsoleSession) -> None:
+        """Keep a new session (replacing one kept under the same key)."""
+        await self._call(SqliteStore.add_console_session, session)
+
+    async def get_console_session(self, key: str) -> ConsoleSession | None:
+        """The session kept under ``key``."""
+        return await self._call(SqliteStore.get_console_session, key)
+
+    async def touch_console_session(
+        self, key: str, now: datetime, flash: str | None = None
+    ) -> bool:
+        """Mark a session seen at ``now`` (and set its flash); False when it is gone."""
+        return await self._call(SqliteStore.touch_console_session, key, now, flash)
+
+    async def drop_console_session(self, key: str) -> bool:
+        """End a session; False when it was gone."""
+        return await self._call(SqliteStore.drop_console_session, key)
+
+    async def prune_console_sessions(self, now: datetime, seen_before: datetime, keep: int) -> int:
+        """Drop ended, idle and surplus sessions; returns how many went."""
+        return await self._call(SqliteStore.prune_console_sessions, now, seen_before, keep)
 
     # -- chained actions -------------------------------------------------------------
     async def keep_result(self, delivery_id: str, result: str, now: datetime) -> None:

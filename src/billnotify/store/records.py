@@ -162,6 +162,33 @@ class OperatorAction:
     result: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A console login kept in the store, so that it outlives a restart and every
+    process on the store accepts it (SPEC §7.4, §7.1).
+
+    Attributes:
+        key: the SHA-256 (hex) of the session id; the id itself is only in the
+            browser's cookie, so reading the store opens no session.
+        who: how its actions are recorded (``console:NAME``).
+        mark: binds it to the console token it was opened under (an HMAC of the
+            session id keyed by the token; empty without a token): changing the token
+            ends it.
+        created_at: when it was opened.
+        seen_at: its latest request (the idle timeout counts from here).
+        expires_at: when it ends however busy it is (the absolute timeout).
+        flash: what its last action did, shown once on its next page.
+    """
+
+    key: str
+    who: str
+    mark: str
+    created_at: datetime
+    seen_at: datetime
+    expires_at: datetime
+    flash: str = ""
+
+
 DELIVERY_COLS = (
     "id, rule, action_index, action_type, event_id, event_seq, exactly_once, target, "
     "status, attempts, created_at, updated_at, next_attempt_at, last_error, "

@@ -6,7 +6,7 @@ it cannot add to an existing table (a column) is an upgrade in :data:`UPGRADES`,
 once, in the transaction that opens the older state and marks it with the new version.
 """
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -151,6 +151,15 @@ CREATE TABLE IF NOT EXISTS rate_turns (
     holder TEXT
 );
 CREATE INDEX IF NOT EXISTS rate_turns_key ON rate_turns (key, at);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    key TEXT PRIMARY KEY,
+    who TEXT NOT NULL,
+    mark TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    flash TEXT NOT NULL DEFAULT ''
+);
 """
 
 UPGRADES: dict[int, str] = {
@@ -158,5 +167,6 @@ UPGRADES: dict[int, str] = {
     3: "",  # delivery_results and the deliveries_chained index come with SCHEMA
     4: "",  # rate_turns (rate limits' turns) comes with SCHEMA
     5: "",  # rule_groups, group_members and group_flushes come with SCHEMA
+    6: "",  # console_sessions comes with SCHEMA
 }
 """Version -> what brings a state of the version before it there (beyond :data:`SCHEMA`)."""

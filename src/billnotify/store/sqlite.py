@@ -16,6 +16,7 @@ is why the store runs its own thread rather than aiosqlite's statement-per-trip 
 - ``sqlite_deliveries.py``: deliveries read and settled, endpoints (:class:`Deliveries`,
   :class:`Endpoints`);
 - ``sqlite_operators.py``: what operators did by hand (:class:`OperatorLog`);
+- ``sqlite_sessions.py``: the console's sessions (:class:`ConsoleSessions`);
 - ``sqlite_chains.py``: answers kept, chained deliveries moved on (:class:`Chains`);
 - ``sqlite_groups.py``: grouped rules' members and flushes (:class:`Groups`);
 - ``sqlite_holds.py``: deliveries deferred, rate limits' turns (:class:`Holds`);
@@ -32,12 +33,14 @@ from billnotify.store.sqlite_leases import LeaseTables
 from billnotify.store.sqlite_ledger import LedgerTables
 from billnotify.store.sqlite_log import LogTables
 from billnotify.store.sqlite_operators import OperatorTables
+from billnotify.store.sqlite_sessions import SessionTables
 
 
 class SqliteStore(
     LedgerTables,
     DeliveryTables,
     OperatorTables,
+    SessionTables,
     ChainTables,
     GroupTables,
     HoldTables,

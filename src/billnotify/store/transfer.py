@@ -6,7 +6,8 @@ events (same ids, ``seq`` and JSON), snapshots (records, marks, versions: the ne
 event ids depend on them), cursors, consumer positions, deliveries with their attempts
 and rendered messages, the answers kept for chained actions, disabled endpoints and
 the operator actions on record. Leases and instances are not state: the
-processes started on the copy take them.
+processes started on the copy take them. Nor are the console's sessions: operators log
+in once more on the copy (a session is worth a login, not a risk of carrying one over).
 
 The source is read in one read transaction (a consistent picture even if something
 still writes to it; stop the service first all the same); the target is written in one
