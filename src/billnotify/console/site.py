@@ -44,6 +44,8 @@ STATIC = HERE / "static"
 LOCAL = "console:local"
 """Who actions are recorded as without a console token (loopback only)."""
 _NAME = re.compile(r"[^A-Za-z0-9._@-]+")
+_ALIVE_EVERY = 5.0
+"""Seconds between two looks at whether a live stream's session is still open."""
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
 PageHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
@@ -83,7 +85,7 @@ class Console:
         self.clock = clock
         self.live_interval = live_interval
         token = config.service.console_token
-        self.guard = Guard(token.reveal() if token else None)
+        self.guard = Guard(token.reveal() if token else None, store, clock)
         self.closing = asyncio.Event()
         """Set when the server shuts down: live streams end at once."""
         self._shared: tuple[float, dict[str, str]] | None = None
@@ -148,13 +150,14 @@ class Console:
     # -- gates -----------------------------------------------------------------------
     def _page(self, handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def page(request: web.Request) -> web.StreamResponse:
-            session = self.guard.session(request)
+            session = await self.guard.session(request)
             fresh = None
             if session is None:
                 if self.guard.needs_login:
                     return secured(web.Response(status=303, headers={"Location": "/login"}))
-                session = fresh = self.guard.open_session(LOCAL)
+                session = fresh = await self.guard.open_session(LOCAL)
             response = await handler(request, session)
+            await self.guard.keep_flash(session)
             if fresh is not None:
                 set_cookie(response, fresh)
             return secured(response)
@@ -165,7 +168,7 @@ class Console:
         self, handler: ActionHandler
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def action(request: web.Request) -> web.StreamResponse:
-            session = self.guard.session(request)
+            session = await self.guard.session(request)
             if session is None:
                 return _refused(401, "log in first")
             if not self.guard.same_origin(request):
@@ -178,6 +181,7 @@ class Console:
                 return _refused(403, "missing or wrong CSRF token: reload the page")
             location, message = await handler(request, session, fields)
             session.flash = message
+            await self.guard.keep_flash(session)
             response = web.Response(status=303, headers={"Location": location})
             if location == "/login":
                 clear_cookie(response)
@@ -187,7 +191,7 @@ class Console:
 
     # -- login -----------------------------------------------------------------------
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
-        if not self.guard.needs_login or self.guard.session(request) is not None:
+        if not self.guard.needs_login or await self.guard.session(request) is not None:
             return secured(web.Response(status=303, headers={"Location": "/"}))
         return secured(self.render("login.html.j2", None, error=""))
 
@@ -204,7 +208,8 @@ class Console:
                 await refused_login()
                 error = "That is not the console token."
                 return secured(self.render("login.html.j2", None, 401, error=error))
-        session = self.guard.open_session(operator_name(name if isinstance(name, str) else ""))
+        who = operator_name(name if isinstance(name, str) else "")
+        session = await self.guard.open_session(who)
         logger.info("console: %s logged in from %s", session.who, request.remote)
         response = web.Response(status=303, headers={"Location": "/"})
         set_cookie(response, session)
@@ -213,7 +218,7 @@ class Console:
     async def _logout(
         self, _request: web.Request, session: Session, _form: Mapping[str, str]
     ) -> tuple[str, str]:
-        self.guard.close_session(session)
+        await self.guard.close_session(session)
         return ("/login" if self.guard.needs_login else "/"), "logged out"
 
     # -- static files and live updates -----------------------------------------------
@@ -235,7 +240,7 @@ class Console:
     async def _live(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the overview's values, and the events logged since
         ``?after=SEQ``, whenever they change (a comment line keeps the stream alive)."""
-        session = self.guard.session(request)
+        session = await self.guard.session(request)
         if session is None:
             return _refused(401, "log in first")
         after = _int(request.query.get("after"))
@@ -245,8 +250,14 @@ class Console:
         secured(response)
         await response.prepare(request)
         sent: dict[str, str] = {}
+        checked = time.monotonic()
         try:
-            while not self.closing.is_set() and self.guard.alive(session):
+            while not self.closing.is_set():
+                if time.monotonic() - checked >= _ALIVE_EVERY:
+                    # logged out (here or by another instance) or ended: the stream ends
+                    if not await self.guard.alive(session):
+                        break
+                    checked = time.monotonic()
                 chunk = await self._live_chunk(sent, after)
                 if after is not None and chunk[1] is not None:
                     after = chunk[1]
