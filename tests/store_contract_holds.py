@@ -124,3 +124,21 @@ class HoldsContract:
         # a retry of d1 a second later is a new turn, and waits for it
         retry = await backend.take_turn("k", "d1", NOW + at(1.0), 2, SECOND)
         assert retry is not None and retry > NOW + at(1.0)
+
+    async def test_a_deep_queue_keeps_each_place_and_a_late_one_queues_behind(
+        self, backend: Store
+    ) -> None:
+        # 200 behind 5/s: the turns reach 40 s ahead, far past what a turn reads by time
+        waits = [await backend.take_turn("k", f"d{n}", NOW, 5, SECOND) for n in range(200)]
+        assert waits[:5] == [None] * 5
+        turns = [w for w in waits if w is not None]
+        assert turns == sorted(turns) and turns[-1] > NOW + at(35)
+        # the last one, asking again long before its turn, keeps it
+        assert await backend.take_turn("k", "d199", NOW + at(1), 5, SECOND) == turns[-1]
+        # one that comes 0.5 s late to its turn finds every place within a period
+        # taken: it queues behind the last, as a new one would
+        late = await backend.take_turn("k", "d5", turns[0] + at(0.5), 5, SECOND)
+        assert late is not None and late > turns[-1]
+        # the others still go at their turns
+        assert await backend.take_turn("k", "d6", turns[1], 5, SECOND) is None
+        assert await backend.take_turn("k", "d199", turns[-1], 5, SECOND) is None

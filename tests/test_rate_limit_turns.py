@@ -8,7 +8,15 @@ import random
 
 import pytest
 
-from billnotify.deliveries.turns import plan_turn, slack
+from billnotify.deliveries.turns import (
+    WENT,
+    TurnPlan,
+    horizon,
+    plan_rows,
+    plan_turn,
+    slack,
+    stale_before,
+)
 
 
 def simulate(
@@ -69,3 +77,82 @@ def test_on_time_deliveries_go_at_the_limit() -> None:
     # and the slack after the one before
     assert times[-1] == pytest.approx(0.04 + 9 * (1.0 + slack(5, 1.0)), abs=0.011)
     assert asks * 50 == pytest.approx(45)  # the 45 that waited came back once each
+
+
+def _random_rows(
+    rng: random.Random, count: int, now: float, limit: int, period: float
+) -> list[tuple[int, float, str | None]]:
+    """A key's rows as a store keeps them: turns taken (some as ``=holder``), turns
+    reserved ahead (a deep queue), and missed ones."""
+    rows: list[tuple[int, float, str | None]] = []
+    for n in range(count):
+        kind = rng.random()
+        if kind < 0.3:
+            at = now - rng.uniform(0, 2 * period)
+            holder = None if rng.random() < 0.2 else f"=d{rng.randrange(count)}"
+        elif kind < 0.4:  # a turn missed, its delivery late
+            at, holder = now - rng.uniform(0, 2 * period), f"d{n}"
+        else:
+            at, holder = now + rng.uniform(0, count / limit * period), f"d{n}"
+        rows.append((n, round(at, 6), holder))
+    return sorted(rows, key=lambda row: row[1])
+
+
+def _view(
+    rows: list[tuple[int, float, str | None]], holder: str, now: float, limit: int, period: float
+) -> list[tuple[int, float, str | None]]:
+    """What a store reads for a turn: the holder's rows, those up to the horizon, the
+    ``limit`` latest."""
+    ids = {r[0] for r in rows if r[2] in (holder, WENT + holder)}
+    ids |= {r[0] for r in rows if r[1] <= horizon(now, period)}
+    ids |= {r[0] for r in rows[-limit:]}
+    return [r for r in rows if r[0] in ids]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_turn_planned_on_the_rows_a_store_reads_is_the_turn_planned_on_all(seed: int) -> None:
+    rng = random.Random(seed)
+    limit, period = rng.choice([(1, 1.0), (5, 1.0), (10, 60.0), (3, 3600.0)])
+    now = 1_000_000.0
+    rows = _random_rows(rng, rng.randrange(1, 400), now, limit, period)
+    holder = rng.choice([f"d{rng.randrange(len(rows))}", "new"])
+    when = now + rng.choice([0.0, rng.uniform(0, 3 * period)])
+    full = plan_rows(rows, holder, when, limit, period)
+    assert plan_rows(_view(rows, holder, when, limit, period), holder, when, limit, period) == full
+
+
+def test_a_deep_queue_keeps_the_limit_when_deliveries_come_late() -> None:
+    """1,000 queued at 5/s on the rows a store reads, a third of them late beyond the
+    slack: every one goes, no window holds more than the limit, and a late one that
+    finds no place within a period queues behind the tail."""
+    rng = random.Random(7)
+    limit, period = 5, 1.0
+    rows: dict[int, tuple[int, float, str | None]] = {}
+    ids = iter(range(10**6))
+
+    def take(holder: str, now: float) -> TurnPlan:
+        live = sorted(
+            (r for r in rows.values() if r[1] > stale_before(now, period)), key=lambda r: r[1]
+        )
+        plan = plan_rows(_view(live, holder, now, limit, period), holder, now, limit, period)
+        if plan.write:
+            row = next(ids) if plan.row is None else plan.row
+            assert isinstance(row, int)
+            rows[row] = (row, plan.at, WENT + holder if plan.go else holder)
+        return plan
+
+    waiting = {f"d{n}": take(f"d{n}", 0.0).at for n in range(1000)}
+    went: list[float] = []
+    while waiting:
+        holder, at = min(waiting.items(), key=lambda item: item[1])
+        now = at + (rng.uniform(0.1, 0.5) if rng.random() < 0.3 else 0.0)
+        plan = take(holder, now)
+        if plan.go:
+            went.append(now)
+            del waiting[holder]
+        else:
+            waiting[holder] = plan.at
+    went.sort()
+    assert len(went) == 1000
+    for i in range(len(went) - limit):
+        assert went[i + limit] - went[i] >= period - 1e-6

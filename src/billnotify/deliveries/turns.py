@@ -18,6 +18,12 @@ transaction, so every process on the store takes turns from the same log:
 Every turn taken is checked against every turn taken before it, so the limit holds
 whatever the lateness; the slack only keeps an ordinary few milliseconds of lateness
 from costing a delivery its place.
+
+A turn costs the same however deep the queue behind a limit: the planner needs only
+the delivery's own rows, the rows of the next two periods (:func:`horizon`; older than
+two periods are pruned, :func:`stale_before`) and the ``limit`` latest rows, the tail
+of the queue. A late delivery looks for a place within the next period and otherwise
+queues behind the tail, like a new one.
 """
 
 from __future__ import annotations
@@ -67,8 +73,10 @@ def plan_rows(
     A delivery whose turn was taken within the slack before ``now`` and that holds no
     other turn goes again without a new one: two processes that read the same due
     delivery both ask for it, only one of them can start it (the ledger's claim), and
-    the other must not cost a turn.
+    the other must not cost a turn. ``rows`` may hold a row twice (a store reads them
+    by several indexes), in any order.
     """
+    rows = list({row[0]: row for row in rows}.values())
     mine = next((row for row in rows if row[2] == holder), None)
     if mine is None:
         went = [at for _, at, h in rows if h == WENT + holder]
@@ -81,6 +89,17 @@ def plan_rows(
     if own is not None and at == own and at > now:
         return TurnPlan(False, at, mine[0] if mine else None, False)
     return TurnPlan(at <= now, at, None if mine is None else mine[0], True)
+
+
+def stale_before(now: float, period: float) -> float:
+    """Turns at or before this time are in no window that matters: a store prunes them."""
+    return now - 2 * period
+
+
+def horizon(now: float, period: float) -> float:
+    """The latest turn time a store must pass to :func:`plan_rows` besides the holder's
+    own rows and the ``limit`` latest ones: every row in (:func:`stale_before`, this]."""
+    return now + 2 * period
 
 
 def _waiting(holder: str | None) -> bool:
@@ -106,8 +125,10 @@ def plan_turn(
 
     Args:
         taken: when the key's other deliveries went, oldest first (those older than
-            ``now - period`` may be left out: they are in no window that matters).
-        reserved: the turns other deliveries wait for, oldest first.
+            ``now - 2 * period`` may be left out: they are in no window that matters).
+        reserved: the turns other deliveries wait for, oldest first (those up to
+            ``now + 2 * period`` and the ``limit`` latest of all the turns suffice: the
+            rest of a deep queue changes nothing).
         mine: the delivery's own turn, when it was given one before.
         now: the current time (seconds since the epoch).
         limit: turns per period.
@@ -122,8 +143,10 @@ def plan_turn(
     else:
         # a turn another delivery missed holds no place: it is placed again when that
         # one comes, against the turns taken by then
-        live = sorted([*taken, *(at for at in reserved if at >= now)])
-        at = _earliest_fit(live, now, limit, period, gap)
+        live = sorted([*taken, *(t for t in reserved if t >= now)])
+        fit = _earliest_fit(live, now, limit, period, gap)
+        # nothing free within a period: behind the queue's tail, as a new one
+        at = max(now, live[-limit] + period + gap) if fit is None else fit
     # in whole microseconds, as a datetime holds them: a turn handed out as one and
     # asked for at that time must be found to have come
     return now if at <= now + _EPSILON else round(at, 6)
@@ -131,18 +154,21 @@ def plan_turn(
 
 def _earliest_fit(
     others: Sequence[float], now: float, limit: int, period: float, gap: float
-) -> float:
-    """The earliest time ``>= now`` at which one more turn keeps every window within
-    ``limit``: now, or a period (and the slack) after a turn (one after the latest turn
-    always does)."""
+) -> float | None:
+    """The earliest time in ``[now, now + period]`` at which one more turn keeps every
+    window within ``limit``: now, or a period (and the slack) after a turn; None when
+    there is none (checking one needs the turns up to a period after it: those up to
+    :func:`horizon`)."""
     if _fits(others, now, limit, period):
         return now
     start = bisect.bisect_right(others, now - period - gap)
     for at in others[start:]:
         candidate = at + period + gap
+        if candidate > now + period:
+            break
         if candidate > now and _fits(others, candidate, limit, period):
             return candidate
-    return max(now, others[-1] + period + gap) if others else now
+    return None
 
 
 def _fits(others: Sequence[float], t: float, limit: int, period: float) -> bool:

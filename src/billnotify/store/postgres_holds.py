@@ -11,11 +11,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.turns import WENT, plan_rows
+from billnotify.deliveries.turns import WENT, horizon, plan_rows, stale_before
 from billnotify.store.postgres_base import PgBase, affected
 
 _TURN_LOCK = "billnotify-rate:"
 """Prefix of the advisory lock key of a rate limit (``hashtextextended`` of it)."""
+
+
+_VIEW = (
+    "SELECT id, at, holder FROM rate_turns WHERE key = $1 AND holder IN ($2, $3) "
+    "UNION ALL SELECT id, at, holder FROM rate_turns WHERE key = $1 AND at <= $4 "
+    "UNION ALL (SELECT id, at, holder FROM rate_turns WHERE key = $1 ORDER BY at DESC LIMIT $5)"
+)
+"""The rows a turn reads (:func:`~billnotify.deliveries.turns.plan_rows`): the holder's
+own, those up to the horizon and the latest ``limit``, each by an index, however deep
+the queue."""
 
 
 class HoldTables(PgBase):
@@ -47,11 +57,11 @@ class HoldTables(PgBase):
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _TURN_LOCK + key
             )
             await conn.execute(
-                "DELETE FROM rate_turns WHERE key = $1 AND at <= $2", key, ts - 2 * seconds
+                "DELETE FROM rate_turns WHERE key = $1 AND at <= $2",
+                key,
+                stale_before(ts, seconds),
             )
-            rows = await conn.fetch(
-                "SELECT id, at, holder FROM rate_turns WHERE key = $1 ORDER BY at", key
-            )
+            rows = await conn.fetch(_VIEW, key, holder, WENT + holder, horizon(ts, seconds), limit)
             plan = plan_rows(
                 [(row["id"], float(row["at"]), row["holder"]) for row in rows],
                 holder,

@@ -20,7 +20,8 @@ migration 3 ``operator_actions`` (what operators did by hand, SPEC §7.4); migra
 ``delivery_results`` (the answers chained actions read, SPEC §7.5); migration 5
 ``rate_turns`` (the turns of rate limits, SPEC §7.2: seconds since the epoch, as the
 planner computes them); migration 6 ``rule_groups``, ``group_members`` and
-``group_flushes`` (grouped rules' digests, SPEC §7.2).
+``group_flushes`` (grouped rules' digests, SPEC §7.2); migration 8 the index
+``rate_turns_holder`` (a turn reads its holder's rows by index, not the whole queue).
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at TIMESTAMPTZ NOT NULL,
         flash TEXT NOT NULL DEFAULT ''
     );
+    """,
+    """
+    CREATE INDEX rate_turns_holder ON rate_turns (key, holder);
     """,
 )
 """Migration N (from 1) is ``MIGRATIONS[N - 1]``; append, never edit a released one."""

@@ -6,7 +6,7 @@ it cannot add to an existing table (a column) is an upgrade in :data:`UPGRADES`,
 once, in the transaction that opens the older state and marks it with the new version.
 """
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -151,6 +151,7 @@ CREATE TABLE IF NOT EXISTS rate_turns (
     holder TEXT
 );
 CREATE INDEX IF NOT EXISTS rate_turns_key ON rate_turns (key, at);
+CREATE INDEX IF NOT EXISTS rate_turns_holder ON rate_turns (key, holder);
 CREATE TABLE IF NOT EXISTS console_sessions (
     key TEXT PRIMARY KEY,
     who TEXT NOT NULL,
@@ -168,5 +169,6 @@ UPGRADES: dict[int, str] = {
     4: "",  # rate_turns (rate limits' turns) comes with SCHEMA
     5: "",  # rule_groups, group_members and group_flushes come with SCHEMA
     6: "",  # console_sessions comes with SCHEMA
+    7: "",  # rate_turns_holder (a turn finds its holder's rows by index) comes with SCHEMA
 }
 """Version -> what brings a state of the version before it there (beyond :data:`SCHEMA`)."""

@@ -6,8 +6,18 @@ import sqlite3
 from datetime import datetime, timedelta
 
 from billnotify.deliveries.base import DeliveryStatus
-from billnotify.deliveries.turns import WENT, plan_rows
+from billnotify.deliveries.turns import WENT, horizon, plan_rows, stale_before
 from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
+
+_VIEW = (
+    "SELECT id, at, holder FROM rate_turns WHERE key = ? AND holder IN (?, ?) "
+    "UNION ALL SELECT id, at, holder FROM rate_turns WHERE key = ? AND at <= ? "
+    "UNION ALL SELECT * FROM "
+    "(SELECT id, at, holder FROM rate_turns WHERE key = ? ORDER BY at DESC LIMIT ?)"
+)
+"""The rows a turn reads (:func:`~billnotify.deliveries.turns.plan_rows`): the holder's
+own, those up to the horizon and the latest ``limit``, each by an index, however deep
+the queue."""
 
 
 class HoldTables(SqliteBase):
@@ -45,9 +55,11 @@ class HoldTables(SqliteBase):
 
         def work(db: sqlite3.Connection) -> float | None:
             # one writer at a time: the turns read here are every process's
-            db.execute("DELETE FROM rate_turns WHERE key = ? AND at <= ?", (key, ts - 2 * seconds))
+            db.execute(
+                "DELETE FROM rate_turns WHERE key = ? AND at <= ?", (key, stale_before(ts, seconds))
+            )
             rows = db.execute(
-                "SELECT id, at, holder FROM rate_turns WHERE key = ? ORDER BY at", (key,)
+                _VIEW, (key, holder, WENT + holder, key, horizon(ts, seconds), key, limit)
             ).fetchall()
             plan = plan_rows(rows, holder, ts, limit, seconds)
             if plan.write:
