@@ -7,10 +7,8 @@ record; ``check`` refuses a console without a token on a non-loopback address.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,24 +24,10 @@ from billnotify.store import NewDelivery, SqliteStore
 from billnotify.store.postgres import PgStore
 from billnotify.store.records import OperatorAction
 from billnotify.store.transfer import copy_state
+from processes import cli
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 TOKEN = "tok-" + "Gm4Rw8Ye2Nq6Ub1"
-
-
-async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "billnotify",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _config(tmp_path: Path, service: str = "") -> Path:
@@ -91,16 +75,16 @@ async def test_cli_retry_and_resolve_are_recorded_and_shown(tmp_path: Path) -> N
     config = str(_config(tmp_path))
     first, second = await _uncertain(tmp_path)
     reason = "the SMTP relay's log shows it delivered"
-    code, out, err = await _cli(
+    code, out, err = await cli(
         "deliveries", "resolve", first, "--sent", "--reason", reason, "-c", config
     )
     assert code == 0, err
-    code, _, err = await _cli("deliveries", "retry", second, "--reason", "bounced", "-c", config)
+    code, _, err = await cli("deliveries", "retry", second, "--reason", "bounced", "-c", config)
     assert code == 0, err
-    code, _, err = await _cli("deliveries", "retry", first, "-c", config)  # now succeeded
-    assert code == 1 and "only dead, failed or uncertain" in err
+    code, _, err = await cli("deliveries", "retry", first, "-c", config)  # now succeeded
+    assert code == 1 and "only dead, failed, uncertain or muted" in err
 
-    code, out, err = await _cli("deliveries", "show", first, "-c", config)
+    code, out, err = await cli("deliveries", "show", first, "-c", config)
     assert code == 0, err
     shown = json.loads(out)
     assert shown["status"] == "succeeded" and reason in shown["note"]
@@ -108,10 +92,10 @@ async def test_cli_retry_and_resolve_are_recorded_and_shown(tmp_path: Path) -> N
     assert [
         (a["who"], a["action"], a["reason"], a["result"]) for a in shown["operator_actions"]
     ] == [
-        (who, "retry", "", "is succeeded; only dead, failed or uncertain can be retried"),
+        (who, "retry", "", "is succeeded; only dead, failed, uncertain or muted can be retried"),
         (who, "resolve_sent", reason, "uncertain -> succeeded"),
     ]
-    code, out, _ = await _cli("deliveries", "show", second, "-c", config)
+    code, out, _ = await cli("deliveries", "show", second, "-c", config)
     (retried,) = json.loads(out)["operator_actions"]
     assert (retried["action"], retried["reason"]) == ("retry", "bounced")
 
@@ -119,7 +103,7 @@ async def test_cli_retry_and_resolve_are_recorded_and_shown(tmp_path: Path) -> N
 async def test_cli_replay_to_rules_is_recorded_per_event(tmp_path: Path) -> None:
     config = str(_config(tmp_path))
     await _uncertain(tmp_path, count=1)
-    code, _, err = await _cli(
+    code, _, err = await cli(
         "replay", "evt_cli_0", "--to", "rules", "--reason", "rule fixed", "-c", config
     )
     assert code == 0, err
@@ -168,7 +152,7 @@ async def test_check_refuses_a_console_without_a_token_off_loopback(
 ) -> None:
     config = str(_config(tmp_path, service))
     env = {"PATH": "/usr/bin:/bin", "BN_CHECK_TOKEN": TOKEN}
-    code, out, err = await _cli("check", "-c", config, env=env)
+    code, out, err = await cli("check", "-c", config, env=env)
     if refused:
         assert code == 2, out + err
         assert "service.console_token: required when service.http" in err

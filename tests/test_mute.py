@@ -247,6 +247,52 @@ async def test_drop_records_the_delivery_muted_and_sends_nothing(rig: Rig) -> No
     assert second.status is DeliveryStatus.SUCCEEDED and len(rig.receiver.hits) == 1
 
 
+async def test_an_operator_retry_sends_a_muted_delivery_now(rig: Rig) -> None:
+    await rig.fail_task(1)
+    await rig.worker.run_once()
+    (row,) = await rig.rows("failed-task")
+    assert row.status is DeliveryStatus.MUTED
+    cli = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "billnotify",
+        "deliveries",
+        "retry",
+        row.id,
+        "--reason",
+        "the customer asked",
+        "-c",
+        str(rig.path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = (s.decode() for s in await asyncio.wait_for(cli.communicate(), 60))
+    assert cli.returncode == 0, err
+    assert f"{row.id}: muted -> pending (sent now, whatever mute window covers it)" in out
+    (row,) = await rig.rows("failed-task")
+    assert row.status is DeliveryStatus.PENDING
+    assert row.note == "operator retry (was muted): the customer asked"
+    (action,) = await rig.store.operator_actions(row.id)
+    assert action.action == "retry" and action.who.startswith("cli:")
+    # the CLI set it due at the wall clock's now: the worker's clock moves to the next
+    # Saturday noon after that, inside the window, where an explicit retry still sends
+    wall = datetime.now(UTC)
+    saturday = wall.date() + timedelta(days=(5 - wall.weekday()) % 7 or 7)
+    rig.clock.now = datetime.combine(saturday, datetime.min.time(), UTC) + timedelta(hours=12)
+    await rig.worker.run_once()
+    (row,) = await rig.rows("failed-task")
+    assert row.status is DeliveryStatus.SUCCEEDED and row.attempts == 1
+    assert len(rig.receiver.hits) == 1
+    # the window holds every other delivery of the rule as before
+    await rig.fail_task(2)
+    await rig.worker.run_once()
+    assert [r.status for r in await rig.rows("failed-task")] == [
+        DeliveryStatus.SUCCEEDED,
+        DeliveryStatus.MUTED,
+    ]
+    assert len(rig.receiver.hits) == 1
+
+
 async def test_held_deliveries_are_counted_in_metrics(rig: Rig) -> None:
     await rig.approve()
     await rig.worker.run_once()

@@ -159,7 +159,7 @@ async def test_list_retry_and_resolve(store: SqliteStore, tmp_path: Path) -> Non
     assert [(r.ok, r.message) for r in results] == [
         (True, "dead -> pending"),
         (True, "retry_scheduled -> pending"),
-        (False, "is succeeded; only dead, failed or uncertain can be retried"),
+        (False, "is succeeded; only dead, failed, uncertain or muted can be retried"),
         (False, "no such delivery"),
     ]
     retried = await store.get_delivery(hook1)

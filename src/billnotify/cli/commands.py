@@ -15,7 +15,7 @@ Replaying events to the rules records the deliveries the *current* rules call fo
 Delivery ids are deterministic (rule, action, event), so by default a replay only
 creates deliveries that do not exist yet (a rule added after the event, an event that
 was skipped): an event already delivered is never sent again. ``force=True`` also sets
-existing settled deliveries (succeeded, dead, uncertain, dry_run) back to pending with
+existing settled deliveries (succeeded, dead, uncertain, muted, dry_run) back to pending with
 the **same id** (so webhook consumers can de-duplicate on ``webhook-id``); that re-sends
 customer-facing actions too, which is what forcing means.
 """
@@ -34,6 +34,7 @@ from billnotify.chain_results import chain_results
 from billnotify.config.models import Config, Rule
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.chain import sample_results
+from billnotify.deliveries.mute import SENT_ANYWAY
 from billnotify.digests import is_digest
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler
@@ -47,7 +48,12 @@ logger = logging.getLogger(__name__)
 FAILED = (DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.DEAD)
 """What ``--status failed`` lists."""
 RETRYABLE = frozenset(
-    {DeliveryStatus.DEAD, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.UNCERTAIN}
+    {
+        DeliveryStatus.DEAD,
+        DeliveryStatus.RETRY_SCHEDULED,
+        DeliveryStatus.UNCERTAIN,
+        DeliveryStatus.MUTED,
+    }
 )
 """Statuses ``deliveries retry`` accepts."""
 REPLAY_CONSUMER = "replay"
@@ -128,10 +134,13 @@ async def _recorded(
 async def retry_deliveries(
     store: Store, ids: Iterable[str], now: datetime, *, who: str = "", reason: str = ""
 ) -> list[CommandResult]:
-    """``deliveries retry ID...``: dead, failed or uncertain deliveries -> pending now.
+    """``deliveries retry ID...``: dead, failed, uncertain or muted deliveries -> pending
+    now.
 
     Retrying an ``uncertain`` delivery is the operator's word that it was not sent (as
-    ``resolve --not-sent``). A retried delivery keeps its attempt count: if it fails
+    ``resolve --not-sent``). Retrying a ``muted`` one sends it now, inside its rule's mute
+    window too (:data:`~billnotify.deliveries.mute.SENT_ANYWAY`): an explicit retry
+    means "send it", not "wait for the window's end". A retried delivery keeps its attempt count: if it fails
     again after its retry schedule is used up, it is dead again after one attempt.
     Each retry is recorded as done by ``who`` (default :func:`cli_operator`) for ``reason``.
     """
@@ -148,16 +157,17 @@ async def _retry(store: Store, delivery_id: str, now: datetime, reason: str) -> 
     if delivery is None:
         return CommandResult(delivery_id, False, "no such delivery")
     if delivery.status not in RETRYABLE:
-        message = f"is {delivery.status.value}; only dead, failed or uncertain can be retried"
+        message = (
+            f"is {delivery.status.value}; only dead, failed, uncertain or muted can be retried"
+        )
         return CommandResult(delivery_id, False, message)
+    muted = delivery.status is DeliveryStatus.MUTED
+    what = SENT_ANYWAY if muted else f"operator retry (was {delivery.status.value})"
     await store.set_delivery_status(
-        delivery_id,
-        DeliveryStatus.PENDING,
-        now=now,
-        next_attempt_at=now,
-        note=_note(f"operator retry (was {delivery.status.value})", reason),
+        delivery_id, DeliveryStatus.PENDING, now=now, next_attempt_at=now, note=_note(what, reason)
     )
-    return CommandResult(delivery_id, True, f"{delivery.status.value} -> pending")
+    sent = " (sent now, whatever mute window covers it)" if muted else ""
+    return CommandResult(delivery_id, True, f"{delivery.status.value} -> pending{sent}")
 
 
 def _note(what: str, reason: str) -> str:

@@ -13,7 +13,9 @@ The due queue asks :meth:`Holds.release` about each delivery it is about to star
   turn, never dropped.
 
 A deferral is conditional in the store (only while the delivery is still due), so a
-delivery another process started meanwhile is left alone.
+delivery another process started meanwhile is left alone. A ``muted`` delivery an
+operator retried (its note begins :data:`~billnotify.deliveries.mute.SENT_ANYWAY`) is
+sent now: no window holds it back, a rate limit still does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from billnotify.config.models import Action, EmailAction, Rule, WebhookAction
 from billnotify.config.rates import Rate
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.ledger import settle_without_sending
-from billnotify.deliveries.mute import Mute, muted_until
+from billnotify.deliveries.mute import SENT_ANYWAY, Mute, muted_until
 from billnotify.deliveries.settings import DeliverySettings
 from billnotify.events import format_time
 from billnotify.store.base import Deliveries
@@ -95,11 +97,14 @@ class Holds:
         """Whether the delivery may start now; when not, it was deferred or settled
         ``muted`` here (or changed elsewhere meanwhile)."""
         mutes = self._rule_mutes.get(rule.name)
+        anyway = False
         if mutes:
             now = clock()
             muted = muted_until(mutes, now)
             if muted is not None:
-                return await self._mute(delivery, rule, muted[0], muted[1], now)
+                anyway = await self._sent_anyway(delivery.id)
+                if not anyway:
+                    return await self._mute(delivery, rule, muted[0], muted[1], now)
         key = rate_key(action)
         rate = self._rates.get(key) if key is not None else None
         if key is None or rate is None:
@@ -110,10 +115,18 @@ class Holds:
             return True
         self.held[RATE_LIMIT] += 1
         note = f"rate limit {rate} of {key}: waits its turn until {format_time(turn)}"
+        if anyway:  # still the operator's: the window must not hold it at its turn
+            note = f"{SENT_ANYWAY}; {note}"
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("delivery %s: %s", delivery.id, note)
         await self.store.defer_delivery(delivery.id, turn, now, note)
         return False
+
+    async def _sent_anyway(self, delivery_id: str) -> bool:
+        """Whether an operator retried the delivery from ``muted`` (read only when a
+        window covers it, so an unmuted delivery costs nothing)."""
+        found = await self.store.get_deliveries([delivery_id])
+        return bool(found) and (found[0].note or "").startswith(SENT_ANYWAY)
 
     async def _mute(
         self, delivery: DueDelivery, rule: Rule, until: datetime, names: list[str], now: datetime

@@ -20,6 +20,10 @@ from zoneinfo import ZoneInfo
 
 from billnotify.config.mute import WEEKDAYS, MuteWindow, parse_times
 
+SENT_ANYWAY = "operator retry (was muted)"
+"""How the note of a ``muted`` delivery an operator retried begins (``billnotify
+deliveries retry``): it is sent now, its retries too, whatever window covers it."""
+
 _DAY = 24 * 60
 _MAX_CHAIN = 400
 """Windows followed at most in one chain (a window that never ends — every day, all day —
