@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from billnotify.config.chains import chain_of
 from billnotify.config.models import Rule, WebhookAction
 from billnotify.config.types import NOTICE_TYPES
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent, event_id, format_time
 from billnotify.store.base import Deliveries, Endpoints, EventLog, Snapshots
-from billnotify.store.records import Delivery, StoredEvent
+from billnotify.store.records import Delivery, StoredEvent, delivery_id
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def delivery_notice(
     *,
     endpoint: str | None = None,
     redact: Callable[[str], str] = str,
+    dependents: Sequence[Delivery] = (),
 ) -> CloudEvent | None:
     """``billnotify.delivery.dead`` / ``.uncertain`` for a settled delivery (None for any
     other status, and for a delivery made for a notice: no loops).
@@ -96,6 +98,9 @@ def delivery_notice(
         event: the event the delivery was for (None: no longer in the log).
         endpoint: the webhook endpoint, for a webhook delivery.
         redact: removes secrets from error text.
+        dependents: the chained actions' deliveries that run after this one (SPEC §7.5)
+            and are ``waiting`` or ``skipped``: they do not run unless it succeeds after
+            all, so the notice names them (``data.dependents``, only when there are any).
     """
     type_ = _DELIVERY_TYPES.get(delivery.status)
     if type_ is None or (event is not None and is_notice(event.type)):
@@ -118,6 +123,16 @@ def delivery_notice(
     }
     if endpoint is not None:
         data["endpoint"] = endpoint
+    if dependents:
+        data["dependents"] = [
+            {
+                "delivery": d.id,
+                "action": d.action_type,
+                "action_index": d.action_index,
+                "target": d.target,
+            }
+            for d in sorted(dependents, key=lambda d: d.action_index)
+        ]
     key = f"{delivery.status.value}/{delivery.attempts}"
     return _notice(service, type_, "deliveries", delivery.id, key, delivery.updated_at, data)
 
@@ -244,6 +259,12 @@ class Notices:
         self.clock = clock
         self.redact = redact
         self._rules = {rule.name: rule for rule in rules}
+        self._after: dict[tuple[str, int], list[int]] = {}
+        """(rule, action index) -> the actions that run after it, directly or not."""
+        for rule in self._rules.values():
+            for index in range(len(rule.actions)):
+                for before in chain_of(rule.actions, index):
+                    self._after.setdefault((rule.name, before), []).append(index)
         self._deliveries: list[str] = []
         self._endpoints: list[tuple[str, str, datetime]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -334,11 +355,17 @@ class Notices:
             return []
         found = await self.store.get_events(sorted({row.event_id for row in rows}))
         events = {stored.event.id: stored.event for stored in found}
+        waiting = await self._dependents(rows)
         notices: list[CloudEvent] = []
         for row in rows:
             event = events.get(row.event_id)
             notice = delivery_notice(
-                self.service, row, event, endpoint=self._endpoint(row), redact=self.redact
+                self.service,
+                row,
+                event,
+                endpoint=self._endpoint(row),
+                redact=self.redact,
+                dependents=waiting.get(row.id, ()),
             )
             if notice is not None:
                 notices.append(notice)
@@ -355,6 +382,22 @@ class Notices:
                     extra={"delivery_id": row.id, "event_id": event.id, "rule": row.rule},
                 )
         return notices
+
+    async def _dependents(self, rows: Sequence[Delivery]) -> dict[str, list[Delivery]]:
+        """Delivery id -> its chained dependents that are ``waiting`` or ``skipped`` (read
+        only when a rule chains actions after a row's action)."""
+        wanted = {
+            delivery_id(row.rule, index, row.event_id): row.id
+            for row in rows
+            for index in self._after.get((row.rule, row.action_index), ())
+        }
+        if not wanted:
+            return {}
+        found: dict[str, list[Delivery]] = {}
+        for dependent in await self.store.get_deliveries(list(wanted)):
+            if dependent.status in (DeliveryStatus.WAITING, DeliveryStatus.SKIPPED):
+                found.setdefault(wanted[dependent.id], []).append(dependent)
+        return found
 
     def _endpoint(self, row: Delivery) -> str | None:
         rule = self._rules.get(row.rule)
@@ -389,6 +432,9 @@ def _log(event: CloudEvent) -> None:
             f"{data['target'] or data['action']}) for {about.get('type', 'event')} {about['id']}"
         )
         detail = f"after {data['attempts']} attempts: {data['error']}"
+        if data.get("dependents"):
+            ids = ", ".join(d["delivery"] for d in data["dependents"])
+            detail += f"; the chained deliveries after it do not run: {ids}"
     logger.log(
         _LEVELS.get(event.type, logging.ERROR),
         "%s: %s: %s [%s]",
