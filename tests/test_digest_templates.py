@@ -14,7 +14,8 @@ from billnotify.digests import digest_event, flush_id, group_key, group_values
 from billnotify.events import CloudEvent
 from billnotify.store import SqliteStore
 from billnotify.templating import TemplateRenderer, build_context
-from test_groups_cli import CONFIG, _cli, _task
+from processes import cli
+from test_groups_cli import CONFIG, _task
 
 GROUPED_BY = ["source", "object.billingTaskType"]
 
@@ -74,12 +75,12 @@ async def test_render_of_the_configured_rule_names_errored_tasks(tmp_path: Path)
     async with SqliteStore(tmp_path / "state.db") as store:
         await store.commit("acme", [], [_task("1", "Error"), _task("2", "Error")])
     args = ("render", "failed-tasks-digest", "--sample", "2", "-c", str(config))
-    code, out, err = await _cli(*args)
+    code, out, err = await cli(*args)
     assert code == 0, err
     assert json.loads(out)[0]["summary"]["subject"] == "[acme] 2 billing tasks errored: Invoice run"
     async with SqliteStore(tmp_path / "state.db") as store:
         await store.commit("acme", [], [_task("3", "Failed")])
-    code, out, err = await _cli(*args[:3], "3", *args[4:])
+    code, out, err = await cli(*args[:3], "3", *args[4:])
     assert code == 0, err
     subject = json.loads(out)[0]["summary"]["subject"]
     assert subject == "[acme] 3 billing tasks failed or errored: Invoice run"

@@ -23,11 +23,13 @@ customer-facing actions too, which is what forcing means.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from billnotify.actions.base import ActionExecutor, Rendered
 from billnotify.chain_results import chain_results
@@ -35,7 +37,7 @@ from billnotify.config.models import Config, Rule
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.deliveries.chain import sample_results
 from billnotify.deliveries.mute import SENT_ANYWAY
-from billnotify.digests import is_digest
+from billnotify.digests import is_digest, is_flush_id
 from billnotify.events import CloudEvent, format_time
 from billnotify.rules.engine import Evaluator, Planned, RuleHandler
 from billnotify.rules.groups import digest_of
@@ -409,6 +411,25 @@ async def replay_to_rules(
             reset += 1
     logger.info("replay of %d events: %d new deliveries, %d reset", len(events), created, reset)
     return ReplayResult(created, reset, len(existing) - reset)
+
+
+async def digest_shown(store: Store, delivery: Delivery) -> dict[str, Any] | None:
+    """What ``deliveries show`` prints of a grouped rule's delivery (its event is a
+    digest, ``grp_…``, never in the log): the flush id, its group, how many events it
+    carries and their ids, oldest first. None for a delivery of one event."""
+    if not is_flush_id(delivery.event_id):
+        return None
+    text = await store.get_digest(delivery.event_id)
+    if text is None:
+        return {"id": delivery.event_id, "missing": True}
+    data = json.loads(text).get("data") or {}
+    events = data.get("events") or []
+    return {
+        "id": delivery.event_id,
+        "group": data.get("group") or {},
+        "count": data.get("count", len(events)),
+        "events": [e.get("id") for e in events],
+    }
 
 
 def format_deliveries(deliveries: Sequence[Delivery], *, error_width: int = 60) -> str:

@@ -484,6 +484,10 @@ async def _deliveries(store: Any, args: argparse.Namespace, config: Config) -> i
         # the answer kept for it (invoice actions, actions with an id; SPEC §7.5)
         kept = (await store.get_results([delivery.id])).get(delivery.id)
         shown["result"] = json.loads(kept) if kept is not None else None
+        # a grouped rule's delivery: the digest it carries (its event is not in the log)
+        digest = await commands.digest_shown(store, delivery)
+        if digest is not None:
+            shown["digest"] = digest
         # what operators did to it (SPEC §7.4), newest first, as the console shows it
         shown["operator_actions"] = [
             _jsonable(a) for a in await store.operator_actions(delivery.id)
