@@ -16,7 +16,6 @@ subprocess on the same state file):
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ import pg
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.simulator import Simulator
 from billnotify.store.records import Delivery, delivery_id
-from servers import PYTHON, SmtpSink, WebhookReceiver, sim_source, toml_config
+from processes import cli
+from servers import SmtpSink, WebhookReceiver, sim_source, toml_config
 from service_harness import polls_after, running_service, until
 
 RULE = "download-link-to-customer"
@@ -85,13 +85,7 @@ MAIL = {
 
 async def _cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
     """``billnotify ARGS -c config.toml`` in a subprocess: (exit status, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "billnotify", *args, "-c", str(tmp_path / "config.toml"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await cli(*args, "-c", str(tmp_path / "config.toml"), cwd=tmp_path)
 
 
 async def _status(store: Any, id_: str, *statuses: DeliveryStatus) -> Delivery | None:

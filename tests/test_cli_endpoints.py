@@ -8,11 +8,9 @@ and the worker sends to it again.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +29,7 @@ from billnotify.events import build_event, format_time
 from billnotify.rules.engine import RuleHandler
 from billnotify.store import Delivery, SqliteStore
 from billnotify.templating import TemplateRenderer
+from processes import cli
 from servers import Clock, serving
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -40,19 +39,8 @@ TOKEN = "query-token-Qx81"
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k != UNSET}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "billnotify",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """``billnotify ARGS`` with the config's secret variable unset."""
+    return await cli(*args, env={k: v for k, v in os.environ.items() if k != UNSET})
 
 
 @dataclass

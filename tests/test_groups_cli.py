@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from billnotify.components import build_actions
 from billnotify.config import load_config
 from billnotify.events import CloudEvent, build_event
 from billnotify.store import SqliteStore
+from processes import cli
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -69,20 +68,6 @@ def _task(task: str, status: str = "Failed", task_type: str = "Invoice run") -> 
     )
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "billnotify",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def _config(tmp_path: Path, text: str = CONFIG) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(text)
@@ -93,7 +78,7 @@ async def test_render_sample_previews_a_digest_of_the_newest_matching_events(
     tmp_path: Path,
 ) -> None:
     config = _config(tmp_path)
-    code, _, err = await _cli("render", "failed-tasks-digest", "--sample", "3", "-c", str(config))
+    code, _, err = await cli("render", "failed-tasks-digest", "--sample", "3", "-c", str(config))
     assert code == 1 and "--event FILE" in err  # an empty log: nothing to sample
     events = [
         _task("1"),
@@ -105,7 +90,7 @@ async def test_render_sample_previews_a_digest_of_the_newest_matching_events(
     ]
     async with SqliteStore(tmp_path / "state.db") as store:
         await store.commit("acme", [], events)
-    code, out, err = await _cli("render", "failed-tasks-digest", "--sample", "3", "-c", str(config))
+    code, out, err = await cli("render", "failed-tasks-digest", "--sample", "3", "-c", str(config))
     assert code == 0, err
     email, hook = json.loads(out)
     assert email["summary"]["subject"] == "[acme] 2 billing tasks failed: Invoice run"
@@ -126,15 +111,15 @@ async def test_render_event_sample_repeats_one_event(tmp_path: Path) -> None:
     event_file = tmp_path / "event.json"
     event_file.write_text(_task("7").to_json())
     args = ("render", "failed-tasks-digest", "--event", str(event_file), "-c", str(config))
-    code, out, err = await _cli(*args, "--sample", "4")
+    code, out, err = await cli(*args, "--sample", "4")
     assert code == 0, err
     email, _ = json.loads(out)
     assert email["summary"]["subject"] == "[acme] 4 billing tasks failed: Invoice run"
-    code, out, err = await _cli(*args)
+    code, out, err = await cli(*args)
     assert code == 0, err
     assert json.loads(out)[0]["summary"]["subject"] == "[acme] 1 billing task failed: Invoice run"
     event_file.write_text(_task("8", status="Completed").to_json())
-    code, _, err = await _cli(*args)
+    code, _, err = await cli(*args)
     assert code == 3 and "collects none of the sample events" in err
 
 
@@ -161,7 +146,7 @@ to = ["ops@example.com"]
 template = "invoice_approved"
 attach = ["invoice_pdf"]
 """
-    code, out, err = await _cli("check", "-c", str(_config(tmp_path, broken)))
+    code, out, err = await cli("check", "-c", str(_config(tmp_path, broken)))
     assert code == 2, out + err
     text = out + err
     for expected in (
@@ -204,13 +189,13 @@ type = "email"
 to = ["ops@example.com"]
 template = "task_failed_digest"
 """
-    code, out, err = await _cli("check", "-c", str(_config(tmp_path, mixed)))
+    code, out, err = await cli("check", "-c", str(_config(tmp_path, mixed)))
     assert code == 0, out + err  # warnings: the templates may guard what they read
     assert (
         "rules[0].actions[0]: its templates read object, empty in a digest of a grouped rule"
     ) in err
     assert "rules[1].actions[0]: its templates read count, events, group, which only" in err
-    code, _, err = await _cli("check", "-c", str(_config(tmp_path)))
+    code, _, err = await cli("check", "-c", str(_config(tmp_path)))
     assert code == 0 and "digest" not in err, err
 
 
@@ -218,7 +203,7 @@ async def test_status_shows_open_groups_and_the_next_flush(tmp_path: Path) -> No
     from billnotify.store.group_records import GroupMember
 
     config = _config(tmp_path)
-    code, out, err = await _cli("status", "-c", str(config))
+    code, out, err = await cli("status", "-c", str(config))
     assert code == 0, err
     assert "groups: 0 open, 0 events waiting for their flush" in out
     flush_at = datetime(2026, 11, 21, 10, 0, 30, tzinfo=UTC)
@@ -230,7 +215,7 @@ async def test_status_shows_open_groups_and_the_next_flush(tmp_path: Path) -> No
             ],
             NOW,
         )
-    code, out, err = await _cli("status", "-c", str(config))
+    code, out, err = await cli("status", "-c", str(config))
     assert code == 0, err
     assert (
         "groups: 1 open, 2 events waiting for their flush; next flush 2026-11-21T10:00:30Z "
