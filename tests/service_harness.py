@@ -1,9 +1,11 @@
 """The service run in the test's event loop, for end-to-end tests driven by a config.
 
-``running_service(raw, tmp_path)`` parses a config dict (as ``billnotify run`` would read
-it from TOML), runs :class:`~billnotify.app.Service` until the block ends and yields it
-once every poller has polled at least once (the baseline). ``until(condition)`` waits on
-an async condition with a deadline; ``events_on(sub, head)`` decodes the CloudEvents a
+``started_service(config)`` runs :class:`~billnotify.app.Service` until the block ends
+and yields it once it has started. ``running_service(raw, tmp_path)`` parses a config
+dict first (as ``billnotify run`` would read it from TOML) and yields the service once
+every poller has polled at least once (the baseline; with ``polled=False`` once it has
+started, for an instance that stands by). ``until(condition)`` waits on a condition,
+plain or async, with a deadline; ``events_on(sub, head)`` decodes the CloudEvents a
 subscriber received under a topic prefix.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,15 +23,20 @@ from typing import Any
 import pytest
 
 from billnotify.app import Service
-from billnotify.config import parse_config
+from billnotify.config import Config, parse_config
 from conftest import Subscriber
 
 
-async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    """``condition()``'s first truthy value; fails after ``timeout`` seconds."""
+async def until(
+    condition: Callable[[], Awaitable[Any] | Any], what: str, timeout: float = 15.0
+) -> Any:
+    """``condition()``'s first truthy value (awaited if it is awaitable); fails after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await condition()
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
@@ -37,10 +45,11 @@ async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: flo
 
 
 @contextlib.asynccontextmanager
-async def running_service(raw: dict[str, Any], tmp_path: Path) -> AsyncIterator[Service]:
-    """A :class:`Service` in this loop until the block ends; polled once at least."""
-    (tmp_path / "templates").mkdir(exist_ok=True)
-    service = Service(parse_config(raw, base_dir=tmp_path))
+async def started_service(config: Config, *, polled: bool = False) -> AsyncIterator[Service]:
+    """A :class:`Service` of ``config`` in this loop until the block ends, yielded once it
+    has started (and, with ``polled``, once every poller has polled); a start-up error is
+    raised here."""
+    service = Service(config)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop), name="service")
     started = asyncio.create_task(service.started.wait())
@@ -51,24 +60,35 @@ async def running_service(raw: dict[str, Any], tmp_path: Path) -> AsyncIterator[
     assert started in done, "the service did not start within 15 s"
     try:
 
-        async def polled() -> bool:
+        def polled_once() -> bool:
+            if task.done():
+                task.result()  # a failure after start-up, raised here
             return all(p.polls > 0 for p in service.pollers)
 
-        await until(polled, "the first poll (the baseline)")
+        if polled:
+            await until(polled_once, "the first poll (the baseline)")
         yield service
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
 
 
+def running_service(
+    raw: dict[str, Any], tmp_path: Path, *, polled: bool = True
+) -> contextlib.AbstractAsyncContextManager[Service]:
+    """:func:`started_service` of a config dict read as from ``tmp_path/config.toml``;
+    polled once at least unless ``polled`` is false."""
+    (tmp_path / "templates").mkdir(exist_ok=True)
+    return started_service(parse_config(raw, base_dir=tmp_path), polled=polled)
+
+
 async def polls_after(service: Service, rounds: int) -> None:
     """Wait until every poller has polled ``rounds`` more times."""
     start = [p.polls for p in service.pollers]
-
-    async def done() -> bool:
-        return all(p.polls >= n + rounds for p, n in zip(service.pollers, start, strict=True))
-
-    await until(done, f"{rounds} more polls")
+    await until(
+        lambda: all(p.polls >= n + rounds for p, n in zip(service.pollers, start, strict=True)),
+        f"{rounds} more polls",
+    )
 
 
 def events_on(sub: Subscriber, head: str) -> list[tuple[str, dict[str, Any]]]:

@@ -14,24 +14,23 @@ README with ``BILLNOTIFY_SCREENSHOTS=1``, else into the test's temp folder.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billnotify.app import Service
-from billnotify.config import parse_config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.simulator import Simulator
 from conftest import Mosquitto
+from processes import cli
 from servers import SmtpSink, WebhookReceiver, sim_source, toml_config
+from service_harness import running_service, until
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -46,18 +45,6 @@ SHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
 """Where the screenshots go with ``BILLNOTIFY_SCREENSHOTS=1`` (the README's pictures);
 otherwise into the test's temp folder, so a test run leaves the tree as it was."""
 REASON = "customer confirmed by phone: mail arrived"
-
-
-async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    """``condition()``'s first truthy value; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what} (last: {value!r})")
-        await asyncio.sleep(0.05)
 
 
 def _config(
@@ -115,37 +102,12 @@ def _config(
 @contextlib.asynccontextmanager
 async def running(raw: dict[str, Any], tmp_path: Path) -> AsyncIterator[tuple[Service, str]]:
     """The service in this loop, polled once; yields it and its ``http://127.0.0.1:PORT``."""
-    service = Service(parse_config(raw, base_dir=tmp_path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop), name="service")
-    try:
-        async with asyncio.timeout(15):
-            while not (service.pollers and service.pollers[0].polls and service.health):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
+    async with running_service(raw, tmp_path) as service:
         assert service.health is not None
         yield service, f"http://127.0.0.1:{service.health.port}"
-    finally:
-        stop.set()
-        started = time.monotonic()
-        await asyncio.wait_for(task, 30)
-        # an open live stream must not hold the stop up
-        assert time.monotonic() - started < 10
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "billnotify",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+        stopping = time.monotonic()
+    # an open live stream must not hold the stop up
+    assert time.monotonic() - stopping < 10
 
 
 async def test_an_operator_resolves_an_uncertain_email_in_the_browser_and_the_cli_agrees(
@@ -305,7 +267,7 @@ async def _scenario(
     assert REASON in await page.inner_text("table.actions")
     await page.screenshot(path=str(shots / "delivery-resolved.png"), full_page=True)
 
-    code, out, err = await _cli("deliveries", "show", delivery.id, "-c", str(config))
+    code, out, err = await cli("deliveries", "show", delivery.id, "-c", str(config))
     assert code == 0, err
     shown = json.loads(out)
     assert shown["status"] == "succeeded"

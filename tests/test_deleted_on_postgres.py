@@ -8,10 +8,7 @@ one database, the simulator over HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +16,10 @@ import pytest
 
 import pg
 from billnotify.app import Service
-from billnotify.config import parse_config
 from billnotify.simulator import Simulator
 from billnotify.sources.reconcile_ids import IdReconciler
 from servers import sim_source
+from service_harness import running_service, until
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -30,37 +27,12 @@ pytestmark = [
 ]
 
 
-async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what} (last: {value!r})")
-        await asyncio.sleep(0.05)
-
-
-async def _value(value: Any) -> Any:
-    return value
-
-
-@contextlib.asynccontextmanager
-async def instance(raw: dict[str, Any], name: str, tmp_path: Path) -> AsyncIterator[Service]:
-    config = parse_config(
-        {**raw, "service": {**raw["service"], "instance": name}}, base_dir=tmp_path
-    )
-    service = Service(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop), name=f"service {name}")
-    try:
-        await until(
-            lambda: _value((task.done() and task.result()) or service.started.is_set()), "start"
-        )
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+def instance(
+    raw: dict[str, Any], name: str, tmp_path: Path
+) -> contextlib.AbstractAsyncContextManager[Service]:
+    """Instance ``name`` of the config in this loop, started (it may stand by, never polling)."""
+    raw = {**raw, "service": {**raw["service"], "instance": name}}
+    return running_service(raw, tmp_path, polled=False)
 
 
 def _rounds(service: Service) -> int:
@@ -91,10 +63,10 @@ async def test_only_the_poll_lease_holder_reconciles_and_the_other_takes_over(
         stop_a = contextlib.AsyncExitStack()
         a = await stop_a.enter_async_context(instance(raw, "a", tmp_path))
         try:
-            await until(lambda: _value(_rounds(a) >= 1), "a's first reconcile")
+            await until(lambda: _rounds(a) >= 1, "a's first reconcile")
             b = await outer.enter_async_context(instance(raw, "b", tmp_path))
             started = _rounds(a)
-            await until(lambda: _value(_rounds(a) >= started + 3), "three more rounds by a")
+            await until(lambda: _rounds(a) >= started + 3, "three more rounds by a")
             assert _rounds(b) == 0  # standing by: it never listed
             assert b.pollers[0].polls == 0
             sim.state.delete_record("billing_tasks", "1003")
@@ -106,7 +78,7 @@ async def test_only_the_poll_lease_holder_reconciles_and_the_other_takes_over(
             assert event.event.subject == "billing_tasks/1003"
         finally:
             await stop_a.aclose()  # a clean stop releases a's leases: b takes them over
-        await until(lambda: _value(_rounds(b) >= 1), "b reconciles once a is gone")
+        await until(lambda: _rounds(b) >= 1, "b reconciles once a is gone")
         sim.state.restore_record("billing_tasks", "1003")
 
         async def restored() -> list[Any]:

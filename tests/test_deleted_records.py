@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ import aiohttp
 import pytest
 
 from billnotify.app import Service
-from billnotify.config import parse_config
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
 from servers import WebhookReceiver, sim_source
+from service_harness import running_service, until
 
 SubscriberFactory = Callable[..., contextlib.AbstractAsyncContextManager[Subscriber]]
 TASKS = "/backend/api/v1/billingTasks"
@@ -34,18 +33,6 @@ TASKS = "/backend/api/v1/billingTasks"
 @pytest.fixture
 def sim_options() -> dict[str, Any]:
     return {"page_max": 3}  # a listing of a few records is several pages
-
-
-async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0) -> Any:
-    """``condition()``'s first truthy value; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what} (last: {value!r})")
-        await asyncio.sleep(0.05)
 
 
 def _config(
@@ -103,26 +90,6 @@ def _config(
 
 
 @contextlib.asynccontextmanager
-async def running(raw: dict[str, Any], tmp_path: Path) -> AsyncIterator[Service]:
-    """A :class:`Service` in this loop until the block ends; every resource polled once."""
-    service = Service(parse_config(raw, base_dir=tmp_path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop), name="service")
-    try:
-
-        async def polled() -> bool:
-            if task.done():
-                task.result()  # a start-up error, raised here
-            return bool(service.pollers) and all(p.polls > 0 for p in service.pollers)
-
-        await until(polled, "the first poll (the baseline)", timeout=15)
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-@contextlib.asynccontextmanager
 async def control(sim: Simulator) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """``await call(method, "/_sim/...", body)``: the simulator's control API over HTTP."""
     async with aiohttp.ClientSession(base_url=sim.base_url) as http:
@@ -161,7 +128,7 @@ async def test_a_deleted_task_and_invoice_are_said_once_and_come_back_restored(
     restored_topic = f"{mqtt_prefix}/events/acme/billing_task/{doomed}/restored"
     async with (
         mqtt_subscriber(mosquitto, f"{mqtt_prefix}/#") as sub,
-        running(raw, tmp_path) as service,
+        running_service(raw, tmp_path) as service,
         control(sim) as call,
     ):
         await sub.wait_for(lambda _: bool(sub.payloads(state)))
@@ -187,7 +154,7 @@ async def test_a_deleted_task_and_invoice_are_said_once_and_come_back_restored(
         # later rounds find the same ids missing: nothing new
         rounds = _reconciler(service, "billing_tasks").rounds
         await until(
-            lambda: _async(_reconciler(service, "billing_tasks").rounds >= rounds + 2),
+            lambda: _reconciler(service, "billing_tasks").rounds >= rounds + 2,
             "two more reconcile rounds",
         )
         assert len(await _events(service, "*.deleted")) == 2
@@ -201,14 +168,14 @@ async def test_a_deleted_task_and_invoice_are_said_once_and_come_back_restored(
         assert json.loads(sub.payloads(state)[-1]) == last  # the retained state is back
 
         # a rule matches them: one webhook per event
-        await until(lambda: _async(len(receiver.hits) >= 3), "three webhooks")
+        await until(lambda: len(receiver.hits) >= 3, "three webhooks")
         types = sorted(json.loads(hit.body)["type"] for hit in receiver.hits)
         assert types == ["billing_task.deleted", "billing_task.restored", "invoice.deleted"]
 
     # after a restart, the retained state of the restored task is still set, and a
     # record deleted while it was down is found
     async with (
-        running(raw, tmp_path) as service,
+        running_service(raw, tmp_path) as service,
         control(sim) as call,
         mqtt_subscriber(mosquitto, state) as retained,
     ):
@@ -222,10 +189,6 @@ async def test_a_deleted_task_and_invoice_are_said_once_and_come_back_restored(
 
         found = await until(two_deletions, "the second deletion")
         assert found[-1]["subject"] == f"billing_tasks/{tasks[0]['id']}"
-
-
-async def _async(value: Any) -> Any:
-    return value
 
 
 @pytest.mark.parametrize(
@@ -244,12 +207,12 @@ async def test_a_listing_that_fails_half_way_deletes_nothing(
     for _ in range(8):
         sim.state.add_billing_task(status="Pending")
     raw = _config(tmp_path, sim, None, "", poll_interval="1h", watch=["billing_tasks"])
-    async with running(raw, tmp_path) as service, control(sim) as call:
+    async with running_service(raw, tmp_path) as service, control(sim) as call:
         reconciler = _reconciler(service, "billing_tasks")
-        await until(lambda: _async(reconciler.rounds >= 1), "a first reconcile")
+        await until(lambda: reconciler.rounds >= 1, "a first reconcile")
         await call("DELETE", "/_sim/billing_tasks/1003")
         await call("POST", "/_sim/faults", {"path_prefix": TASKS, **fault})
-        await until(lambda: _async(reconciler.last_error), "a failed reconcile")
+        await until(lambda: reconciler.last_error, "a failed reconcile")
         assert sim.faults.snapshot() == []
         assert await _events(service, "*.deleted") == []
         # the next round (1 s later, the interval being shorter than 5 min) is complete
@@ -262,7 +225,7 @@ async def test_reconcile_interval_0s_lists_nothing(tmp_path: Path, sim: Simulato
     for _ in range(4):
         sim.state.add_billing_task(status="Pending")
     raw = _config(tmp_path, sim, None, "", reconcile_interval="0s", watch=["billing_tasks"])
-    async with running(raw, tmp_path) as service, control(sim) as call:
+    async with running_service(raw, tmp_path) as service, control(sim) as call:
         assert all(p.reconciler is None for p in service.pollers)
         await call("DELETE", "/_sim/billing_tasks/1002")
         sim.requests.clear()

@@ -10,27 +10,24 @@ receivers (aiohttp), and ``billnotify run`` as a subprocess for the kill.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import signal
-import sqlite3
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billnotify.app import Service
-from billnotify.config import parse_config
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.notices import is_notice
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
-from servers import PYTHON, WebhookReceiver, sim_source, toml_config
+from processes import BillnotifyRun, query
+from servers import WebhookReceiver, sim_source, toml_config
+from service_harness import events_on, running_service, until
 
 SERVICE = "bn-self"
 TASKS_PATH = "/backend/api/v1/billingTasks"
@@ -38,18 +35,6 @@ INVOICES_PATH = "/backend/api/v1/invoices/"
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 SubscriberFactory = Callable[..., contextlib.AbstractAsyncContextManager[Subscriber]]
-
-
-async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0) -> Any:
-    """``condition()``'s first truthy value; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what} (last: {value!r})")
-        await asyncio.sleep(0.05)
 
 
 def _config(
@@ -100,39 +85,9 @@ def _rule(name: str, on: str, endpoint: str) -> dict[str, Any]:
     return {"name": name, "on": [on], "actions": [{"type": "webhook", "endpoint": endpoint}]}
 
 
-@contextlib.asynccontextmanager
-async def running(raw: dict[str, Any], tmp_path: Path) -> AsyncIterator[Service]:
-    """A :class:`Service` in this loop, until the block ends; polled once at least."""
-    service = Service(parse_config(raw, base_dir=tmp_path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop), name="service")
-    started = asyncio.create_task(service.started.wait())
-    done, _ = await asyncio.wait({task, started}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        started.cancel()
-        task.result()
-    assert started in done, "the service did not start within 15 s"
-    try:
-
-        async def polled() -> bool:
-            return all(p.polls > 0 for p in service.pollers)
-
-        await until(polled, "the first poll (the baseline)")
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 def notices_on(sub: Subscriber, prefix: str) -> list[tuple[str, dict[str, Any]]]:
     """(topic, CloudEvent) of every notice received under ``{prefix}/events/{SERVICE}/``."""
-    head = f"{prefix}/events/{SERVICE}/"
-    found = []
-    for message in sub.messages:
-        if message.topic.value.startswith(head):
-            assert isinstance(message.payload, bytes | bytearray)
-            found.append((message.topic.value, json.loads(message.payload)))
-    return found
+    return events_on(sub, f"{prefix}/events/{SERVICE}/")
 
 
 def bodies(receiver: WebhookReceiver, path: str) -> list[dict[str, Any]]:
@@ -172,7 +127,7 @@ async def test_a_dead_webhook_delivery_is_published_and_routed_by_a_rule(
             ],
         )
         with caplog.at_level(logging.INFO, logger="billnotify"):
-            async with running(raw, tmp_path) as service:
+            async with running_service(raw, tmp_path) as service:
                 sim.state.update_billing_task(task["id"], status="Failed")
                 changed = time.monotonic()
                 await sub.wait_for(lambda _: bool(notices_on(sub, mqtt_prefix)))
@@ -235,7 +190,7 @@ async def test_a_rule_never_fires_on_what_its_own_deliveries_caused(
                 _rule("echo", "billnotify.*", "bad"),
             ],
         )
-        async with running(raw, tmp_path) as service:
+        async with running_service(raw, tmp_path) as service:
             sim.state.update_billing_task(task["id"], status="Failed")
 
             async def both_dead() -> bool:
@@ -283,7 +238,7 @@ async def test_a_410_disables_the_endpoint_and_says_so(
             webhooks={"gone": receiver.url("/status/410")},
             rules=[_rule("alert", "billing_task.status_changed", "gone")],
         )
-        async with running(raw, tmp_path) as service:
+        async with running_service(raw, tmp_path) as service:
             sim.state.update_billing_task(task["id"], status="Failed")
             await sub.wait_for(lambda _: len(notices_on(sub, mqtt_prefix)) >= 2)
             sim.state.update_billing_task(task["id"], status="Running")
@@ -333,7 +288,7 @@ async def test_a_delivery_dead_at_planning_is_reported_too(
             webhooks={"ops": receiver.url("/ok")},
             rules=[broken],
         )
-        async with running(raw, tmp_path) as service:
+        async with running_service(raw, tmp_path) as service:
             sim.state.update_billing_task(task["id"], status="Failed")
             await sub.wait_for(lambda _: bool(notices_on(sub, mqtt_prefix)))
             (row,) = await service.store.list_deliveries()
@@ -375,7 +330,7 @@ async def test_a_failing_source_is_reported_once_and_its_recovery_too(
             failing_after="1h",
         )
         topic = f"{mqtt_prefix}/events/{SERVICE}/source/acme"
-        async with running(raw, tmp_path) as service:
+        async with running_service(raw, tmp_path) as service:
             (poller,) = service.pollers
             sim.faults.add(TASKS_PATH, kind="503", count=-1)
             outage = time.monotonic()
@@ -418,16 +373,6 @@ async def test_a_failing_source_is_reported_once_and_its_recovery_too(
 # -- a kill ------------------------------------------------------------------------------
 
 
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return list(conn.execute(sql).fetchall())
-    except sqlite3.OperationalError:  # no schema yet
-        return []
-
-
 @pytest.mark.fault
 @pytest.mark.timeout(60)
 async def test_a_customer_mail_interrupted_by_sigkill_is_uncertain_and_said_so(
@@ -453,47 +398,28 @@ async def test_a_customer_mail_interrupted_by_sigkill_is_uncertain_and_said_so(
         del raw["webhooks"]
         config = tmp_path / "config.toml"
         config.write_text(toml_config(raw))
-        db, log = tmp_path / "state.db", tmp_path / "billnotify.log"
+        db = tmp_path / "state.db"
 
-        def start() -> subprocess.Popen[bytes]:
-            with log.open("ab") as out:
-                return subprocess.Popen(
-                    [PYTHON, "-m", "billnotify", "run", "-c", str(config)],
-                    stdout=out,
-                    stderr=out,
-                    cwd=tmp_path,
-                )
+        def ledger(status: str) -> list[str]:
+            return [r[0] for r in query(db, f"SELECT id FROM deliveries WHERE status = '{status}'")]
 
-        async def ledger(status: str) -> list[str]:
-            return [
-                r[0] for r in _query(db, f"SELECT id FROM deliveries WHERE status = '{status}'")
-            ]
-
-        proc = start()
-        try:
-
-            async def baseline() -> bool:
-                return _query(db, "SELECT count(*) FROM snapshots") == [(1,)]
-
-            await until(baseline, "the baseline", 20)
+        async with BillnotifyRun(config) as service:
+            await service.start()
+            await service.until(
+                lambda: query(db, "SELECT count(*) FROM snapshots") == [(1,)], "the baseline", 20
+            )
             sim.faults.add(INVOICES_PATH, "slow", count=-1, delay=5, method="POST")
             sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
-            (sending,) = await until(lambda: ledger("sending"), "the email in flight", 20)
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, 10)
+            (sending,) = await service.until(lambda: ledger("sending"), "the email in flight", 20)
+            await service.kill()
             sim.faults.clear()
             restarted = time.monotonic()
-            proc = start()
+            await service.start()
             topic = f"{mqtt_prefix}/events/{SERVICE}/delivery/{sending}/uncertain"
             await sub.wait_for(lambda _: bool(sub.on(topic)), timeout=20)
             told_after = time.monotonic() - restarted
-            uncertain = await ledger("uncertain")
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.wait, 20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            uncertain = ledger("uncertain")
+            assert await service.stop() == 0
 
     (message,) = sub.on(topic)
     assert isinstance(message.payload, bytes | bytearray)
@@ -503,7 +429,7 @@ async def test_a_customer_mail_interrupted_by_sigkill_is_uncertain_and_said_so(
     assert notice["data"]["action"] == "invoice_action"
     assert "interrupted" in notice["data"]["error"]
     assert uncertain == [sending]
-    notices = [n for n in _query(db, "SELECT type FROM events") if is_notice(n[0])]
+    notices = [n for n in query(db, "SELECT type FROM events") if is_notice(n[0])]
     assert notices == [("billnotify.delivery.uncertain",)]
     emails = [e for e in sim.state.action_log if e["action"] == "email"]
     print(

@@ -19,7 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
 from conftest import free_port as free_tcp_port
 from servers import PYTHON, serving, sim_source, toml_config
+from service_harness import started_service, until
 
 TASKS_PATH = "/backend/api/v1/billingTasks"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-test-signing-key-0123456789").decode()
@@ -61,18 +62,6 @@ FAMILIES = (
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0) -> Any:
-    """Return ``condition()``'s first truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what} (last: {value!r})")
-        await asyncio.sleep(0.05)
 
 
 class Receiver:
@@ -185,28 +174,18 @@ def raw_config(
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[tuple[Service, Callable[..., Any]]]:
     """Run a :class:`Service` in this loop; yields it and ``get(path) -> (status, text)``."""
-    service = Service(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop), name="service")
-    started = asyncio.create_task(service.started.wait())
-    done, _ = await asyncio.wait({task, started}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        started.cancel()
-        task.result()  # a start-up error, raised here
-    assert started in done, "the service did not start within 15 s"
-    assert service.health is not None
-    base = f"http://127.0.0.1:{service.health.port}"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+    async with (
+        started_service(config) as service,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+    ):
+        assert service.health is not None
+        base = f"http://127.0.0.1:{service.health.port}"
 
         async def get(path: str) -> tuple[int, str]:
             async with http.get(base + path) as response:
                 return response.status, await response.text()
 
-        try:
-            yield service, get
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        yield service, get
 
 
 def metric_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
