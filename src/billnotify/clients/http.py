@@ -27,7 +27,7 @@ from typing import Any, Protocol, Self
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from billnotify import __version__
+from billnotify import __version__, jsontext
 from billnotify.clients.codec import (
     describe_body,
     error_for,
@@ -105,7 +105,7 @@ class HttpResponse:
             MalformedResponseError: the body is not JSON; says what was received.
         """
         try:
-            return json.loads(self.body)
+            return jsontext.loads(self.body)
         except (ValueError, UnicodeDecodeError):
             ctype = self.content_type or "no content type"
             raise MalformedResponseError(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from billnotify import jsontext
 from billnotify.config.models import MqttConfig
 from billnotify.errors import FencedError, StoreError
 from billnotify.publish.connection import effective_protocol, properties
@@ -230,7 +230,7 @@ class LogPump:
         """An event as logged, sent as it was logged: it is byte for byte what the parsed
         event would serialise to (``tests/test_events_json.py``), so only the envelope
         fields of the topic are read from it."""
-        envelope = json.loads(entry.json)
+        envelope = jsontext.loads(entry.json)
         topic = logged_event_topic(
             self._config.prefix, entry.type, envelope["source"], envelope["subject"]
         )

@@ -47,7 +47,8 @@ async def serve(path: str, instance: str | None = None) -> None:
         asyncio.streams.FlowControlMixin, sys.stdout.buffer
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    store = SqliteStore(path, instance)
+    # this process does nothing but the store: its SQLite runs on the loop's thread
+    store = SqliteStore(path, instance, on_loop=True)
 
     async def handle(number: int, name: str, args: tuple[Any, ...], kwargs: Any) -> None:
         try:

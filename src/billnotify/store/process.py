@@ -16,7 +16,8 @@ the service dies however it dies; ``multiprocessing`` connections block the loop
 its managers run one call at a time, and RPC libraries need a socket and a server.
 
 What stays the same: every call is one store call, run in the order the calls were made
-(the child starts them in arrival order, and its store thread runs them in that order),
+(the child starts them in arrival order, and its store runs them in that order, on the
+child's loop: ``SqliteStore(on_loop=True)``, no thread there),
 and a write has committed before its caller resumes. What the child adds:
 
 - it ignores SIGINT and SIGTERM (a signal to the whole process group is the parent's to
@@ -152,11 +153,14 @@ class ProcessStore:
 
     async def dirty_snapshots(self, limit: int = 500) -> list[Snapshot]:
         """Snapshots whose retained state has not been published since they changed."""
-        return await self._call(SqliteStore.dirty_snapshots, limit)
+        rows = await self._call(SqliteStore.dirty_snapshot_rows, limit)
+        return [SqliteStore._snapshot(row) for row in rows]
 
     async def clear_dirty(self, snapshots: Sequence[Snapshot]) -> None:
-        """Unmark published snapshots unless they were rewritten meanwhile."""
-        await self._call(SqliteStore.clear_dirty, list(snapshots))
+        """Unmark published snapshots unless they were rewritten meanwhile (their keys
+        cross the pipe, not their records)."""
+        keys = [(s.source, s.entity, s.id, s.version) for s in snapshots]
+        await self._call(SqliteStore.clear_dirty_keys, keys)
 
     async def get_cursor(self, source: str, resource: str) -> str | None:
         """A resource's poll cursor."""
@@ -442,6 +446,10 @@ class ProcessStore:
     async def get_digest(self, flush_id: str) -> str | None:
         """The digest (JSON) a flush's deliveries carry."""
         return await self._call(SqliteStore.get_digest, flush_id)
+
+    async def count_groups(self) -> tuple[int, int]:
+        """Open groups, and members not flushed yet."""
+        return await self._call(SqliteStore.count_groups)
 
     # -- holds -----------------------------------------------------------------------
     async def defer_delivery(

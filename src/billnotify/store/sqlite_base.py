@@ -6,13 +6,14 @@ update + event append + cursor advance" either all happen or none do, whatever k
 process, and a read (a trip of its own) never sees the inside of a transaction. One trip
 per transaction, not one per statement, keeps a busy event loop from stretching a
 transaction (and everything queued behind it) by a loop iteration per statement.
-The thread, and its group commit, are in ``sqlite_thread.py``.
+The thread, and its group commit, are in ``sqlite_thread.py``; a process that does
+nothing but the store (the store's child) runs the same calls on its event loop instead
+(``on_loop=True``: ``LoopRunner``, no thread and no hand-off back to the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -21,11 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from billnotify import jsontext
 from billnotify.errors import StoreError
 from billnotify.store import state_file
 from billnotify.store.records import Lease, default_instance, fenced
 from billnotify.store.schema import SCHEMA, SCHEMA_VERSION, UPGRADES
-from billnotify.store.sqlite_thread import StoreThread
+from billnotify.store.sqlite_thread import LoopRunner, StoreThread
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def _json_rows(
     (text,) = db.execute(
         f"SELECT json_group_array(json_array({columns})) FROM ({sql})", tuple(params)
     ).fetchone()
-    rows: list[list[Any]] = json.loads(text)
+    rows: list[list[Any]] = jsontext.loads(text)
     return rows
 
 
@@ -101,7 +103,7 @@ def _rows_with_text(
         f"group_concat(coalesce({text}, ''), ?) FROM ({sql})",
         (_SEPARATOR, *params),
     ).fetchone()
-    rows: list[list[Any]] = json.loads(rows_json)
+    rows: list[list[Any]] = jsontext.loads(rows_json)
     if not rows:
         return []
     parts = texts.split(_SEPARATOR)
@@ -142,15 +144,20 @@ class SqliteBase:
         path: the database file (created with its folder if missing), or ``":memory:"``.
         instance: this process's name, recorded on the deliveries it starts (default
             ``hostname-pid``).
+        on_loop: run the SQLite work on the event loop's thread (:class:`LoopRunner`),
+            for a process that does nothing but the store; default its own thread.
     """
 
-    def __init__(self, path: str | Path, instance: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, instance: str | None = None, *, on_loop: bool = False
+    ) -> None:
         self.path = path
         self.instance = instance or default_instance()
+        self._on_loop = on_loop
         self.appended = asyncio.Condition()
         self.due_changed = asyncio.Condition()
         self._conn: sqlite3.Connection | None = None
-        self._thread: StoreThread | None = None
+        self._thread: StoreThread | LoopRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
@@ -161,7 +168,7 @@ class SqliteBase:
             StoreError: the file cannot be opened, or is not a billnotify state (see
                 :mod:`billnotify.store.state_file`).
         """
-        self._thread = StoreThread(self._idle)
+        self._thread = LoopRunner(self._idle) if self._on_loop else StoreThread(self._idle)
         self._thread.start()
         try:
             self._conn = await self._call(self._connect)

@@ -11,11 +11,20 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from billnotify import jsontext
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.records import Lease, LogEntry, Snapshot, SnapshotWrite, StoredEvent
-from billnotify.store.sqlite_base import SqliteBase, _dt, _now, _rows_with_text, _ts
+from billnotify.store.sqlite_base import (
+    _ROWS,
+    SqliteBase,
+    _dt,
+    _now,
+    _rows_with_text,
+    _ts,
+    _values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +96,8 @@ class LogTables(SqliteBase):
             source=source,
             entity=entity,
             id=id_,
-            record=json.loads(record),
-            marks=frozenset(json.loads(marks)),
+            record=jsontext.loads(record),
+            marks=frozenset(jsontext.loads(marks)),
             due_at=_dt(due_at),
             version=version,
         )
@@ -152,23 +161,40 @@ class LogTables(SqliteBase):
 
     async def dirty_snapshots(self, limit: int = 500) -> list[Snapshot]:
         """Snapshots whose retained state has not been published since they changed."""
-        rows = await self._fetch(
+        return [self._snapshot(r) for r in await self.dirty_snapshot_rows(limit)]
+
+    async def dirty_snapshot_rows(self, limit: int = 500) -> list[tuple[Any, ...]]:
+        """:meth:`dirty_snapshots` as rows, not parsed (see :meth:`snapshot_rows`)."""
+        return await self._fetch(
             f"SELECT {self._SNAP_COLS} FROM snapshots WHERE dirty = 1 LIMIT ?", (limit,)
         )
-        return [self._snapshot(r) for r in rows]
 
     async def clear_dirty(self, snapshots: Sequence[Snapshot]) -> None:
         """Unmark published snapshots unless they were rewritten meanwhile."""
-        if not snapshots:
+        await self.clear_dirty_keys([(s.source, s.entity, s.id, s.version) for s in snapshots])
+
+    async def clear_dirty_keys(self, keys: Sequence[tuple[str, str, str, int]]) -> None:
+        """:meth:`clear_dirty` by (source, entity, id, version): what a
+        :class:`~billnotify.store.process.ProcessStore` sends, not the records.
+
+        One ``UPDATE ... FROM (VALUES ...)`` per :data:`_ROWS` keys (SQLite 3.33): about
+        half the cost of a statement per key.
+        """
+        if not keys:
             return
-        rows = [(s.source, s.entity, s.id, s.version) for s in snapshots]
-        await self._write(
-            lambda db: db.executemany(
-                "UPDATE snapshots SET dirty = 0 "
-                "WHERE source = ? AND entity = ? AND id = ? AND version = ?",
-                rows,
-            )
-        )
+
+        def work(db: sqlite3.Connection) -> None:
+            for start in range(0, len(keys), _ROWS):
+                chunk = keys[start : start + _ROWS]
+                db.execute(
+                    "UPDATE snapshots SET dirty = 0 "
+                    f"FROM (VALUES {_values(4, len(chunk))}) AS k "
+                    "WHERE snapshots.source = k.column1 AND snapshots.entity = k.column2 "
+                    "AND snapshots.id = k.column3 AND snapshots.version = k.column4",
+                    [value for key in chunk for value in key],
+                )
+
+        await self._write(work)
 
     async def get_cursor(self, source: str, resource: str) -> str | None:
         """A resource's poll cursor."""

@@ -170,3 +170,84 @@ def _settle(outcomes: list[_Done]) -> None:
             call.future.set_exception(error)
         else:
             call.future.set_result(result)
+
+
+class LoopRunner:
+    """:class:`StoreThread`'s calls run on the event loop's own thread instead: for a
+    process that does nothing but the store (the store's child, ``store/child.py``).
+
+    There a thread only costs: each result crosses back to the loop with a wake-up
+    (``call_soon_threadsafe``, a write to the loop's self-pipe and a ``select``), and the
+    two threads hand the interpreter lock to each other once per statement, for nothing
+    the loop could do meanwhile but read the next calls. Here the calls made in one turn
+    of the loop are run together in a callback of the next (writes queued together still
+    share a transaction), and their futures are settled in order on the spot. The same
+    interface as :class:`StoreThread`; ``on_idle`` runs on the loop after a write once no
+    call came for :data:`_IDLE` seconds.
+    """
+
+    def __init__(self, on_idle: Callable[[], bool] | None = None) -> None:
+        self._calls: list[_Call] = []
+        self._on_idle = on_idle
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Nothing to start: calls run on the loop of whoever makes them."""
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn``; it runs in the loop's next turn."""
+        return self._queue(fn, None)
+
+    def write(
+        self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]
+    ) -> asyncio.Future[T]:
+        """Queue ``work`` to run in a transaction (see the module docstring)."""
+        return self._queue(work, db)
+
+    def stop(self) -> None:
+        """No more idle work; calls already queued still run."""
+        self._on_idle = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _queue(self, fn: Callable[..., Any], db: sqlite3.Connection | None) -> asyncio.Future[Any]:
+        loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._calls:
+            loop.call_soon(self._run)
+        self._calls.append(_Call(loop, future, fn, db))
+        return future
+
+    def _run(self) -> None:
+        calls, self._calls = self._calls, []
+        wrote = False
+        at = 0
+        while at < len(calls):
+            item = calls[at]
+            if item.db is None:
+                _settle([_run_call(item)])
+                at += 1
+                continue
+            end = at + 1
+            while end < len(calls) and end - at < _GROUP and calls[end].db is item.db:
+                end += 1
+            _settle(_transact(item.db, calls[at:end]))
+            wrote = True
+            at = end
+        assert self._loop is not None
+        self._last = self._loop.time()
+        if wrote and self._on_idle is not None and self._idle_timer is None:
+            self._idle_timer = self._loop.call_later(_IDLE, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self._on_idle is None or self._loop is None:
+            return
+        quiet = self._loop.time() - self._last
+        if self._calls or quiet < _IDLE:  # a call came meanwhile: wait from the last
+            self._idle_timer = self._loop.call_later(max(_IDLE - quiet, 0.05), self._idle)
+        elif not self._on_idle():
+            self._idle_timer = self._loop.call_later(_IDLE, self._idle)

@@ -1,0 +1,47 @@
+"""``jsontext.loads`` (orjson on the hot paths) gives what ``json.loads`` gives, value and
+error alike, including where orjson alone would not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from billnotify.jsontext import loads
+
+TEXTS = [
+    '{"id":"t1","status":"Pending","amount":12.5,"tags":["a","é"],"n":null,"ok":true}',
+    "123456789012345678901234567890",  # beyond 64 bits: orjson would give a float
+    '{"amount": 18446744073709551616}',
+    '{"id": "00000000000000000000001"}',  # 20 digits in a string: json.loads decides
+    "1e400",
+    "NaN",
+    "-Infinity",
+    '"\\ud800"',  # a lone surrogate
+    '{"a": 1, "a": 2}',
+    "[1.0, -0.0, 0.1, 1e-07, 1e16]",
+    '"\\u2028\\u0000"',
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_the_value_is_what_json_loads_gives(text: str, kind: type) -> None:
+    data = text.encode() if kind is bytes else text
+    expected = json.loads(data)
+    got = loads(data)
+    assert repr(got) == repr(expected)
+    assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"\xff\xfe", "not json", b"[1,]"])
+def test_what_is_not_json_raises_a_value_error(data: bytes | str) -> None:
+    with pytest.raises(ValueError):
+        json.loads(data)
+    with pytest.raises(ValueError):
+        loads(data)
+
+
+def test_a_utf8_bom_is_read_as_json_loads_reads_it() -> None:
+    data = b'\xef\xbb\xbf{"a": 1}'
+    assert loads(data) == json.loads(data)
