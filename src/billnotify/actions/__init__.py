@@ -23,6 +23,7 @@ from billnotify.actions.email import EmailExecutor
 from billnotify.actions.invoice_action import InvoiceActionExecutor
 from billnotify.actions.mqtt import MqttExecutor
 from billnotify.actions.webhook import WebhookExecutor
+from billnotify.config.action_templates import strings_in
 from billnotify.config.models import (
     Config,
     EmailAction,
@@ -104,7 +105,7 @@ def check_actions(config: Config, templates: TemplateRenderer) -> list[str]:
                     problems.append(f"{where}: an mqtt action needs [mqtt] enabled")
                 scan(where, strings=[action.topic, action.payload])
             elif isinstance(action, InvoiceActionAction):
-                scan(f"{where}.params", strings=_strings(action.params))
+                scan(f"{where}.params", strings=strings_in(action.params))
     return problems
 
 
@@ -116,16 +117,6 @@ if TYPE_CHECKING:
     ) -> tuple[InvoiceClient, DocumentClient]:
         # mypy proves here that the real clients satisfy the protocols the actions use
         return billing, prop
-
-
-def _strings(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [s for item in value for s in _strings(item)]
-    if isinstance(value, dict):
-        return [s for item in value.values() for s in _strings(item)]
-    return []
 
 
 __all__ = [

@@ -16,6 +16,8 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
+from billnotify.config.action_templates import action_template_texts
+
 SINGLE_ONLY = frozenset({"object", "previous", "changed"})
 """Names of one event's context that a digest leaves empty."""
 
@@ -29,7 +31,7 @@ def digest_template_warnings(rules: Sequence[Any], folders: Sequence[Path]) -> l
     warnings: list[str] = []
     for r, rule in enumerate(rules):
         for a, action in enumerate(rule.actions):
-            names = _names(env, _texts(action, folders))
+            names = _names(env, action_template_texts(action, folders))
             if (
                 rule.grouped
                 and (wrong := sorted(names & SINGLE_ONLY))
@@ -57,30 +59,3 @@ def _names(env: jinja2.Environment, texts: Iterable[str]) -> set[str]:
         except jinja2.TemplateSyntaxError:
             continue  # reported as an error by the template check
     return names
-
-
-def _texts(action: Any, folders: Sequence[Path]) -> list[str]:
-    """The text of every template an action renders: its inline strings and files."""
-    texts = [s for s in _strings(action.model_dump()) if "{" in s]
-    files: list[str] = []
-    if action.type == "email":
-        files = [f"{action.template}.{part}.j2" for part in ("subject", "txt", "html")]
-    elif action.type == "webhook" and action.body:
-        files = [action.body if action.body.endswith(".j2") else f"{action.body}.j2"]
-    for name in files:
-        for folder in folders:
-            path = Path(folder) / name
-            if path.is_file():
-                texts.append(path.read_text(encoding="utf-8", errors="replace"))
-                break
-    return texts
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []

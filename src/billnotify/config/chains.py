@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from billnotify.config.action_templates import action_template_texts
+
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 """An action id is a plain name, so that ``results.<id>`` reads in a template."""
 
@@ -100,8 +102,7 @@ def results_warnings(rules: Sequence[Any], folders: Sequence[Path]) -> list[str]
     warnings: list[str] = []
     for r, rule in enumerate(rules):
         for a, action in enumerate(rule.actions):
-            texts = _template_texts(action, folders)
-            used = results_referenced(texts)
+            used = results_referenced(action_template_texts(action, folders))
             if not used:
                 continue
             reachable = {rule.actions[i].id for i in chain_of(rule.actions, a)}
@@ -112,30 +113,3 @@ def results_warnings(rules: Sequence[Any], folders: Sequence[Path]) -> list[str]
                     "chain leading there); the template will fail"
                 )
     return warnings
-
-
-def _template_texts(action: Any, folders: Sequence[Path]) -> list[str]:
-    """The text of every template an action renders: inline strings and files."""
-    texts = [s for s in _strings(action.model_dump()) if "results" in s]
-    files: list[str] = []
-    if action.type == "email":
-        files = [f"{action.template}.{part}.j2" for part in ("subject", "txt", "html")]
-    elif action.type == "webhook" and action.body:
-        files = [action.body if action.body.endswith(".j2") else f"{action.body}.j2"]
-    for name in files:
-        for folder in folders:
-            path = Path(folder) / name
-            if path.is_file():
-                texts.append(path.read_text(encoding="utf-8", errors="replace"))
-                break
-    return texts
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [s for item in value for s in _strings(item)]
-    if isinstance(value, dict):
-        return [s for item in value.values() for s in _strings(item)]
-    return []

@@ -9,7 +9,6 @@ from datetime import datetime
 from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.memory_ledger import LedgerTables
 from billnotify.store.memory_log import _utc
-from billnotify.store.records import Delivery
 
 
 @dataclass(slots=True)
@@ -101,31 +100,16 @@ class GroupTables(LedgerTables):
             group.flushes += 1
             if flush.next_flush_at is not None:
                 group.flush_at = _utc(flush.next_flush_at) or flush.next_flush_at
-        rows, inserted = self._rows(), 0
-        for d in flush.deliveries:
-            if d.id in rows:
-                continue
-            rows[d.id] = Delivery(
-                id=d.id,
-                rule=d.rule,
-                action_index=d.action_index,
-                action_type=d.action_type,
-                event_id=d.event_id,
-                event_seq=d.event_seq,
-                exactly_once=d.exactly_once,
-                target=d.target,
-                status=d.status,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
-                next_attempt_at=_utc(d.next_attempt_at) or now,
-            )
-            if d.id in flush.rendered:
-                self._ledger.rendered[d.id] = flush.rendered[d.id]
-            inserted += 1
+        inserted = self._insert(flush.deliveries, now, flush.rendered)
         if inserted:
             await self._wake(self.due_changed)
         return inserted
+
+    async def count_groups(self) -> tuple[int, int]:
+        """Open groups, and members not flushed yet."""
+        self._live()
+        waiting = sum(1 for _, _, flushed in self._groups.members.values() if flushed is None)
+        return len(self._groups.groups), waiting
 
     async def get_digest(self, flush_id: str) -> str | None:
         """The digest (JSON) a flush's deliveries carry."""

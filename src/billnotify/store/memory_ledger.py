@@ -65,6 +65,17 @@ class LedgerTables(MemoryBase):
         rendered: Mapping[str, str] | None = None,
     ) -> int:
         """Insert new deliveries and advance ``consumer`` at once."""
+        inserted = self._insert(deliveries, now, rendered or {})
+        self._log.positions[consumer] = position
+        if inserted:
+            await self._wake(self.due_changed)
+        return inserted
+
+    def _insert(
+        self, deliveries: Sequence[NewDelivery], now: datetime, rendered: Mapping[str, str]
+    ) -> int:
+        """Insert new deliveries, each with its rendered summary if any; one whose id is
+        there already stays as it is. How many were new."""
         rows, now = self._rows(), _utc(now) or now
         inserted = 0
         for d in deliveries:
@@ -85,12 +96,9 @@ class LedgerTables(MemoryBase):
                 updated_at=now,
                 next_attempt_at=_utc(d.next_attempt_at) or now,
             )
-            if rendered and d.id in rendered:
+            if d.id in rendered:
                 self._ledger.rendered[d.id] = rendered[d.id]
             inserted += 1
-        self._log.positions[consumer] = position
-        if inserted:
-            await self._wake(self.due_changed)
         return inserted
 
     async def get_rendered(self, delivery_id: str) -> str | None:

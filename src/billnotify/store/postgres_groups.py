@@ -9,6 +9,7 @@ from datetime import datetime
 
 from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.postgres_base import DUE_CHANNEL, PgBase, affected
+from billnotify.store.postgres_ledger import insert_deliveries
 
 
 class GroupTables(PgBase):
@@ -119,35 +120,20 @@ class GroupTables(PgBase):
                 flush.rule,
                 flush.key,
             )
-            status = await conn.execute(
-                "INSERT INTO deliveries (id, rule, action_index, action_type, event_id, "
-                "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
-                "updated_at, rendered) SELECT v.id, v.rule, v.action_index, v.action_type, "
-                "v.event_id, v.event_seq, v.exactly_once, v.target, v.status, "
-                "coalesce(v.next_attempt_at, $11), $11, $11, v.rendered FROM unnest("
-                "$1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], "
-                "$7::bool[], $8::text[], $9::text[], $10::timestamptz[], $12::text[]) AS v "
-                "(id, rule, action_index, action_type, event_id, event_seq, exactly_once, "
-                "target, status, next_attempt_at, rendered) ON CONFLICT (id) DO NOTHING",
-                [d.id for d in deliveries],
-                [d.rule for d in deliveries],
-                [d.action_index for d in deliveries],
-                [d.action_type for d in deliveries],
-                [d.event_id for d in deliveries],
-                [d.event_seq for d in deliveries],
-                [d.exactly_once for d in deliveries],
-                [d.target for d in deliveries],
-                [d.status.value for d in deliveries],
-                [d.next_attempt_at for d in deliveries],
-                now,
-                [flush.rendered.get(d.id) for d in deliveries],
-            )
-            inserted = affected(status)
+            inserted = await insert_deliveries(conn, deliveries, now, flush.rendered)
             if inserted:
                 await self._notify(conn, DUE_CHANNEL)
         if inserted:
             await self._wake_local(self.due_changed)
         return inserted
+
+    async def count_groups(self) -> tuple[int, int]:
+        """Open groups, and members not flushed yet."""
+        rows = await self._fetch(
+            "SELECT (SELECT count(*) FROM rule_groups) AS open, "
+            "(SELECT count(*) FROM group_members WHERE flush_id IS NULL) AS waiting"
+        )
+        return int(rows[0]["open"]), int(rows[0]["waiting"])
 
     async def get_digest(self, flush_id: str) -> str | None:
         """The digest (JSON) a flush's deliveries carry."""

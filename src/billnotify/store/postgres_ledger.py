@@ -58,33 +58,9 @@ class LedgerTables(DeliveryTables):
         rendered: Mapping[str, str] | None = None,
     ) -> int:
         """Insert new deliveries and advance ``consumer`` in one transaction."""
-        notes = rendered or {}
         async with self._transaction() as conn:
-            status = await conn.execute(
-                "INSERT INTO deliveries (id, rule, action_index, action_type, event_id, "
-                "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
-                "updated_at, rendered) SELECT v.id, v.rule, v.action_index, v.action_type, "
-                "v.event_id, v.event_seq, v.exactly_once, v.target, v.status, "
-                "coalesce(v.next_attempt_at, $11), $11, $11, v.rendered FROM unnest("
-                "$1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], "
-                "$7::bool[], $8::text[], $9::text[], $10::timestamptz[], $12::text[]) AS v "
-                "(id, rule, action_index, action_type, event_id, event_seq, exactly_once, "
-                "target, status, next_attempt_at, rendered) ON CONFLICT (id) DO NOTHING",
-                [d.id for d in deliveries],
-                [d.rule for d in deliveries],
-                [d.action_index for d in deliveries],
-                [d.action_type for d in deliveries],
-                [d.event_id for d in deliveries],
-                [d.event_seq for d in deliveries],
-                [d.exactly_once for d in deliveries],
-                [d.target for d in deliveries],
-                [d.status.value for d in deliveries],
-                [d.next_attempt_at for d in deliveries],
-                now,
-                [notes.get(d.id) for d in deliveries],
-            )
+            inserted = await insert_deliveries(conn, deliveries, now, rendered or {})
             await self._set_position(conn, consumer, position)
-            inserted = affected(status)
             if inserted:
                 await self._notify(conn, DUE_CHANNEL)
         if inserted:
@@ -300,3 +276,35 @@ class LedgerTables(DeliveryTables):
         if len(rows) > uncertain:
             await self._wake_local(self.due_changed)
         return uncertain, len(rows) - uncertain
+
+
+async def insert_deliveries(
+    conn: Any, deliveries: Sequence[NewDelivery], now: datetime, rendered: Mapping[str, str]
+) -> int:
+    """Insert new deliveries on ``conn`` (in the caller's transaction), each with its
+    rendered summary if any; one whose id is there already stays as it is. How many
+    were new."""
+    status = await conn.execute(
+        "INSERT INTO deliveries (id, rule, action_index, action_type, event_id, "
+        "event_seq, exactly_once, target, status, next_attempt_at, created_at, "
+        "updated_at, rendered) SELECT v.id, v.rule, v.action_index, v.action_type, "
+        "v.event_id, v.event_seq, v.exactly_once, v.target, v.status, "
+        "coalesce(v.next_attempt_at, $11), $11, $11, v.rendered FROM unnest("
+        "$1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], "
+        "$7::bool[], $8::text[], $9::text[], $10::timestamptz[], $12::text[]) AS v "
+        "(id, rule, action_index, action_type, event_id, event_seq, exactly_once, "
+        "target, status, next_attempt_at, rendered) ON CONFLICT (id) DO NOTHING",
+        [d.id for d in deliveries],
+        [d.rule for d in deliveries],
+        [d.action_index for d in deliveries],
+        [d.action_type for d in deliveries],
+        [d.event_id for d in deliveries],
+        [d.event_seq for d in deliveries],
+        [d.exactly_once for d in deliveries],
+        [d.target for d in deliveries],
+        [d.status.value for d in deliveries],
+        [d.next_attempt_at for d in deliveries],
+        now,
+        [rendered.get(d.id) for d in deliveries],
+    )
+    return affected(status)

@@ -15,6 +15,7 @@ from datetime import datetime
 from billnotify.errors import StoreError
 from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.sqlite_base import SqliteBase, _dt, _ts
+from billnotify.store.sqlite_ledger import delivery_chunks, insert_deliveries
 
 
 class GroupTables(SqliteBase):
@@ -82,24 +83,7 @@ class GroupTables(SqliteBase):
     async def flush_group(self, flush: GroupFlush, now: datetime) -> int:
         """Write one flush (or close the group); returns how many deliveries were new."""
         ts = now.timestamp()
-        deliveries = [
-            (
-                d.id,
-                d.rule,
-                d.action_index,
-                d.action_type,
-                d.event_id,
-                d.event_seq,
-                int(d.exactly_once),
-                d.target,
-                d.status.value,
-                _ts(d.next_attempt_at) if d.next_attempt_at else ts,
-                ts,
-                ts,
-                flush.rendered.get(d.id),
-            )
-            for d in flush.deliveries
-        ]
+        delivery_rows = delivery_chunks(flush.deliveries, now, flush.rendered)
         members = [(flush.id, flush.rule, event_id) for event_id in flush.event_ids]
         next_at = _ts(flush.next_flush_at)
 
@@ -128,14 +112,7 @@ class GroupTables(SqliteBase):
                 "WHERE rule = ? AND key = ?",
                 (next_at, flush.rule, flush.key),
             )
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, "
-                "event_id, event_seq, exactly_once, target, status, next_attempt_at, "
-                "created_at, updated_at, rendered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                deliveries,
-            )
-            return db.total_changes - before
+            return insert_deliveries(db, delivery_rows)
 
         if flush.id is None:
             return await self._write(close)
@@ -143,6 +120,14 @@ class GroupTables(SqliteBase):
         if inserted:
             await self._wake(self.due_changed)
         return inserted
+
+    async def count_groups(self) -> tuple[int, int]:
+        """Open groups, and members not flushed yet (the partial index of open members)."""
+        rows = await self._fetch(
+            "SELECT (SELECT count(*) FROM rule_groups), "
+            "(SELECT count(*) FROM group_members WHERE flush_id IS NULL)"
+        )
+        return int(rows[0][0]), int(rows[0][1])
 
     async def get_digest(self, flush_id: str) -> str | None:
         """The digest (JSON) a flush's deliveries carry."""

@@ -55,42 +55,11 @@ class LedgerTables(SqliteBase):
         Args:
             rendered: optional delivery id -> JSON of what would be sent (dry runs).
         """
-        ts = now.timestamp()
-        notes = rendered or {}
         # the rows are made here, on the loop: the store's thread only runs statements
-        chunks = []
-        for start in range(0, len(deliveries), _ROWS):
-            chunk = deliveries[start : start + _ROWS]
-            values: list[Any] = []
-            for d in chunk:
-                id_ = d.id
-                values += (
-                    id_,
-                    d.rule,
-                    d.action_index,
-                    d.action_type,
-                    d.event_id,
-                    d.event_seq,
-                    int(d.exactly_once),
-                    d.target,
-                    d.status.value,
-                    _ts(d.next_attempt_at) if d.next_attempt_at else ts,
-                    ts,
-                    ts,
-                    notes.get(id_),
-                )
-            chunks.append((_values(13, len(chunk)), values))
+        chunks = delivery_chunks(deliveries, now, rendered or {})
 
         def work(db: sqlite3.Connection) -> int:
-            before = db.total_changes
-            for marks, values in chunks:
-                db.execute(
-                    "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, "
-                    "event_id, event_seq, exactly_once, target, status, next_attempt_at, "
-                    f"created_at, updated_at, rendered) VALUES {marks}",
-                    values,
-                )
-            inserted = db.total_changes - before
+            inserted = insert_deliveries(db, chunks)
             self._set_position(db, consumer, position)
             return inserted
 
@@ -372,3 +341,48 @@ class LedgerTables(SqliteBase):
         """What a dry-run delivery would have sent (JSON), if recorded."""
         rows = await self._fetch("SELECT rendered FROM deliveries WHERE id = ?", (delivery_id,))
         return rows[0][0] if rows else None
+
+
+def delivery_chunks(
+    deliveries: Sequence[NewDelivery], now: datetime, rendered: Mapping[str, str]
+) -> list[tuple[str, list[Any]]]:
+    """The rows of new deliveries for :func:`insert_deliveries`, as (placeholders,
+    values) of up to ``_ROWS`` rows each, with each one's rendered summary if any."""
+    ts = now.timestamp()
+    chunks = []
+    for start in range(0, len(deliveries), _ROWS):
+        chunk = deliveries[start : start + _ROWS]
+        values: list[Any] = []
+        for d in chunk:
+            id_ = d.id
+            values += (
+                id_,
+                d.rule,
+                d.action_index,
+                d.action_type,
+                d.event_id,
+                d.event_seq,
+                int(d.exactly_once),
+                d.target,
+                d.status.value,
+                _ts(d.next_attempt_at) if d.next_attempt_at else ts,
+                ts,
+                ts,
+                rendered.get(id_),
+            )
+        chunks.append((_values(13, len(chunk)), values))
+    return chunks
+
+
+def insert_deliveries(db: sqlite3.Connection, chunks: list[tuple[str, list[Any]]]) -> int:
+    """Insert the rows of :func:`delivery_chunks` (in the caller's transaction); one whose
+    id is there already stays as it is. How many were new."""
+    before = db.total_changes
+    for marks, values in chunks:
+        db.execute(
+            "INSERT OR IGNORE INTO deliveries (id, rule, action_index, action_type, "
+            "event_id, event_seq, exactly_once, target, status, next_attempt_at, "
+            f"created_at, updated_at, rendered) VALUES {marks}",
+            values,
+        )
+    return db.total_changes - before
