@@ -95,3 +95,14 @@ class GroupsContract:
         assert await backend.next_group_flush_at() == later
         due = await backend.due_groups(later)
         assert [(g.flushes, g.members) for g in due] == [(0, (("e3", 3),))]
+
+    async def test_open_groups_and_waiting_members_are_counted(self, backend: Store) -> None:
+        assert await backend.count_groups() == (0, 0)
+        await backend.add_group_members(
+            [member("e1", 1), member("e2", 2), member("e3", 3, "{}")], NOW
+        )
+        assert await backend.count_groups() == (2, 3)
+        await backend.flush_group(flush_of("grp_1", ("e1", "e2")), WAIT)
+        assert await backend.count_groups() == (2, 1)  # flushed, still open for its interval
+        await backend.flush_group(GroupFlush("digest", '{"source":"acme"}'), WAIT)
+        assert await backend.count_groups() == (1, 1)  # nothing new: closed

@@ -11,10 +11,14 @@ from pathlib import Path
 
 from billnotify.components import build_actions, build_rule_handler
 from billnotify.config import load_config
+from billnotify.simulator import Simulator
 from billnotify.store import SqliteStore
 from processes import cli
-from servers import Clock
+from servers import Clock, WebhookReceiver, sim_source
+from service_harness import running_service, until
 from test_groups_cli import CONFIG, NOW, _task
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 async def test_deliveries_show_prints_the_digest_of_a_grouped_delivery(tmp_path: Path) -> None:
@@ -58,3 +62,69 @@ async def test_deliveries_show_prints_the_digest_of_a_grouped_delivery(tmp_path:
         },
     ]
     assert {d["id"] for d in shown} == {e.event_id for e in emails}
+
+
+def _sample(text: str, name: str) -> float:
+    """One sample's value from the Prometheus text (``name`` with its labels)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not exported")
+
+
+async def test_metrics_show_open_groups_waiting_events_and_flushes(
+    tmp_path: Path, sim: Simulator, receiver: WebhookReceiver
+) -> None:
+    raw = {
+        "service": {"name": "groups", "state": "state.db", "http": "", "shutdown_grace": "5s"},
+        "mqtt": {"enabled": False},
+        "sources": [sim_source(sim, poll_interval="100ms", watch=["billing_tasks"])],
+        "webhooks": [
+            {"name": "ops", "url": receiver.url("/ok"), "secret": SECRET, "allow_private": True}
+        ],
+        "rules": [
+            {
+                "name": "failed-tasks-digest",
+                "on": ["billing_task.status_changed"],
+                "when": "event.data.object.status in ['Failed', 'Error']",
+                "group_by": ["object.billingTaskType"],
+                "group_wait": "1500ms",
+                "group_interval": "1h",
+                "actions": [{"type": "webhook", "endpoint": "ops"}],
+            }
+        ],
+    }
+    imports = [sim.state.add_billing_task(billingTaskType="Import CDRs")["id"] for _ in range(3)]
+    invoice = sim.state.add_billing_task(billingTaskType="Generate Invoice")["id"]
+    async with running_service(raw, tmp_path) as service:
+
+        async def scrape() -> str:
+            await service.refresh_metrics()  # what /metrics does before it renders
+            return service.metrics.render().decode()
+
+        text = await scrape()
+        assert _sample(text, "billnotify_groups_open") == 0
+        assert _sample(text, "billnotify_group_events_waiting") == 0
+        rule = 'billnotify_digest_flushes_total{rule="failed-tasks-digest"}'
+        assert _sample(text, rule) == 0
+        for rid in imports:
+            sim.state.update_billing_task(rid, status="Failed")
+        sim.state.update_billing_task(invoice, status="Error")
+
+        async def collected() -> str | None:
+            text = await scrape()
+            return text if _sample(text, "billnotify_group_events_waiting") == 4 else None
+
+        text = await until(collected, "4 events collected")
+        assert _sample(text, "billnotify_groups_open") == 2
+        assert _sample(text, rule) == 0 and not receiver.hits
+
+        async def flushed() -> str | None:
+            text = await scrape()
+            return text if _sample(text, rule) == 2 else None
+
+        text = await until(flushed, "both groups flushed")
+        # flushed, and open for their interval (an hour): nothing waits
+        assert _sample(text, "billnotify_group_events_waiting") == 0
+        assert _sample(text, "billnotify_groups_open") == 2
+        await until(lambda: len(receiver.hits) == 2, "two digests delivered")

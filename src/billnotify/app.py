@@ -135,6 +135,12 @@ class Service:
         m.oldest_pending.set((self.clock() - oldest).total_seconds() if oldest else 0)
         if self.worker is not None:
             m.count_holds(self.worker.held)
+        grouper = self.components.rules.grouper if self.components is not None else None
+        if grouper:  # grouped rules only: two counts, the members are not read
+            opened, waiting = await self.store.count_groups()
+            m.groups_open.set(opened)
+            m.group_events_waiting.set(waiting)
+            m.count_flushes(grouper.flushed)
 
     def _console(self) -> Callable[[web.Application], None] | None:
         """The console's routes, when it may be served (SPEC §7.4: a token, or loopback)."""

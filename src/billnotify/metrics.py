@@ -95,8 +95,25 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.groups_open = Gauge(
+            "billnotify_groups_open",
+            "Open groups of grouped rules (collecting events for a digest).",
+            registry=r,
+        )
+        self.group_events_waiting = Gauge(
+            "billnotify_group_events_waiting",
+            "Events collected into groups, waiting for their group's next flush.",
+            registry=r,
+        )
+        self.digest_flushes = Counter(
+            "billnotify_digest_flushes",
+            "Digests flushed by this process (one per group flush), by grouped rule.",
+            ["rule"],
+            registry=r,
+        )
         self._published = 0
         self._held: dict[str, int] = {}
+        self._flushed: dict[str, int] = {}
 
     def count_published(self, total: int) -> None:
         """Move the published-events counter up to the publisher's running ``total``."""
@@ -112,6 +129,15 @@ class Metrics:
             if total > seen:
                 counter.inc(total - seen)
                 self._held[reason] = total
+
+    def count_flushes(self, flushed: dict[str, int]) -> None:
+        """Move the digest flushes counter up to the grouper's running counts by rule."""
+        for rule, total in flushed.items():
+            seen = self._flushed.get(rule, 0)
+            counter = self.digest_flushes.labels(rule)  # every grouped rule, at 0 at first
+            if total > seen:
+                counter.inc(total - seen)
+                self._flushed[rule] = total
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

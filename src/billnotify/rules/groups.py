@@ -96,6 +96,8 @@ class Grouper:
 
     Attributes:
         flushes: flushes written since start; ``collected``: members collected.
+        flushed: flushes written since start by rule (every grouped rule, from 0), for
+            ``billnotify_digest_flushes_total``.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Grouper:
         self.role = role
         self.on_recorded = on_recorded
         self.flushes = 0
+        self.flushed = dict.fromkeys(self.rules, 0)
         self.collected = 0
         self.look_every = 1.0
         """Seconds between looks for due groups in a catch-up."""
@@ -204,6 +207,7 @@ class Grouper:
         )
         new = await self.store.flush_group(flush, now)
         self.flushes += 1
+        self.flushed[rule.name] = self.flushed.get(rule.name, 0) + 1
         logger.info(
             "rule %s: group %s flushed %d events as %s (%d deliveries)",
             rule.name,

@@ -391,6 +391,10 @@ class Groups(Digests, Protocol):
     async def next_group_flush_at(self) -> datetime | None:
         """When the next group is due to flush (None: no group is open)."""
 
+    async def count_groups(self) -> tuple[int, int]:
+        """(open groups, members waiting for their group's next flush): two counts, for
+        ``/metrics``, without reading the members."""
+
     async def flush_group(self, flush: GroupFlush, now: datetime) -> int:
         """Write a flush in one transaction (see :class:`GroupFlush`), or, when its
         ``id`` is None, close the group unless members arrived meanwhile. Returns how
