@@ -1,6 +1,7 @@
 """What a rate limit's turn costs behind a deep queue (SPEC §7.2).
 
-A fresh :class:`SqliteStore` (and the in-memory store) gets ``N`` deliveries queued
+A fresh :class:`SqliteStore` (and the in-memory store, and a :class:`PgStore` on a
+private PostgreSQL server where its binaries are found) gets ``N`` deliveries queued
 behind one ``5/s`` limit (each asks for a turn at the same instant and is given one in
 the future), then the clock moves to the first reserved turn and ``SAMPLE`` deliveries
 take their turns as they come, in order, plus ``SAMPLE`` new ones join the queue. The
@@ -13,12 +14,15 @@ Run: ``python -m bench turns`` (or ``python bench/bench_turns.py`` for the table
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from bench import BenchResult
+from bench import BenchResult, _postgres
 from billnotify.store import MemoryStore, SqliteStore
 from billnotify.store.base import Store
 
@@ -53,20 +57,34 @@ async def _measure(store: Store, depth: int) -> tuple[float, float, float]:
 async def run() -> list[BenchResult]:
     """One row per store and depth."""
     results: list[BenchResult] = []
-    for depth in DEPTHS:
-        with tempfile.TemporaryDirectory() as folder:
-            async with SqliteStore(Path(folder) / "state.db") as sqlite:
-                figures = {"sqlite": await _measure(sqlite, depth)}
-        async with MemoryStore() as memory:
-            figures["memory"] = await _measure(memory, depth)
-        for name, (queued, joined, went) in figures.items():
-            notes = f"{depth} queued at 5/s in {queued:.2f} s"
-            results.append(
-                BenchResult(f"turns.{name}.join_at_{depth}", joined * 1e3, "ms", notes=notes)
-            )
-            results.append(
-                BenchResult(f"turns.{name}.go_at_{depth}", went * 1e3, "ms", notes=notes)
-            )
+    with contextlib.ExitStack() as stack:
+        reason = _postgres.unavailable()
+        if reason:
+            print(f"  turns: the PostgreSQL rows are skipped: {reason}", file=sys.stderr)
+        server = None if reason else stack.enter_context(_postgres.private())
+        for depth in DEPTHS:
+            results += await _depth(depth, server)
+    return results
+
+
+async def _depth(depth: int, server: Any | None) -> list[BenchResult]:
+    results: list[BenchResult] = []
+    with tempfile.TemporaryDirectory() as folder:
+        async with SqliteStore(Path(folder) / "state.db") as sqlite:
+            figures = {"sqlite": await _measure(sqlite, depth)}
+    async with MemoryStore() as memory:
+        figures["memory"] = await _measure(memory, depth)
+    if server is not None:
+        from billnotify.store.postgres import PgStore  # asyncpg only where it is used
+
+        async with PgStore(server.database()) as pg:
+            figures["postgres"] = await _measure(pg, depth)
+    for name, (queued, joined, went) in figures.items():
+        notes = f"{depth} queued at 5/s in {queued:.2f} s"
+        results.append(
+            BenchResult(f"turns.{name}.join_at_{depth}", joined * 1e3, "ms", notes=notes)
+        )
+        results.append(BenchResult(f"turns.{name}.go_at_{depth}", went * 1e3, "ms", notes=notes))
     return results
 
 
