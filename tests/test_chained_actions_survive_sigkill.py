@@ -14,19 +14,17 @@ the email ``succeeded``, or ``uncertain`` when a kill cut its own request; nothi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from billnotify.simulator import Simulator
-from servers import PYTHON, SmtpSink, _Handler, sim_source, toml_config
+from processes import BillnotifyRun, count, query
+from servers import SmtpSink, _Handler, sim_source, toml_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(150)]
 
@@ -88,37 +86,6 @@ def _write_config(folder: Path, sim: Simulator, smtp_port: int) -> Path:
     return path
 
 
-def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
-    """Read the service's ledger (WAL: readers do not block the writer)."""
-    if not db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return list(conn.execute(sql).fetchall())
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return []
-
-
-async def _until(
-    predicate: Callable[[], bool],
-    what: str,
-    timeout: float,
-    proc: asyncio.subprocess.Process,
-    log: Path,
-) -> None:
-    """Wait for ``predicate`` with a deadline, failing early if the service died."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if proc.returncode is not None:
-            raise AssertionError(
-                f"billnotify exited ({proc.returncode}) waiting for {what}\n"
-                + log.read_text()[-3000:]
-            )
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {what}\n{log.read_text()[-3000:]}")
-        await asyncio.sleep(0.02)
-
-
 _WINDOW = (
     "SELECT count(*) FROM deliveries AS d JOIN deliveries AS p ON p.rule = d.rule "
     "AND p.event_id = d.event_id AND p.action_index = 0 "
@@ -135,51 +102,35 @@ async def test_sigkills_neither_lose_nor_repeat_a_chained_customer_email(tmp_pat
         async with Simulator() as sim:
             invoices = [sim.state.add_invoice(status=["Raised"]) for _ in range(INVOICES)]
             config = _write_config(tmp_path, sim, sink.port)
-            db, log = tmp_path / "state.db", tmp_path / "billnotify.log"
+            db = tmp_path / "state.db"
 
             def received() -> int:
                 return len(sink.messages)
 
-            async def start() -> asyncio.subprocess.Process:
-                with log.open("ab") as out:
-                    return await asyncio.create_subprocess_exec(
-                        PYTHON, "-m", "billnotify", "run", "-c", str(config),
-                        stdout=out, stderr=out, cwd=tmp_path,
-                    )  # fmt: skip
-
-            proc = await start()
-            kills, between = 0, []
-            try:
-                await _until(
+            between = []
+            async with BillnotifyRun(config) as service:
+                await service.start()
+                await service.until(
                     lambda: (
-                        _query(db, "SELECT count(*) FROM snapshots WHERE entity = 'invoice'")
+                        query(db, "SELECT count(*) FROM snapshots WHERE entity = 'invoice'")
                         == [(INVOICES,)]
                     ),
                     "the baseline of every invoice",
-                    30,
-                    proc,
-                    log,
                 )
                 for invoice in invoices:
                     sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
-                while kills < KILLS:
+                while service.kills < KILLS:
                     target = received() + MAILS_BETWEEN_KILLS
-                    await _until(
+                    await service.until(
                         lambda t=target: received() >= t,
-                        f"{target} emails before kill {kills + 1}",
-                        30,
-                        proc,
-                        log,
+                        f"{target} emails before kill {service.kills + 1}",
                     )
-                    proc.send_signal(signal.SIGKILL)
-                    await proc.wait()
-                    kills += 1
-                    window = _query(db, _WINDOW)
-                    between.append(int(str(window[0][0])) if window else 0)
-                    proc = await start()
+                    await service.kill()
+                    between.append(count(db, _WINDOW))
+                    await service.start()
 
                 def settled() -> bool:
-                    rows = _query(
+                    rows = query(
                         db, "SELECT action_index, status, count(*) FROM deliveries GROUP BY 1, 2"
                     )
                     links = {s: n for i, s, n in rows if i == 0}
@@ -187,21 +138,16 @@ async def test_sigkills_neither_lose_nor_repeat_a_chained_customer_email(tmp_pat
                     done = mails.get("succeeded", 0) + mails.get("uncertain", 0)
                     return links.get("succeeded") == INVOICES and done == INVOICES
 
-                await _until(settled, "every chain to settle", 60, proc, log)
-                proc.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(proc.wait(), 30) == 0
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+                await service.until(settled, "every chain to settle", 60)
+                assert await service.stop() == 0
             links = dict(sim.state.download_links)
     finally:
         sink.stop()
 
-    assert kills == KILLS
+    assert service.kills == KILLS
     print(f"chains between their link and their email at each kill: {between}")
     assert any(between), f"no kill landed between a link and its email: {between}"
-    rows = _query(db, "SELECT target, status, note FROM deliveries WHERE action_index = 1")
+    rows = query(db, "SELECT target, status, note FROM deliveries WHERE action_index = 1")
     status_of = {str(target): str(status) for target, status, _ in rows}
     assert {str(note) for *_, note in rows} == {"after link: succeeded"}
     got = Counter(to for message in sink.messages for to in message.rcpt_tos)
@@ -226,92 +172,72 @@ async def test_a_kill_right_after_the_links_success_leaves_emails_that_a_restart
     """The narrowest window, made on purpose: each link's success is committed, its
     email still ``waiting`` (the process died before moving it on). The next start's
     sweep moves every one on and each customer gets exactly one email with its link."""
-    count = 5
+    approved = 5
     sink = SmtpSink()
     sink.handler = sink.controller.handler = _Handler()
     async with Simulator() as sim:
-        invoices = [sim.state.add_invoice(status=["Raised"]) for _ in range(count)]
+        invoices = [sim.state.add_invoice(status=["Raised"]) for _ in range(approved)]
         config = _write_config(tmp_path, sim, sink.port)  # the sink is not listening yet
-        db, log = tmp_path / "state.db", tmp_path / "billnotify.log"
+        db = tmp_path / "state.db"
 
-        async def start() -> asyncio.subprocess.Process:
-            with log.open("ab") as out:
-                return await asyncio.create_subprocess_exec(
-                    PYTHON, "-m", "billnotify", "run", "-c", str(config),
-                    stdout=out, stderr=out, cwd=tmp_path,
-                )  # fmt: skip
-
-        proc = await start()
         try:
-            await _until(
-                lambda: _query(db, "SELECT count(*) FROM snapshots") == [(count,)],
-                "the baseline",
-                30,
-                proc,
-                log,
-            )
-            for invoice in invoices:
-                sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
-            # links made and kept; the emails could not connect (nothing sent), so they wait
-            await _until(
-                lambda: (
-                    _query(
-                        db,
-                        "SELECT count(*) FROM deliveries AS d JOIN delivery_results AS r "
-                        "ON r.delivery_id = d.id WHERE d.status = 'succeeded'",
-                    )
-                    == [(count,)]
-                    and _query(
-                        db,
-                        "SELECT count(*) FROM deliveries WHERE action_index = 1 "
-                        "AND status = 'retry_scheduled'",
-                    )
-                    == [(count,)]
-                ),
-                "links kept, emails refused by the closed SMTP port",
-                30,
-                proc,
-                log,
-            )
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            # what a kill between a link's commit and its email's move leaves behind
-            with contextlib.closing(sqlite3.connect(db)) as conn, conn:
-                conn.execute(
-                    "UPDATE deliveries SET status = 'waiting', attempts = 0, note = NULL, "
-                    "last_error = NULL WHERE action_index = 1"
+            async with BillnotifyRun(config) as service:
+                await service.start()
+                await service.until(
+                    lambda: query(db, "SELECT count(*) FROM snapshots") == [(approved,)],
+                    "the baseline",
                 )
-                conn.execute(
-                    "DELETE FROM attempts WHERE delivery_id IN "
-                    "(SELECT id FROM deliveries WHERE action_index = 1)"
+                for invoice in invoices:
+                    sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
+                # links made and kept; the emails could not connect (nothing sent), so they wait
+                await service.until(
+                    lambda: (
+                        count(
+                            db,
+                            "SELECT count(*) FROM deliveries AS d JOIN delivery_results AS r "
+                            "ON r.delivery_id = d.id WHERE d.status = 'succeeded'",
+                        )
+                        == approved
+                        and count(
+                            db,
+                            "SELECT count(*) FROM deliveries WHERE action_index = 1 "
+                            "AND status = 'retry_scheduled'",
+                        )
+                        == approved
+                    ),
+                    "links kept, emails refused by the closed SMTP port",
                 )
-            sink.start()
-            proc = await start()
-            await _until(
-                lambda: (
-                    _query(
-                        db,
-                        "SELECT count(*) FROM deliveries WHERE action_index = 1 "
-                        "AND status = 'succeeded'",
+                await service.kill()
+                # what a kill between a link's commit and its email's move leaves behind
+                with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+                    conn.execute(
+                        "UPDATE deliveries SET status = 'waiting', attempts = 0, note = NULL, "
+                        "last_error = NULL WHERE action_index = 1"
                     )
-                    == [(count,)]
-                ),
-                "every email sent after the restart",
-                30,
-                proc,
-                log,
-            )
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
+                    conn.execute(
+                        "DELETE FROM attempts WHERE delivery_id IN "
+                        "(SELECT id FROM deliveries WHERE action_index = 1)"
+                    )
+                sink.start()
+                await service.start()
+                await service.until(
+                    lambda: (
+                        count(
+                            db,
+                            "SELECT count(*) FROM deliveries WHERE action_index = 1 "
+                            "AND status = 'succeeded'",
+                        )
+                        == approved
+                    ),
+                    "every email sent after the restart",
+                )
+                assert await service.stop() == 0
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             sink.stop()
         links = dict(sim.state.download_links)
     got = Counter(to for message in sink.messages for to in message.rcpt_tos)
     assert got == Counter(f"customer-{invoice['id']}@example.com" for invoice in invoices)
-    assert len(links) == count  # the links were not made again
+    assert len(links) == approved  # the links were not made again
     for message in sink.messages:
         text = str(message.message.get_body(preferencelist=("plain",)).get_content())  # type: ignore[union-attr]
         found = re.fullmatch(r"Invoice (\S+): \S+/download/invoice/(\S+)", text.strip())

@@ -14,10 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +23,7 @@ import pytest
 
 from billnotify.simulator import Simulator
 from conftest import Mosquitto, Subscriber
+from processes import BillnotifyRun, query
 from servers import free_port, sim_source, toml_config
 
 SubscriberFactory = Callable[..., contextlib.AbstractAsyncContextManager[Subscriber]]
@@ -42,19 +39,9 @@ def sim_options() -> dict[str, Any]:
     return {"page_max": PAGE}
 
 
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return list(conn.execute(sql).fetchall())
-    except sqlite3.OperationalError:  # no schema yet
-        return []
-
-
 def _logged(db: Path, type_: str) -> list[tuple[str, str]]:
     """(event id, subject) of the logged events of one type, in log order."""
-    rows = _query(db, f"SELECT id, subject FROM events WHERE type = '{type_}' ORDER BY seq")
+    rows = query(db, f"SELECT id, subject FROM events WHERE type = '{type_}' ORDER BY seq")
     return [(str(i), str(s)) for i, s in rows]
 
 
@@ -96,39 +83,6 @@ class _Listings:
         return found[:count]
 
 
-class _Process:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "billnotify", "run", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-async def _until(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)
-    return value
-
-
 @pytest.mark.fault
 @pytest.mark.slow
 @pytest.mark.timeout(240)
@@ -163,59 +117,52 @@ async def test_sigkill_mid_reconcile_reports_each_deletion_once_and_nothing_else
     config.write_text(toml_config(raw))
     gone: list[str] = []  # really deleted on the platform
     created: list[str] = []
-    service = _Process(config)
-    async with mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub:
-        service.start()
-        try:
-            await _until(
-                lambda: _query(
-                    db, "SELECT 1 FROM cursors WHERE resource = 'reconcile:billing_tasks'"
-                ),
-                "the baseline and the reconcile's first due time",
-            )
-            sim.faults.add(TASKS, kind="slow", count=-1, delay=DELAY)
-            listings = _Listings(sim)
-            pages: list[int] = []
-            for round_, kill_at in enumerate(KILL_AT):
-                await listings.next_round()
-                # while the round lists: two tasks deleted, one created, one changed, and
-                # one deleted that comes back before any round can see it gone
-                doomed = [ids[3 + 7 * round_], ids[6 + 7 * round_]]
-                ghost = ids[5 + 7 * round_]
-                for rid in [*doomed, ghost]:
-                    sim.state.delete_record("billing_tasks", rid)
-                gone += doomed
-                created.append(str(sim.state.add_billing_task(status="Pending")["id"]))
-                sim.state.update_billing_task(ids[4 + 7 * round_], status="Running")
-                live = len(ids) - len(gone) - 1 + len(created)
-                total = -(-live // PAGE) + 1  # its pages and the closing empty one
-                made = await listings.requests(kill_at or total)
-                service.kill()
-                pages.append(len(made))
-                assert _logged(db, "billing_task.deleted") == [], f"round {round_}: committed"
-                sim.state.restore_record("billing_tasks", ghost)
-                service.start()
+    async with (
+        mqtt_subscriber(mosquitto, f"{mqtt_prefix}/events/#") as sub,
+        BillnotifyRun(config) as service,
+    ):
+        await service.start()
+        await service.until(
+            lambda: query(db, "SELECT 1 FROM cursors WHERE resource = 'reconcile:billing_tasks'"),
+            "the baseline and the reconcile's first due time",
+        )
+        sim.faults.add(TASKS, kind="slow", count=-1, delay=DELAY)
+        listings = _Listings(sim)
+        pages: list[int] = []
+        for round_, kill_at in enumerate(KILL_AT):
+            await listings.next_round()
+            # while the round lists: two tasks deleted, one created, one changed, and
+            # one deleted that comes back before any round can see it gone
+            doomed = [ids[3 + 7 * round_], ids[6 + 7 * round_]]
+            ghost = ids[5 + 7 * round_]
+            for rid in [*doomed, ghost]:
+                sim.state.delete_record("billing_tasks", rid)
+            gone += doomed
+            created.append(str(sim.state.add_billing_task(status="Pending")["id"]))
+            sim.state.update_billing_task(ids[4 + 7 * round_], status="Running")
+            live = len(ids) - len(gone) - 1 + len(created)
+            total = -(-live // PAGE) + 1  # its pages and the closing empty one
+            made = await listings.requests(kill_at or total)
+            await service.kill()
+            pages.append(len(made))
+            assert _logged(db, "billing_task.deleted") == [], f"round {round_}: committed"
+            sim.state.restore_record("billing_tasks", ghost)
+            await service.start()
 
-            # it runs to the end: every deletion is found, once
-            def all_logged() -> list[tuple[str, str]]:
-                found = _logged(db, "billing_task.deleted")
-                return found if len(found) >= len(gone) else []
+        # it runs to the end: every deletion is found, once
+        def all_logged() -> list[tuple[str, str]]:
+            found = _logged(db, "billing_task.deleted")
+            return found if len(found) >= len(gone) else []
 
-            await _until(all_logged, "every deletion in the log", timeout=60)
-            await sub.wait_for(
-                lambda messages: (
-                    len({m.topic.value for m in messages if _is_deleted(m)}) >= len(gone)
-                ),
-                timeout=30,
-            )
-            # two more complete rounds find nothing new
-            for _ in range(3):
-                await listings.next_round()
-            assert service.stop() == 0
-        finally:
-            if service.proc is not None and service.proc.poll() is None:
-                service.proc.kill()
-                service.proc.wait(10)
+        await service.until(all_logged, "every deletion in the log", timeout=60)
+        await sub.wait_for(
+            lambda messages: len({m.topic.value for m in messages if _is_deleted(m)}) >= len(gone),
+            timeout=30,
+        )
+        # two more complete rounds find nothing new
+        for _ in range(3):
+            await listings.next_round()
+        assert await service.stop() == 0
 
     logged = _logged(db, "billing_task.deleted")
     subjects = [subject for _, subject in logged]

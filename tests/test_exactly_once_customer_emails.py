@@ -15,12 +15,7 @@ to its own address, so the sink's records say what happened to each delivery.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-import sqlite3
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +23,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from billnotify.simulator import Simulator
-from servers import PYTHON, SmtpSink, _Handler, sim_source, toml_config
+from processes import BillnotifyRun, count, query
+from servers import SmtpSink, _Handler, sim_source, toml_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -102,38 +98,6 @@ def _write_config(folder: Path, sim: Simulator, smtp_port: int) -> Path:
     return path
 
 
-def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
-    """Read the service's ledger (WAL: readers do not block the writer)."""
-    if not db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return list(conn.execute(sql).fetchall())
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return []
-
-
-async def _until(
-    predicate: Callable[[], bool],
-    what: str,
-    timeout: float,
-    proc: asyncio.subprocess.Process,
-    log: Path,
-) -> None:
-    """Wait for ``predicate`` with a deadline, failing early if the service died."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if proc.returncode is not None:
-            tail = log.read_text()[-3000:]
-            raise AssertionError(
-                f"billnotify exited ({proc.returncode}) waiting for {what}\n{tail}"
-            )
-        if asyncio.get_running_loop().time() > deadline:
-            tail = log.read_text()[-3000:]
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
-        await asyncio.sleep(0.02)
-
-
 async def test_sigkills_leave_uncertain_only_customer_emails_that_were_in_flight(
     tmp_path: Path,
 ) -> None:
@@ -146,65 +110,46 @@ async def test_sigkills_leave_uncertain_only_customer_emails_that_were_in_flight
             invoices = [sim.state.add_invoice(status=["Raised"]) for _ in range(INVOICES)]
             addresses = {_address(invoice["id"]): invoice["id"] for invoice in invoices}
             config = _write_config(tmp_path, sim, sink.port)
-            db, log = tmp_path / "state.db", tmp_path / "billnotify.log"
+            db = tmp_path / "state.db"
 
             def received() -> Counter[str]:
                 return Counter(to for message in sink.messages for to in message.rcpt_tos)
 
-            async def start() -> asyncio.subprocess.Process:
-                with log.open("ab") as out:
-                    return await asyncio.create_subprocess_exec(
-                        PYTHON, "-m", "billnotify", "run", "-c", str(config),
-                        stdout=out, stderr=out, cwd=tmp_path,
-                    )  # fmt: skip
-
-            proc = await start()
-            kills, in_flight_at_kill = 0, []
-            try:
-                await _until(
+            in_flight_at_kill = []
+            async with BillnotifyRun(config) as service:
+                await service.start()
+                await service.until(
                     lambda: (
-                        _query(db, "SELECT count(*) FROM snapshots WHERE entity = 'invoice'")
+                        query(db, "SELECT count(*) FROM snapshots WHERE entity = 'invoice'")
                         == [(INVOICES,)]
                     ),
                     "the baseline of every invoice",
-                    30,
-                    proc,
-                    log,
                 )
                 for invoice in invoices:
                     sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
-                while kills < KILLS:
+                while service.kills < KILLS:
                     target = sum(received().values()) + MAILS_BETWEEN_KILLS
-                    await _until(
+                    await service.until(
                         lambda t=target: sum(received().values()) >= t,
-                        f"{target} emails before kill {kills + 1}",
-                        30,
-                        proc,
-                        log,
+                        f"{target} emails before kill {service.kills + 1}",
                     )
-                    proc.send_signal(signal.SIGKILL)
-                    await proc.wait()
-                    kills += 1
-                    sending = _query(db, "SELECT count(*) FROM deliveries WHERE status='sending'")
-                    in_flight_at_kill.append(sending[0][0] if sending else 0)
-                    proc = await start()
+                    await service.kill()
+                    in_flight_at_kill.append(
+                        count(db, "SELECT count(*) FROM deliveries WHERE status='sending'")
+                    )
+                    await service.start()
 
                 def settled() -> bool:
-                    rows = dict(_query(db, "SELECT status, count(*) FROM deliveries GROUP BY 1"))
+                    rows = dict(query(db, "SELECT status, count(*) FROM deliveries GROUP BY 1"))
                     done = rows.get("succeeded", 0) + rows.get("uncertain", 0)
                     return done == INVOICES == sum(rows.values())  # type: ignore[operator]
 
-                await _until(settled, "every delivery to settle", 40, proc, log)
-                proc.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(proc.wait(), 30) == 0
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+                await service.until(settled, "every delivery to settle", 40)
+                assert await service.stop() == 0
     finally:
         sink.stop()
 
-    rows = _query(db, "SELECT id, target, status FROM deliveries")
+    rows = query(db, "SELECT id, target, status FROM deliveries")
     status_of = {str(target): str(status) for _id, target, status in rows}
     got, seen = received(), Counter(handler.seen)
     uncertain = {to for to, status in status_of.items() if status == "uncertain"}
@@ -217,7 +162,7 @@ async def test_sigkills_leave_uncertain_only_customer_emails_that_were_in_flight
     never_on_the_wire = {to for to in uncertain if seen[to] == 0}
     print(
         f"\n{INVOICES} customer emails, {SLOTS} slots, {CONNECTIONS} SMTP connections, "
-        f"{kills} SIGKILLs (rows 'sending' at each kill: {in_flight_at_kill}): "
+        f"{service.kills} SIGKILLs (rows 'sending' at each kill: {in_flight_at_kill}): "
         f"succeeded {len(succeeded)}, uncertain {len(uncertain)} "
         f"({len(uncertain_sent)} received by the server, {len(uncertain_unsent)} not, "
         f"{len(never_on_the_wire)} never on the wire), lost {len(lost)}, "
@@ -227,7 +172,7 @@ async def test_sigkills_leave_uncertain_only_customer_emails_that_were_in_flight
     assert (twice, lost, false_success) == (set(), set(), set())
     # only an email on a connection can be 'sending': each kill leaves at most as many
     # uncertain as there are connections, and every one of them had reached the server
-    assert len(uncertain) <= kills * CONNECTIONS
+    assert len(uncertain) <= service.kills * CONNECTIONS
     assert max(in_flight_at_kill) <= CONNECTIONS + 1  # + an outcome being committed
     assert never_on_the_wire == set()
-    assert kills == KILLS
+    assert service.kills == KILLS

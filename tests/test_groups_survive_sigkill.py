@@ -14,18 +14,12 @@ import asyncio
 import json
 import os
 import random
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from billnotify.simulator import Simulator
+from processes import BillnotifyRun, count, query
 from servers import WebhookReceiver, free_port, sim_source, toml_config
 
 TYPES = ("Generate Invoice", "CDR import", "Email invoices")
@@ -67,75 +61,10 @@ def _write_config(path: Path, sim: Simulator, http_port: int, hook_url: str) -> 
     path.write_text(toml_config(raw))
 
 
-def _query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    if not db.exists():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
-        return []  # schema not created yet
-    finally:
-        con.close()
-
-
-def _count(db: Path, sql: str) -> int:
-    rows = _query(db, sql)
-    return int(str(rows[0][0])) if rows else 0
-
-
-class Service:
-    def __init__(self, config: Path, http_port: int) -> None:
-        self.config = config
-        self.http_port = http_port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "billnotify", "run", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            assert time.monotonic() < deadline, "the service never came up"
-            await asyncio.sleep(0.05)
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-async def _until(
-    condition: Callable[[], bool], timeout: float, what: str, db: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: " + (
-            _state(db) if db else ""
-        )
-        await asyncio.sleep(0.05)
-
-
 def _state(db: Path) -> str:
     """What the store holds, for a failure's message."""
     return "; ".join(
-        f"{sql}: {_query(db, sql)}"
+        f"{sql}: {query(db, sql)}"
         for sql in (
             "SELECT count(*), count(flush_id) FROM group_members",
             "SELECT key, flush_at, flushes FROM rule_groups",
@@ -161,60 +90,60 @@ async def test_sigkill_between_collect_and_flush_neither_loses_nor_repeats_a_flu
         sim.state.add_billing_task(status="Pending", billingTaskType=TYPES[n % len(TYPES)])["id"]
         for n in range(TASKS)
     ]
-    service = Service(config, http_port)
-    service.start()
     try:
-        await _until(lambda: _count(db, "SELECT count(*) FROM cursors") > 0, 60, "the baseline")
+        async with BillnotifyRun(config, http_port=http_port) as service:
+            await service.start()
+            await service.until(
+                lambda: count(db, "SELECT count(*) FROM cursors") > 0, "the baseline", 60
+            )
 
-        # 1. deterministic: killed once the events are collected and before the flush
-        for rid in ids[:5]:
-            sim.state.update_billing_task(rid, status="Failed")
-        await _until(
-            lambda: _count(db, "SELECT count(*) FROM group_members") == 5, 30, "collecting"
-        )
-        assert _count(db, "SELECT count(*) FROM group_flushes") == 0
-        service.kill()
-        service.start()
-        await _until(
-            lambda: _count(db, "SELECT count(*) FROM group_members WHERE flush_id IS NULL") == 0,
-            60,
-            "the flush after the restart",
-        )
-
-        # 2. waves of failures, killed at random (during polls, collects, flushes, sends)
-        rest = ids[5:]
-        for wave in range(WAVES):
-            for rid in rest[wave::WAVES]:
+            # 1. deterministic: killed once the events are collected and before the flush
+            for rid in ids[:5]:
                 sim.state.update_billing_task(rid, status="Failed")
-            await asyncio.sleep(rng.uniform(0.2, 2.5))
-            service.kill()
-            service.start()
-        await _until(
-            lambda: (
-                _count(db, "SELECT count(*) FROM group_members WHERE flush_id IS NOT NULL") == TASKS
-            ),
-            120,
-            "every event flushed",
-            db,
-        )
-        await _until(
-            lambda: (
-                _count(db, "SELECT count(*) FROM deliveries WHERE status NOT IN ('succeeded')") == 0
-            ),
-            60,
-            "every digest delivered",
-        )
-        assert await service.stop() == 0
+            await service.until(
+                lambda: count(db, "SELECT count(*) FROM group_members") == 5, "collecting"
+            )
+            assert count(db, "SELECT count(*) FROM group_flushes") == 0
+            await service.restart()
+            await service.until(
+                lambda: count(db, "SELECT count(*) FROM group_members WHERE flush_id IS NULL") == 0,
+                "the flush after the restart",
+                60,
+            )
+
+            # 2. waves of failures, killed at random (during polls, collects, flushes, sends)
+            rest = ids[5:]
+            for wave in range(WAVES):
+                for rid in rest[wave::WAVES]:
+                    sim.state.update_billing_task(rid, status="Failed")
+                await asyncio.sleep(rng.uniform(0.2, 2.5))
+                await service.restart()
+            await service.until(
+                lambda: (
+                    count(db, "SELECT count(*) FROM group_members WHERE flush_id IS NOT NULL")
+                    == TASKS
+                ),
+                "every event flushed",
+                120,
+                detail=lambda: _state(db),
+            )
+            await service.until(
+                lambda: (
+                    count(db, "SELECT count(*) FROM deliveries WHERE status NOT IN ('succeeded')")
+                    == 0
+                ),
+                "every digest delivered",
+                60,
+            )
+            assert await service.stop() == 0
     finally:
-        if service.proc and service.proc.poll() is None:
-            service.proc.kill()
         await sim.stop()
 
     # the ledger: every failed task in exactly one flush, one delivery per flush
-    flushes = {str(fid) for (fid,) in _query(db, "SELECT id FROM group_flushes")}
-    members = _query(db, "SELECT event_id, flush_id FROM group_members")
+    flushes = {str(fid) for (fid,) in query(db, "SELECT id FROM group_flushes")}
+    members = query(db, "SELECT event_id, flush_id FROM group_members")
     assert len(members) == TASKS and {str(f) for _, f in members} == flushes
-    deliveries = _query(db, "SELECT id, event_id FROM deliveries")
+    deliveries = query(db, "SELECT id, event_id FROM deliveries")
     assert sorted(str(e) for _, e in deliveries) == sorted(flushes)
 
     # the receiver: each flush under one webhook-id, each task in exactly one flush

@@ -7,17 +7,14 @@ import asyncio
 import json
 import os
 import random
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from billnotify.simulator import Simulator
+from processes import BillnotifyRun, count, query
 from servers import free_port, sim_source, toml_config
 
 TASKS = 150
@@ -38,65 +35,20 @@ def _write_config(path: Path, sim: Simulator, http_port: int) -> None:
     path.write_text(toml_config(raw))
 
 
-def _query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    if not db.exists():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
-        return []  # schema not created yet
-    finally:
-        con.close()
-
-
-class Service:
-    def __init__(self, config: Path, http_port: int) -> None:
-        self.config = config
-        self.http_port = http_port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "billnotify", "run", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    async def stop(self) -> int:
-        """SIGTERM once the service is up (a graceful stop, not a kill during start-up)."""
-        assert self.proc is not None
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            assert time.monotonic() < deadline, "the service never came up"
-            await asyncio.sleep(0.05)
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-async def _wait(condition, deadline: float, what: str, service: Service, rng: random.Random):
+async def _wait(
+    condition: Callable[[], bool],
+    deadline: float,
+    what: str,
+    service: BillnotifyRun,
+    rng: random.Random,
+) -> None:
     """Wait for ``condition`` while killing and restarting the service at random."""
     next_kill = time.monotonic() + rng.uniform(0.1, 0.9)
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}\n{service.tail()}")
         if time.monotonic() >= next_kill:
-            service.kill()
-            service.start()
+            await service.restart()
             next_kill = time.monotonic() + rng.uniform(0.2, 1.2)
         await asyncio.sleep(0.05)
 
@@ -112,39 +64,37 @@ async def test_sigkill_during_a_burst_logs_every_change_exactly_once(tmp_path: P
     http_port = free_port()
     _write_config(config, sim, http_port)
     ids = [sim.state.add_billing_task(status="Pending", priority="0")["id"] for _ in range(TASKS)]
-    service = Service(config, http_port)
-    service.start()
     try:
+        async with BillnotifyRun(config, http_port=http_port) as service:
+            await service.start()
 
-        def baseline_done() -> bool:
-            rows = _query(db, "SELECT count(*) FROM cursors")
-            return bool(rows and rows[0][0])
+            def baseline_done() -> bool:
+                return count(db, "SELECT count(*) FROM cursors") > 0
 
-        await _wait(baseline_done, time.monotonic() + 60, "the baseline", service, random.Random(0))
-        for round_ in range(1, ROUNDS + 1):
-            for rid in ids:
-                sim.state.update_billing_task(rid, priority=str(round_))
+            await _wait(
+                baseline_done, time.monotonic() + 60, "the baseline", service, random.Random(0)
+            )
+            for round_ in range(1, ROUNDS + 1):
+                for rid in ids:
+                    sim.state.update_billing_task(rid, priority=str(round_))
 
-            def round_logged(value: str = str(round_)) -> bool:
-                rows = _query(
-                    db,
-                    "SELECT count(DISTINCT subject) FROM events WHERE "
-                    "json_extract(body, '$.data.object.priority') = ?",
-                    (value,),
-                )
-                return bool(rows) and rows[0][0] == TASKS
+                def round_logged(value: str = str(round_)) -> bool:
+                    rows = query(
+                        db,
+                        "SELECT count(DISTINCT subject) FROM events WHERE "
+                        "json_extract(body, '$.data.object.priority') = ?",
+                        (value,),
+                    )
+                    return bool(rows) and rows[0][0] == TASKS
 
-            await _wait(round_logged, time.monotonic() + 60, f"round {round_}", service, rng)
-            if service.kills < round_:  # at least one kill per round
-                service.kill()
-                service.start()
-        assert await service.stop() == 0
+                await _wait(round_logged, time.monotonic() + 60, f"round {round_}", service, rng)
+                if service.kills < round_:  # at least one kill per round
+                    await service.restart()
+            assert await service.stop() == 0
     finally:
-        if service.proc and service.proc.poll() is None:
-            service.proc.kill()
         await sim.stop()
 
-    rows = _query(db, "SELECT body FROM events")
+    rows = query(db, "SELECT body FROM events")
     seen: dict[tuple[str, str], int] = {}
     for (body,) in rows:
         event = json.loads(str(body))
