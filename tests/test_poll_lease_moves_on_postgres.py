@@ -17,7 +17,7 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pg
 from billnotify.simulator import Simulator
 from billnotify.store.postgres import PgStore
 from servers import PYTHON, free_port, sim_source, toml_config
+from service_harness import until
 
 pytestmark = [
     pytest.mark.fault,
@@ -123,20 +124,6 @@ async def sim() -> AsyncIterator[Simulator]:
     simulator.lists = lists  # type: ignore[attr-defined]
     async with simulator:
         yield simulator
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float) -> Any:
-    """Poll ``check`` (sync or async) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if asyncio.iscoroutine(found):
-            found = await found
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def lists_between(sim: Simulator, start: float, end: float) -> int:
