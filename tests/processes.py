@@ -5,9 +5,9 @@ the tests that SIGKILL it and start it again.
 stderr.
 
 ``BillnotifyRun(config)`` starts ``billnotify run -c config`` in the config's folder (its
-output appended to ``billnotify.log`` there), SIGKILLs it and starts it again, waits on
-a condition with a deadline while failing early if the process died, and stops it with
-SIGTERM. As an ``async with`` block it leaves no process behind, whatever failed.
+output appended to ``billnotify.log`` there), SIGKILLs it and starts it again (by hand,
+or every so much progress with ``kill_every``), waits on a condition with a deadline
+while failing early if the process died, and stops it with SIGTERM. As an ``async with`` block it leaves no process behind, whatever failed.
 
 ``query(db, sql)`` reads the state file while the service writes it (WAL: a reader does
 not block the writer); ``count(db, sql)`` is the first column of its first row.
@@ -20,7 +20,7 @@ import contextlib
 import signal
 import sqlite3
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -110,6 +110,23 @@ class BillnotifyRun:
         """SIGKILL, then start again."""
         await self.kill()
         await self.start()
+
+    async def kill_every(
+        self, step: int, progress: Callable[[], int], what: str, kills: int, timeout: float = 30
+    ) -> AsyncIterator[int]:
+        """SIGKILL each time ``progress()`` has grown by ``step`` (say, ``step`` more
+        emails received), until ``kills`` kills; yields the count after each kill, the
+        process dead, and starts it again when the loop body is done."""
+        while self.kills < kills:
+            target = progress() + step
+            await self.until(
+                lambda t=target: progress() >= t,
+                f"{target} {what} before kill {self.kills + 1}",
+                timeout,
+            )
+            await self.kill()
+            yield self.kills
+            await self.start()
 
     async def stop(self) -> int:
         """SIGTERM (once ``/healthz`` answers, with ``http_port``); the exit code."""

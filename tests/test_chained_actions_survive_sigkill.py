@@ -119,15 +119,8 @@ async def test_sigkills_neither_lose_nor_repeat_a_chained_customer_email(tmp_pat
                 )
                 for invoice in invoices:
                     sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
-                while service.kills < KILLS:
-                    target = received() + MAILS_BETWEEN_KILLS
-                    await service.until(
-                        lambda t=target: received() >= t,
-                        f"{target} emails before kill {service.kills + 1}",
-                    )
-                    await service.kill()
+                async for _ in service.kill_every(MAILS_BETWEEN_KILLS, received, "emails", KILLS):
                     between.append(count(db, _WINDOW))
-                    await service.start()
 
                 def settled() -> bool:
                     rows = query(

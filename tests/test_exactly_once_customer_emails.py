@@ -127,17 +127,14 @@ async def test_sigkills_leave_uncertain_only_customer_emails_that_were_in_flight
                 )
                 for invoice in invoices:
                     sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
-                while service.kills < KILLS:
-                    target = sum(received().values()) + MAILS_BETWEEN_KILLS
-                    await service.until(
-                        lambda t=target: sum(received().values()) >= t,
-                        f"{target} emails before kill {service.kills + 1}",
-                    )
-                    await service.kill()
+
+                def emails() -> int:
+                    return sum(received().values())
+
+                async for _ in service.kill_every(MAILS_BETWEEN_KILLS, emails, "emails", KILLS):
                     in_flight_at_kill.append(
                         count(db, "SELECT count(*) FROM deliveries WHERE status='sending'")
                     )
-                    await service.start()
 
                 def settled() -> bool:
                     rows = dict(query(db, "SELECT status, count(*) FROM deliveries GROUP BY 1"))

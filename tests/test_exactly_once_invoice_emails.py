@@ -93,20 +93,14 @@ async def test_a_burst_of_approvals_with_repeated_sigkills_emails_each_invoice_o
             for invoice in invoices:
                 sim.state.update_invoice(invoice["id"], status=["Raised", "Approved"])
 
-            while service.kills < KILLS:
-                target = sum(email_calls().values()) + EMAILS_BETWEEN_KILLS
-                await service.until(
-                    lambda t=target: sum(email_calls().values()) >= t,
-                    f"{target} email calls before kill {service.kills + 1}",
-                    60,
-                )
-                await service.kill()
+            def calls() -> int:
+                return sum(email_calls().values())
+
+            async for kills in service.kill_every(
+                EMAILS_BETWEEN_KILLS, calls, "email calls", KILLS, 60
+            ):
                 in_flight = query(db, "SELECT count(*) FROM deliveries WHERE status = 'sending'")
-                print(
-                    f"kill {service.kills}: {sum(email_calls().values())} calls, "
-                    f"in flight {in_flight}"
-                )
-                await service.start()
+                print(f"kill {kills}: {calls()} calls, in flight {in_flight}")
 
             def settled() -> bool:
                 rows = dict(query(db, "SELECT status, count(*) FROM deliveries GROUP BY status"))
