@@ -123,7 +123,7 @@ async def test_a_burst_of_failures_is_one_digest_per_task_type(
     subjects = [m.message["Subject"] for m in sink.messages]
     assert sorted(subjects[:2]) == [
         "[acme] 20 billing tasks failed: Import CDRs",
-        "[acme] 3 billing tasks failed: Generate Invoice",
+        "[acme] 3 billing tasks errored: Generate Invoice",
     ], errors
     assert subjects[2:] == ["[acme] 10 billing tasks failed: Import CDRs"]
     bodies = [Webhook(SECRET).verify(hit.body, hit.headers) for hit in receiver.hits]
