@@ -1,3 +1,3 @@
 """billnotify: billing-platform change notifications over MQTT, email and webhooks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
