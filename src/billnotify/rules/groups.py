@@ -95,7 +95,6 @@ class Grouper:
         on_recorded: called after a flush recorded new deliveries (wakes the worker).
 
     Attributes:
-        flushes: flushes written since start; ``collected``: members collected.
         flushed: flushes written since start by rule (every grouped rule, from 0), for
             ``billnotify_digest_flushes_total``.
     """
@@ -120,9 +119,7 @@ class Grouper:
         self.notices = notices
         self.role = role
         self.on_recorded = on_recorded
-        self.flushes = 0
         self.flushed = dict.fromkeys(self.rules, 0)
-        self.collected = 0
         self.look_every = 1.0
         """Seconds between looks for due groups in a catch-up."""
         self._looked = 0.0
@@ -134,9 +131,7 @@ class Grouper:
         """Collect members into their groups; returns how many were new."""
         if not members:
             return 0
-        added = await self.store.add_group_members(members, self.clock())
-        self.collected += added
-        return added
+        return await self.store.add_group_members(members, self.clock())
 
     async def seconds_to_next_flush(self) -> float | None:
         """Seconds until the next group is due (0 when one is), None when none is open."""
@@ -206,7 +201,6 @@ class Grouper:
             now + interval,
         )
         new = await self.store.flush_group(flush, now)
-        self.flushes += 1
         self.flushed[rule.name] = self.flushed.get(rule.name, 0) + 1
         logger.info(
             "rule %s: group %s flushed %d events as %s (%d deliveries)",

@@ -160,7 +160,6 @@ class IdReconciler:
         self._clock = clock
         self._sleep = sleep
         self.rounds = 0
-        self.last_stats: ReconcileStats | None = None
         self.last_error: str | None = None
 
     @property
@@ -313,7 +312,6 @@ class IdReconciler:
             await self._sleep(retry)
             return
         self.last_error = None
-        self.last_stats = stats
         if stats.skipped:
             await self._sleep(retry)
             return
