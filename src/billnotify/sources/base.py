@@ -27,6 +27,7 @@ from billnotify.logs import log_context
 from billnotify.notices import FailureEpisode, Notices
 from billnotify.sources.deletions import DELETED, with_restored
 from billnotify.sources.detect import Detection, Policy, detect
+from billnotify.sources.snapshot_cache import SnapshotCache
 from billnotify.store.base import Snapshots
 from billnotify.store.records import Lease, Snapshot, SnapshotWrite, StoredEvent
 from billnotify.values import record_id
@@ -167,16 +168,37 @@ class FencedSnapshots:
     A sync commits through it unchanged; the store refuses the commit once another
     process took the lease (:class:`~billnotify.errors.FencedError`), and a lease that
     is not held (or may have lapsed) refuses it here, before the store is asked.
+
+    While the lease is held, the snapshots it read and wrote are kept
+    (:class:`~billnotify.sources.snapshot_cache.SnapshotCache`): a poll compares its
+    pages with them without asking the store.
     """
 
-    def __init__(self, store: Snapshots, role: Role) -> None:
+    def __init__(self, store: Snapshots, role: Role, cache: SnapshotCache | None = None) -> None:
         self._store = store
         self.role = role
+        self.cache = cache or SnapshotCache()
+        self._commits = 0
+        """Commits started plus commits ended: a read that overlapped one is not kept."""
+        self._committing = 0
+
+    def _epoch(self) -> int | None:
+        lease = self.role.lease
+        return None if lease is None else lease.epoch
 
     async def get_snapshots(
         self, source: str, entity: str, ids: Sequence[str]
     ) -> dict[str, Snapshot]:
-        return await self._store.get_snapshots(source, entity, ids)
+        cache, epoch, commits = self.cache, self._epoch(), self._commits
+        cache.hold(epoch)
+        found, missing = cache.get(source, entity, ids)
+        if missing:
+            read = await self._store.get_snapshots(source, entity, missing)
+            quiet = not self._committing and commits == self._commits
+            if quiet and self._epoch() == epoch:  # nothing written, lease not moved
+                cache.read(source, entity, missing, read)
+            found.update(read)
+        return found
 
     async def due_snapshots(
         self, source: str, entity: str, now: datetime, limit: int = 500
@@ -208,9 +230,21 @@ class FencedSnapshots:
         cursor: tuple[str, str] | None = None,
         fence: Lease | None = None,
     ) -> list[StoredEvent]:
-        return await self._store.commit(
-            source, writes, events, cursor, fence=fence or self.role.fence()
-        )
+        fence = fence or self.role.fence()
+        self.cache.hold(fence.epoch)
+        self._commits += 1
+        self._committing += 1
+        try:
+            stored = await self._store.commit(source, writes, events, cursor, fence=fence)
+        except BaseException:
+            self.cache.forget()  # landed or not: the store is asked again
+            raise
+        else:
+            self.cache.written(source, writes)
+        finally:
+            self._commits += 1
+            self._committing -= 1
+        return stored
 
 
 class Reconciler(Protocol):

@@ -1,0 +1,158 @@
+"""The snapshots a poller last read and wrote, kept while its process holds the lease.
+
+Only the holder of a resource's poll lease writes that resource's snapshots (the store
+refuses a commit made under an older lease), and every write it makes goes through
+:class:`~billnotify.sources.base.FencedSnapshots`. So while the lease stays with this
+process, the store holds exactly what this process last read or wrote, and a poll can
+compare a page with the snapshots kept here instead of asking the store for every record
+of every page: in a burst that read was a quarter of the CPU a change cost
+(``docs/performance.md``, issue 13).
+
+What keeps it exact:
+
+- it is emptied when the lease's epoch changes, or the lease is not held: another
+  process may have written meanwhile;
+- it is emptied when a commit fails, since a failed commit may have landed or not;
+- a record is kept only as the store has it: read from the store, or written by a
+  commit that succeeded (its version moved by the number of times the commit wrote it,
+  as every store moves it); a record written without being read first is dropped, since
+  its version is not known here.
+
+Records are kept as JSON text (a fifth of the memory of the parsed records), and only
+where the text gives back the very record (no integer beyond 64 bits, no ``NaN``); at
+most ``limit`` of them, the longest unwritten dropped first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from billnotify.jsontext import loads
+from billnotify.store.records import Snapshot, SnapshotWrite
+
+DEFAULT_LIMIT = 50_000
+"""Records kept per poller: some 35 MiB at most for records of 500 bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    text: bytes
+    marks: frozenset[str]
+    due_at: datetime | None
+    version: int
+
+
+_ABSENT = None
+"""Kept for an id the store was asked for and did not have (a new record)."""
+
+
+def _finite(value: Any) -> bool:
+    """No ``NaN`` or infinity anywhere in ``value`` (``orjson`` writes them as null)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values() if not isinstance(v, str))
+    if isinstance(value, list):
+        return all(_finite(v) for v in value if not isinstance(v, str))
+    return True
+
+
+def _text(record: dict[str, Any]) -> bytes | None:
+    """``record`` as JSON text that reads back as ``record``, or None."""
+    try:
+        text = orjson.dumps(record)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits
+        return None
+    return text if _finite(record) else None
+
+
+class SnapshotCache:
+    """One poller's snapshots, as its process last read and wrote them (see the module).
+
+    Args:
+        limit: records kept at most.
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self.limit = limit
+        self._kept: dict[tuple[str, str, str], _Kept | None] = {}
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def hold(self, epoch: int | None) -> None:
+        """Keep what is kept only if it was kept under this lease epoch (None: the
+        lease is not held, and nothing is kept)."""
+        if epoch is None or epoch != self._epoch:
+            self._kept.clear()
+        self._epoch = epoch
+
+    def forget(self) -> None:
+        """Keep nothing (a commit failed: the store's state is not known here)."""
+        self._kept.clear()
+
+    def get(
+        self, source: str, entity: str, ids: Sequence[str]
+    ) -> tuple[dict[str, Snapshot], list[str]]:
+        """The kept snapshots of ``ids``, and the ids the store must be asked for."""
+        found: dict[str, Snapshot] = {}
+        missing: list[str] = []
+        kept = self._kept
+        for rid in ids:
+            key = (source, entity, rid)
+            if key not in kept:
+                missing.append(rid)
+            elif (entry := kept[key]) is not None:
+                record = loads(entry.text)
+                found[rid] = Snapshot(
+                    source, entity, rid, record, entry.marks, entry.due_at, entry.version
+                )
+        return found, missing
+
+    def read(
+        self, source: str, entity: str, ids: Iterable[str], snapshots: Mapping[str, Snapshot]
+    ) -> None:
+        """What the store answered for ``ids``: their snapshots, or that it has none."""
+        if self._epoch is None:
+            return
+        for rid in ids:
+            snap = snapshots.get(rid)
+            if snap is None:
+                self._put((source, entity, rid), _ABSENT)
+            elif (text := _text(snap.record)) is not None:
+                self._put((source, entity, rid), _Kept(text, snap.marks, snap.due_at, snap.version))
+
+    def written(self, source: str, writes: Sequence[SnapshotWrite]) -> None:
+        """A commit of ``writes`` succeeded."""
+        if self._epoch is None:
+            return
+        last: dict[tuple[str, str], SnapshotWrite] = {}
+        times: Counter[tuple[str, str]] = Counter()
+        for write in writes:  # a record written twice in a commit: the last write stays
+            last[write.entity, write.id] = write
+            times[write.entity, write.id] += 1
+        for (entity, rid), write in last.items():
+            key = (source, entity, rid)
+            if key not in self._kept:
+                continue
+            before = self._kept.pop(key)
+            text = _text(write.record)
+            if text is not None:
+                n = times[entity, rid]
+                version = n if before is None else before.version + n
+                self._put(key, _Kept(text, write.marks, write.due_at, version))
+
+    def _put(self, key: tuple[str, str, str], entry: _Kept | None) -> None:
+        kept = self._kept
+        kept.pop(key, None)
+        kept[key] = entry
+        while len(kept) > self.limit:
+            del kept[next(iter(kept))]
