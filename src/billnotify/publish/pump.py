@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,6 +34,7 @@ from billnotify import jsontext
 from billnotify.config.models import MqttConfig
 from billnotify.errors import FencedError, StoreError
 from billnotify.publish.connection import effective_protocol, properties
+from billnotify.publish.outbox import Outbox, outbox
 from billnotify.publish.state import StatePublisher
 from billnotify.publish.topics import event_topic, logged_event_topic
 from billnotify.publish.window import InflightWindow, Publish
@@ -116,6 +116,7 @@ class LogPump:
         await self.save_position(self.last_published_seq)
         position = self.last_published_seq = self._stored_seq
         window = self._window(acked=position)
+        box = outbox(client)
         reader = asyncio.create_task(store.read_log(position, limit))
         saver: asyncio.Task[None] | None = None
         state_due = loop.time()
@@ -128,7 +129,7 @@ class LogPump:
                     sent = batch[-1].seq
                     reader = asyncio.create_task(store.read_log(sent, limit))
                     for entry in batch:
-                        await window.submit(entry.seq, self._entry_publisher(client, entry))
+                        await window.submit(entry.seq, self._entry_publisher(box, entry))
                     acked = self.last_published_seq = window.advance()
                     if saver is not None and saver.done():
                         saver.result()  # a store failure ends the pump
@@ -166,10 +167,10 @@ class LogPump:
             aiomqtt.MqttError: the connection failed.
             WindowStalled: the broker stopped acknowledging.
         """
-        window = self._window()
+        window, box = self._window(), outbox(client)
         try:
             for stored in events:
-                await window.submit(stored.seq, self._event_publisher(client, stored))
+                await window.submit(stored.seq, self._event_publisher(box, stored))
             await window.drain()
         finally:
             await window.close()
@@ -221,12 +222,12 @@ class LogPump:
             self.store_failed(exc)
             return False
 
-    def _event_publisher(self, client: aiomqtt.Client, stored: StoredEvent) -> Publish:
+    def _event_publisher(self, box: Outbox, stored: StoredEvent) -> Publish:
         event = stored.event
         topic = event_topic(self._config.prefix, event)
-        return self._publisher(client, stored.seq, event.id, topic, event.to_json())
+        return self._publisher(box, stored.seq, event.id, topic, event.to_json())
 
-    def _entry_publisher(self, client: aiomqtt.Client, entry: LogEntry) -> Publish:
+    def _entry_publisher(self, box: Outbox, entry: LogEntry) -> Publish:
         """An event as logged, sent as it was logged: it is byte for byte what the parsed
         event would serialise to (``tests/test_events_json.py``), so only the envelope
         fields of the topic are read from it."""
@@ -234,25 +235,17 @@ class LogPump:
         topic = logged_event_topic(
             self._config.prefix, entry.type, envelope["source"], envelope["subject"]
         )
-        return self._publisher(client, entry.seq, entry.id, topic, entry.json)
+        return self._publisher(box, entry.seq, entry.id, topic, entry.json)
 
-    def _publisher(
-        self, client: aiomqtt.Client, seq: int, event_id: str, topic: str, payload: str
-    ) -> Publish:
+    def _publisher(self, box: Outbox, seq: int, event_id: str, topic: str, payload: str) -> Publish:
         try:
             topic.encode()
         except UnicodeEncodeError as exc:  # a lone surrogate in an id: never publishable
             logger.error("event %s (seq %d) has no valid topic: %s; skipped", event_id, seq, exc)
             return _nothing
-        # The aiomqtt call itself, with no wrapper: this is the hot path.
+        # No timer per message: the window watches for stalls.
         return functools.partial(
-            client.publish,
-            topic,
-            payload.encode(),
-            qos=self._config.qos,
-            retain=False,
-            properties=self._event_props,
-            timeout=math.inf,  # the window watches for stalls; no timer per message
+            box.publish, topic, payload.encode(), self._config.qos, False, self._event_props
         )
 
     async def _wait_for_events(self, sent: int) -> None:

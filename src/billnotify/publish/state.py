@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import math
 from typing import TYPE_CHECKING
 
 import aiomqtt
@@ -20,6 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from billnotify.config.models import MqttConfig
 from billnotify.publish.connection import effective_protocol, properties
+from billnotify.publish.outbox import outbox
 from billnotify.publish.topics import state_topic
 from billnotify.publish.window import InflightWindow
 from billnotify.sources.deletions import DELETED
@@ -58,7 +58,7 @@ class StatePublisher:
         snapshots = await self._store.dirty_snapshots(limit=self._config.batch_size)
         if not snapshots:
             return False
-        tasks = []
+        box, sent = outbox(client), []
         for snap in snapshots:
             if snap.entity not in self._retain:
                 continue
@@ -68,17 +68,9 @@ class StatePublisher:
                 if DELETED in snap.marks
                 else json.dumps(snap.record, separators=(",", ":"), default=str).encode()
             )
-            publish = functools.partial(
-                client.publish,
-                topic,
-                payload,
-                qos=self._qos,
-                retain=True,
-                properties=self._props,
-                timeout=math.inf,  # the window watches for stalls
-            )
-            tasks.append(await window.submit(None, publish))
-        await window.wait(tasks)
+            publish = functools.partial(box.publish, topic, payload, self._qos, True, self._props)
+            sent.append(await window.submit(None, publish))
+        await window.wait(sent)
         # Shielded: a shutdown must not interrupt a store transaction half-way.
         await asyncio.shield(self._store.clear_dirty(snapshots))
         return True

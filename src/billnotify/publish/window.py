@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
-Publish = Callable[[], Coroutine[Any, Any, None]]
-"""A factory of one publish coroutine (called once a slot is free)."""
+Publish = Callable[[], Awaitable[None]]
+"""A factory of one publish (a future, or a coroutine run as a task), called once a slot
+is free."""
 
 
 class WindowStalled(TimeoutError):
@@ -50,7 +50,7 @@ class InflightWindow:
         self._on_ack = on_ack
         self._stall_timeout = stall_timeout
         self._slots = asyncio.Semaphore(size)
-        self._pending: deque[tuple[int | None, asyncio.Task[None]]] = deque()
+        self._pending: deque[tuple[int | None, asyncio.Future[None]]] = deque()
         self._failure: BaseException | None = None
         self.acked = acked
         """Highest seq acknowledged together with everything submitted before it."""
@@ -58,7 +58,7 @@ class InflightWindow:
     def __len__(self) -> int:
         return len(self._pending)
 
-    async def submit(self, seq: int | None, publish: Publish) -> asyncio.Task[None]:
+    async def submit(self, seq: int | None, publish: Publish) -> asyncio.Future[None]:
         """Start ``publish()`` once a slot is free.
 
         Args:
@@ -68,7 +68,7 @@ class InflightWindow:
                 is free, so that publishes leave in submit order.
 
         Returns:
-            The task of the publish.
+            The publish's future.
         """
         if self._slots.locked():
             try:
@@ -85,16 +85,16 @@ class InflightWindow:
         except BaseException:
             self._slots.release()
             raise
-        task = asyncio.create_task(publish())
-        task.add_done_callback(self._finished)
-        self._pending.append((seq, task))
-        return task
+        future = asyncio.ensure_future(publish())
+        future.add_done_callback(self._finished)
+        self._pending.append((seq, future))
+        return future
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, future: asyncio.Future[None]) -> None:
         self._slots.release()
-        if task.cancelled():
+        if future.cancelled():
             return
-        exc = task.exception()  # retrieved for every task, so none is reported unhandled
+        exc = future.exception()  # retrieved for every one, so none is reported unhandled
         if exc is None:
             if self._on_ack is not None:
                 self._on_ack()
@@ -121,17 +121,17 @@ class InflightWindow:
         """
         pending = self._pending
         while pending:
-            seq, task = pending[0]
-            if not task.done() or task.cancelled() or task.exception() is not None:
+            seq, future = pending[0]
+            if not future.done() or future.cancelled() or future.exception() is not None:
                 break
             pending.popleft()
             if seq is not None:
                 self.acked = seq
         return self.acked
 
-    async def wait(self, tasks: Iterable[asyncio.Task[None]]) -> None:
-        """Wait until ``tasks`` are done; raise the window's first failure."""
-        todo = [task for task in tasks if not task.done()]
+    async def wait(self, futures: Iterable[asyncio.Future[None]]) -> None:
+        """Wait until ``futures`` are done; raise the window's first failure."""
+        todo = [future for future in futures if not future.done()]
         if todo:
             _done, pending = await asyncio.wait(todo, timeout=self._stall_timeout)
             self._raise_failure()
@@ -143,14 +143,14 @@ class InflightWindow:
 
     async def drain(self) -> int:
         """Wait for every publish in flight; return :attr:`acked`."""
-        await self.wait([task for _seq, task in self._pending])
+        await self.wait([future for _seq, future in self._pending])
         return self.advance()
 
     async def close(self) -> None:
         """Abandon every publish in flight (the connection is gone)."""
-        tasks = [task for _seq, task in self._pending]
+        futures = [future for _seq, future in self._pending]
         self._pending.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for future in futures:
+            future.cancel()
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
