@@ -10,9 +10,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import Mosquitto
 
 from billnotify.publish.outbox import outbox
+from conftest import Mosquitto
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
