@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from billnotify.jsontext import loads
+from billnotify.jsontext import dumps, loads
 
 TEXTS = [
     '{"id":"t1","status":"Pending","amount":12.5,"tags":["a","é"],"n":null,"ok":true}',
@@ -45,3 +45,19 @@ def test_what_is_not_json_raises_a_value_error(data: bytes | str) -> None:
 def test_a_utf8_bom_is_read_as_json_loads_reads_it() -> None:
     data = b'\xef\xbb\xbf{"a": 1}'
     assert loads(data) == json.loads(data)
+
+
+@pytest.mark.parametrize("text", [t for t in TEXTS if t != '"\\ud800"'])
+def test_dumps_reads_back_as_the_value(text: str) -> None:
+    """What ``dumps`` writes, ``loads`` reads back as the value it was given (NaN and
+    integers beyond 64 bits included, where orjson alone would write null or refuse)."""
+    value = json.loads(text)
+    assert repr(loads(dumps(value))) == repr(value)
+    assert json.loads(dumps(value)) == value or repr(json.loads(dumps(value))) == repr(value)
+
+
+def test_dumps_falls_back_for_what_orjson_refuses() -> None:
+    assert dumps({1: "a"}) == '{"1":"a"}'  # keys that are not strings: as json.dumps
+    assert dumps({"a": [float("nan")]}) == '{"a":[NaN]}'
+    with pytest.raises(TypeError):
+        dumps({"a": object()})

@@ -18,23 +18,19 @@ What keeps it exact:
   as every store moves it); a record written without being read first is dropped, since
   its version is not known here.
 
-Records are kept as JSON text (a fifth of the memory of the parsed records), and only
-where the text gives back the very record (no integer beyond 64 bits, no ``NaN``); at
+Records are kept as JSON text that reads back as the very record
+(:func:`~billnotify.jsontext.dumps`; a fifth of the memory of the parsed records), at
 most ``limit`` of them, the longest unwritten dropped first.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import orjson
-
-from billnotify.jsontext import loads
+from billnotify.jsontext import dumps, loads
 from billnotify.store.records import Snapshot, SnapshotWrite
 
 DEFAULT_LIMIT = 50_000
@@ -43,7 +39,7 @@ DEFAULT_LIMIT = 50_000
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
-    text: bytes
+    text: str
     marks: frozenset[str]
     due_at: datetime | None
     version: int
@@ -51,26 +47,6 @@ class _Kept:
 
 _ABSENT = None
 """Kept for an id the store was asked for and did not have (a new record)."""
-
-
-def _finite(value: Any) -> bool:
-    """No ``NaN`` or infinity anywhere in ``value`` (``orjson`` writes them as null)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values() if not isinstance(v, str))
-    if isinstance(value, list):
-        return all(_finite(v) for v in value if not isinstance(v, str))
-    return True
-
-
-def _text(record: dict[str, Any]) -> bytes | None:
-    """``record`` as JSON text that reads back as ``record``, or None."""
-    try:
-        text = orjson.dumps(record)
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits
-        return None
-    return text if _finite(record) else None
 
 
 class SnapshotCache:
@@ -127,7 +103,8 @@ class SnapshotCache:
             snap = snapshots.get(rid)
             if snap is None:
                 self._put((source, entity, rid), _ABSENT)
-            elif (text := _text(snap.record)) is not None:
+            else:
+                text = dumps(snap.record)
                 self._put((source, entity, rid), _Kept(text, snap.marks, snap.due_at, snap.version))
 
     def written(self, source: str, writes: Sequence[SnapshotWrite]) -> None:
@@ -144,11 +121,9 @@ class SnapshotCache:
             if key not in self._kept:
                 continue
             before = self._kept.pop(key)
-            text = _text(write.record)
-            if text is not None:
-                n = times[entity, rid]
-                version = n if before is None else before.version + n
-                self._put(key, _Kept(text, write.marks, write.due_at, version))
+            n = times[entity, rid]
+            version = n if before is None else before.version + n
+            self._put(key, _Kept(dumps(write.record), write.marks, write.due_at, version))
 
     def _put(self, key: tuple[str, str, str], entry: _Kept | None) -> None:
         kept = self._kept

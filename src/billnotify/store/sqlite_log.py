@@ -42,7 +42,7 @@ def commit_rows_of(
         (
             w.entity,
             w.id,
-            json.dumps(w.record, separators=(",", ":")),
+            jsontext.dumps(w.record),
             json.dumps(sorted(w.marks)),
             _ts(w.due_at),
         )
