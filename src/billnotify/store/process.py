@@ -25,12 +25,19 @@ and a write has committed before its caller resumes. What the child adds:
   closes: after the parent closes the store, or dies;
 - a child that ends early fails every call in flight and every later one with a
   :class:`~billnotify.errors.StoreError`.
+
+What it keeps here: the log entries its own commits appended (``store/log_tail.py``).
+The publisher and the rule handler read each event right after it was committed;
+:meth:`ProcessStore.read_log` answers them from that tail, without a trip to the child
+(so even once the child has ended), whenever the tail holds the entry after the
+position asked for. It stops at the tail's end, where another process may have
+appended more: a follower asks again from there.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
@@ -40,6 +47,7 @@ from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.channel import Channel
 from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
+from billnotify.store.log_tail import LogTail
 from billnotify.store.records import (
     DUE_STATUSES,
     AttemptEnd,
@@ -58,13 +66,29 @@ from billnotify.store.records import (
     default_instance,
 )
 from billnotify.store.sqlite import SqliteStore
-from billnotify.store.sqlite_log import announce, commit_rows_of, parse_log
+from billnotify.store.sqlite_log import EventRow, announce, commit_rows_of, parse_log
 
 if TYPE_CHECKING:
     from billnotify.store.base import Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def _appended(
+    logged: Sequence[EventRow], placed: Sequence[tuple[int, int, str]]
+) -> Iterator[LogEntry]:
+    """The log entries a commit of ``logged`` appended, as the store reads them back.
+
+    An event placed under a salted id (a new occurrence) was logged with the body the
+    child made of it; the same expression as the child's (``LogTables._append``) makes
+    the same text here.
+    """
+    for n, seq, id_ in placed:
+        logged_id, _entity, _object, type_, source_name, _subject, _time, body = logged[n]
+        if id_ != logged_id:
+            body = CloudEvent.from_json(body).model_copy(update={"id": id_}).to_json()
+        yield LogEntry(seq, id_, type_, source_name, body)
 
 
 class ProcessStore:
@@ -83,6 +107,7 @@ class ProcessStore:
         self.appended = asyncio.Condition()
         self.due_changed = asyncio.Condition()
         self._channel = Channel(path, self.instance)
+        self._tail = LogTail()
 
     async def __aenter__(self) -> ProcessStore:
         await self.open()
@@ -112,6 +137,7 @@ class ProcessStore:
         """Start the child and wait until it has opened the file."""
         if str(self.path) == ":memory:":
             raise StoreError("a store in a process of its own needs a file, not ':memory:'")
+        self._tail.clear()  # the file may have changed while the store was closed
         await self._channel.start()
         try:
             await self.ping()
@@ -121,6 +147,7 @@ class ProcessStore:
 
     async def close(self) -> None:
         """Let the child finish what was asked of it, then end it."""
+        self._tail.clear()
         await self._channel.stop()
 
     async def ping(self) -> None:
@@ -174,9 +201,17 @@ class ProcessStore:
         cursor: tuple[str, str] | None = None,
         fence: Lease | None = None,
     ) -> list[StoredEvent]:
-        """Snapshots, events and cursor in one transaction (rows made here)."""
+        """Snapshots, events and cursor in one transaction (rows made here); what it
+        appends joins the tail of the log kept here."""
         snapshots, logged = commit_rows_of(writes, events)
-        placed = await self._call(SqliteStore.commit_rows, source, snapshots, logged, cursor, fence)
+        try:
+            placed = await self._call(
+                SqliteStore.commit_rows, source, snapshots, logged, cursor, fence
+            )
+        except BaseException:
+            self._tail.clear()  # committed or not, and under which seqs, is unknown here
+            raise
+        self._tail.extend(_appended(logged, placed))
         return await announce(self.appended, events, placed)
 
     # -- the event log ---------------------------------------------------------------
@@ -185,7 +220,11 @@ class ProcessStore:
         return parse_log((e.seq, e.json) for e in await self.read_log(after_seq, limit))
 
     async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
-        """Events after ``after_seq`` as logged, in order."""
+        """Events after ``after_seq`` as logged, in order: from the tail kept here when it
+        holds the entry after ``after_seq`` (then perhaps fewer than the store holds)."""
+        held = self._tail.read(after_seq, limit)
+        if held is not None:
+            return held
         return await self._call(SqliteStore.read_log, after_seq, limit)
 
     async def list_events(
