@@ -4,10 +4,11 @@ error alike, including where orjson alone would not."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from billnotify.jsontext import dumps, loads
+from billnotify.jsontext import canonical, dumps, loads
 
 TEXTS = [
     '{"id":"t1","status":"Pending","amount":12.5,"tags":["a","é"],"n":null,"ok":true}',
@@ -61,3 +62,24 @@ def test_dumps_falls_back_for_what_orjson_refuses() -> None:
     assert dumps({"a": [float("nan")]}) == '{"a":[NaN]}'
     with pytest.raises(TypeError):
         dumps({"a": object()})
+
+
+CANONICAL = [
+    {"b": 1, "a": [True, None, "é☃𝄞", {"z": "\u2028", "y": '\x00\x1f\x7f"\\'}]},
+    {chr(cp): chr(cp) for cp in range(0x20, 0x800) if not 0xD800 <= cp <= 0xDFFF},
+    {"𝄞": 1, "\uffff": 2, "ä": 3, "Z": 4, "a": 5},
+    {"n": 2**63 - 1, "m": -(2**63), "big": 2**64, "f": 1e16, "g": 0.1},
+    {"s": "\ud800"},
+    {1: "non-string key"},
+    [{"nested": [[], {}, ""]}],
+    {"t": datetime(2026, 12, 3, tzinfo=UTC)},
+]
+
+
+@pytest.mark.parametrize("value", CANONICAL)
+def test_canonical_is_the_text_json_dumps_gives(value: object) -> None:
+    """Event ids are digests of this text: it must stay what it always was."""
+    expected = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    assert canonical(value) == expected

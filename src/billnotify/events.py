@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from billnotify import jsontext
 from billnotify.config.types import RESOURCES
 
 ENTITY_RESOURCE = {entity: resource for resource, entity in RESOURCES.items()}
@@ -17,7 +18,7 @@ ENTITY_RESOURCE = {entity: resource for resource, entity in RESOURCES.items()}
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return jsontext.canonical(value)
 
 
 def digest(*parts: str) -> str:
@@ -29,6 +30,7 @@ def digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)  # a poll's events share their time: one strftime a page
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with seconds, ``2026-11-21T10:15:02Z``."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

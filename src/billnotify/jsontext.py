@@ -73,3 +73,30 @@ def dumps(value: Any) -> str:
         except orjson.JSONEncodeError:
             pass
     return json.dumps(value, separators=(",", ":"))
+
+
+def _plain(value: Any) -> bool:
+    """Only objects with string keys, arrays, strings, integers, booleans and null: the
+    values whose canonical text ``orjson`` writes exactly as :func:`json.dumps` does
+    (floats it writes otherwise: ``1e16`` for ``1e+16``)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
+def canonical(value: Any) -> str:
+    """JSON with sorted keys, no spaces and non-ASCII as it is: the very text of
+    ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    default=str)``, by ``orjson`` where that text is the same (4 µs a record against 0.3).
+    It feeds event ids, so it must never change: ``tests/test_jsontext.py``."""
+    if _plain(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError:  # an integer beyond 64 bits, a lone surrogate
+            pass
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
