@@ -63,8 +63,12 @@ class Pages:
 
     # -- events ----------------------------------------------------------------------
     async def _newest(self, count: int = SCAN) -> list[StoredEvent]:
-        last = await self.store.last_seq()
-        return list(reversed(await self.store.read_events(max(0, last - count), count)))
+        after = max(0, await self.store.last_seq() - count)
+        found: list[StoredEvent] = []
+        while len(found) < count and (page := await self.store.read_events(after, count)):
+            found += page  # a store may answer short of ``count`` (EventLog.read_events)
+            after = page[-1].seq
+        return list(reversed(found[-count:]))
 
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """The newest events, filtered by type glob, source and object id."""

@@ -114,7 +114,9 @@ class EventLog(Protocol):
     """Notified after events are appended (publisher and rule handlers wait on it)."""
 
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
-        """Events with ``seq > after_seq``, in order."""
+        """Events with ``seq > after_seq``, in order: at most ``limit``, and maybe fewer
+        while more follow (a store may answer from the entries it holds at hand); only an
+        empty answer says there are none. Readers go on from the last seq they got."""
 
     async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
         """:meth:`read_events` as logged: envelope and JSON, for a reader that parses

@@ -66,7 +66,13 @@ from billnotify.store.records import (
     default_instance,
 )
 from billnotify.store.sqlite import SqliteStore
-from billnotify.store.sqlite_log import EventRow, announce, commit_rows_of, parse_log
+from billnotify.store.sqlite_log import (
+    EventRow,
+    announce,
+    commit_rows_of,
+    parse_log,
+    salted_body,
+)
 
 if TYPE_CHECKING:
     from billnotify.store.base import Store
@@ -81,13 +87,12 @@ def _appended(
     """The log entries a commit of ``logged`` appended, as the store reads them back.
 
     An event placed under a salted id (a new occurrence) was logged with the body the
-    child made of it; the same expression as the child's (``LogTables._append``) makes
-    the same text here.
+    child made of it (:func:`~billnotify.store.sqlite_log.salted_body`, here as there).
     """
     for n, seq, id_ in placed:
         logged_id, _entity, _object, type_, source_name, _subject, _time, body = logged[n]
         if id_ != logged_id:
-            body = CloudEvent.from_json(body).model_copy(update={"id": id_}).to_json()
+            body = salted_body(body, id_)
         yield LogEntry(seq, id_, type_, source_name, body)
 
 

@@ -55,6 +55,12 @@ def commit_rows_of(
     return snapshots, logged
 
 
+def salted_body(body: str, id_: str) -> str:
+    """The logged JSON of the event ``body`` placed under the salted id ``id_`` (a new
+    occurrence, :mod:`~billnotify.store.occurrences`)."""
+    return CloudEvent.from_json(body).model_copy(update={"id": id_}).to_json()
+
+
 async def announce(
     appended: asyncio.Condition,
     events: Sequence[CloudEvent],
@@ -297,8 +303,7 @@ class LogTables(SqliteBase):
         for n, id_ in place(keys, versions, taken):
             row = events[n]
             if id_ != row[0]:
-                salted = CloudEvent.from_json(row[-1]).model_copy(update={"id": id_})
-                row = (id_, *row[1:-1], salted.to_json())
+                row = (id_, *row[1:-1], salted_body(row[-1], id_))
             fresh.append((n, row))
         placed: list[tuple[int, int, str]] = []
         for start in range(0, len(fresh), self._CHUNK):
