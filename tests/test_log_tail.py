@@ -19,7 +19,7 @@ from store_contract_leases import POLL, TTL, at
 
 
 def entry(seq: int, text: str = "{}") -> LogEntry:
-    return LogEntry(seq, f"evt_{seq}", "t", "acme", text)
+    return LogEntry(seq, f"evt_{seq}", "t", "acme", "billing_tasks/1", text)
 
 
 # -- the tail alone ----------------------------------------------------------------------

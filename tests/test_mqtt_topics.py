@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
-from billnotify.events import build_event
+import pytest
+
+from billnotify.events import CloudEvent, build_event
 from billnotify.publish.topics import (
     event_topic,
     events_filter,
+    logged_event_topic,
     state_filter,
     state_topic,
     status_topic,
     topic_level,
 )
+from billnotify.store.base import Store
+from test_store_contract import BACKENDS
 
 
 def test_levels_escape_what_mqtt_forbids_and_stay_reversible() -> None:
@@ -45,3 +52,53 @@ def test_state_status_and_filters() -> None:
     assert status_topic("p") == "p/status"
     assert events_filter("p") == "p/events/#"
     assert state_filter("p") == "p/state/#"
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    store = BACKENDS[request.param](tmp_path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_an_event_logged_has_the_topic_of_the_event_parsed(store: Store) -> None:
+    """The publisher makes a logged event's topic of the columns logged beside it
+    (``LogEntry``), never parsing it: the very topic of the event itself."""
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    events = [
+        build_event(
+            source=source,
+            entity=entity,
+            object_id=object_id,
+            type_=f"{entity}.status_changed",
+            key="k",
+            time=now,
+            data={},
+        )
+        for source, entity, object_id in [
+            ("acme", "billing_task", "1234"),
+            ("acme-2", "invoice", "INV/7+#%"),
+            ("ünï", "billing_header", ""),
+            ("acme", "billing_run", "a/b/c"),
+        ]
+    ]
+    events.append(
+        CloudEvent(
+            id="evt_notice",
+            source="billnotify://svc",
+            type="billnotify.delivery.dead",
+            subject="delivery/dlv_1",
+            time="2026-12-03T00:00:00Z",
+            data={},
+        )
+    )
+    await store.commit("acme", [], events)
+    entries = await store.read_log(0, 100)
+    parsed = {s.event.id: s.event for s in await store.read_events(0, 100)}
+    assert len(entries) == len(events)
+    for entry in entries:
+        logged = logged_event_topic("p", entry.type, entry.source, entry.subject)
+        assert logged == event_topic("p", parsed[entry.id])

@@ -30,7 +30,6 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from billnotify import jsontext
 from billnotify.config.models import MqttConfig
 from billnotify.errors import FencedError, StoreError
 from billnotify.publish.connection import effective_protocol, properties
@@ -229,12 +228,9 @@ class LogPump:
 
     def _entry_publisher(self, box: Outbox, entry: LogEntry) -> Publish:
         """An event as logged, sent as it was logged: it is byte for byte what the parsed
-        event would serialise to (``tests/test_events_json.py``), so only the envelope
-        fields of the topic are read from it."""
-        envelope = jsontext.loads(entry.json)
-        topic = logged_event_topic(
-            self._config.prefix, entry.type, envelope["source"], envelope["subject"]
-        )
+        event would serialise to (``tests/test_events_json.py``), and its topic is made of
+        the columns logged beside it (``tests/test_mqtt_topics.py``): it is never parsed."""
+        topic = logged_event_topic(self._config.prefix, entry.type, entry.source, entry.subject)
         return self._publisher(box, entry.seq, entry.id, topic, entry.json)
 
     def _publisher(self, box: Outbox, seq: int, event_id: str, topic: str, payload: str) -> Publish:

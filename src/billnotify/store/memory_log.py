@@ -205,7 +205,9 @@ class LogTables(MemoryBase):
         for n, id_ in place(keys, versions, taken):
             event = events[n] if id_ == events[n].id else events[n].model_copy(update={"id": id_})
             log.last_seq += 1
-            entry = LogEntry(log.last_seq, id_, event.type, event.source_name, event.to_json())
+            entry = LogEntry(
+                log.last_seq, id_, event.type, event.source_name, event.subject, event.to_json()
+            )
             log.events.append(_Logged(entry, now))
             log.bodies[id_] = entry.json
             appended.append(StoredEvent(log.last_seq, event))

@@ -229,11 +229,12 @@ class LogTables(PgBase):
     async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
         """Events after ``after_seq`` as logged, in order."""
         rows = await self._fetch(
-            "SELECT seq, id, type, source, body FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, id, type, source, subject, body FROM events WHERE seq > $1 "
+            "ORDER BY seq LIMIT $2",
             after_seq,
             limit,
         )
-        return [LogEntry(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+        return [LogEntry(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def list_events(
         self,

@@ -90,10 +90,10 @@ def _appended(
     child made of it (:func:`~billnotify.store.sqlite_log.salted_body`, here as there).
     """
     for n, seq, id_ in placed:
-        logged_id, _entity, _object, type_, source_name, _subject, _time, body = logged[n]
+        logged_id, _entity, _object, type_, source_name, subject, _time, body = logged[n]
         if id_ != logged_id:
             body = salted_body(body, id_)
-        yield LogEntry(seq, id_, type_, source_name, body)
+        yield LogEntry(seq, id_, type_, source_name, subject, body)
 
 
 class ProcessStore:

@@ -58,6 +58,8 @@ class LogEntry(NamedTuple):
     type: str
     source: str
     """The source's name (``acme``)."""
+    subject: str
+    """``billing_tasks/1234``: the event's ``subject``."""
     json: str
 
 

@@ -331,18 +331,21 @@ class LogTables(SqliteBase):
     async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
         """Events after ``after_seq`` as logged, in order."""
         db = self._db
-        sql = "SELECT seq, id, type, source, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        sql = (
+            "SELECT seq, id, type, source, subject, body FROM events WHERE seq > ? "
+            "ORDER BY seq LIMIT ?"
+        )
         try:
             rows = await self._call(
                 lambda: _rows_with_text(
-                    db, "seq, id, type, source", "body", sql, (after_seq, limit)
+                    db, "seq, id, type, source, subject", "body", sql, (after_seq, limit)
                 )
             )
         except sqlite3.Error as exc:
             raise StoreError(f"state store read failed: {exc}") from exc
         entries = [
-            LogEntry(int(seq), id_, type_, source, body or "")
-            for (seq, id_, type_, source), body in rows
+            LogEntry(int(seq), id_, type_, source, subject, body or "")
+            for (seq, id_, type_, source, subject), body in rows
         ]
         entries.sort(key=lambda entry: entry.seq)
         return entries
