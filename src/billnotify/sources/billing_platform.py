@@ -17,6 +17,7 @@ Each cycle of a resource:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
@@ -121,30 +122,48 @@ class BillingPlatformSync:
             queries = [*cursor.queries(self.config.overlap)]
         new: set[str] = set()
         position: int | None = None
-        while queries:
-            _, since = queries.pop(0)
-            params = self._base_params()
-            if since is not None:
-                params["updatedSince"] = since
-            if position is not None:
-                params["idAfter"] = position
-            listing = self.client.iter_pages(self.path, params)
-            async with aclosing(cast("AsyncGenerator[list[dict[str, Any]]]", listing)) as pages:
-                async for page in pages:
-                    stats.requests += 1
-                    reads.add(position, server_time(self.client, self.clock()))
-                    known = await self._apply(page, stats)
-                    if cursor is not None:
-                        new.update(i for i in map(record_id, page) if i not in known)
-                    position = max(int(r["id"]) for r in page)
-                    passed = [q for q in queries if q[0] is not None and q[0] <= position]
-                    if passed:  # the ids above ``position`` are read from a later time
-                        queries = [passed[-1], *queries[len(passed) :]]
+        # A page is detected and committed while the next one is fetched (one page
+        # ahead, never two requests at once); pages are still committed in order.
+        applying: tuple[list[dict[str, Any]], asyncio.Task[set[str]]] | None = None
+
+        async def applied() -> None:
+            nonlocal applying
+            if applying is not None:
+                page, task = applying
+                applying = None
+                known = await task
+                if cursor is not None:
+                    new.update(i for i in map(record_id, page) if i not in known)
+
+        try:
+            while queries:
+                _, since = queries.pop(0)
+                params = self._base_params()
+                if since is not None:
+                    params["updatedSince"] = since
+                if position is not None:
+                    params["idAfter"] = position
+                listing = cast(
+                    "AsyncGenerator[list[dict[str, Any]]]",
+                    self.client.iter_pages(self.path, params),
+                )
+                async with aclosing(listing) as pages:
+                    async for page in pages:
+                        stats.requests += 1
+                        reads.add(position, server_time(self.client, self.clock()))
+                        await applied()
+                        applying = page, asyncio.create_task(self._apply(page, stats))
+                        position = max(int(r["id"]) for r in page)
+                        passed = [q for q in queries if q[0] is not None and q[0] <= position]
+                        if passed:  # the ids above ``position`` are read from a later time
+                            queries = [passed[-1], *queries[len(passed) :]]
+                            break
+                    else:
+                        stats.requests += 1  # the empty page: nothing above ``position``
+                        reads.add(position, server_time(self.client, self.clock()))
                         break
-                else:
-                    stats.requests += 1  # the empty page: nothing above ``position``
-                    reads.add(position, server_time(self.client, self.clock()))
-                    return new
+        finally:
+            await applied()  # a failed fetch still lets the page before it commit
         return new
 
     async def _created_pass(self, since: datetime, updated: set[str], stats: PollStats) -> None:
