@@ -15,6 +15,7 @@ import pytest
 
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import BillingPlatformSource
+from billnotify.errors import BillnotifyError
 from billnotify.simulator import Simulator
 from billnotify.sources import Poller, build_billing_syncs
 from billnotify.sources.base import PollStats
@@ -235,3 +236,26 @@ async def test_a_failing_source_delays_only_itself_and_loses_nothing(
         await bad.client.close()
     finally:
         await other.stop()
+
+
+async def test_a_page_that_fails_leaves_the_pages_before_it_committed_once(
+    sim: Simulator, harness: Harness
+) -> None:
+    """A page is committed while the next is fetched: when that fetch fails, the page
+    before it is committed all the same, the cursor stays, and the next poll logs the
+    rest: every change once."""
+    ids = [sim.state.add_billing_task(status="Pending")["id"] for _ in range(120)]
+    await harness.poll()
+    for rid in ids:
+        sim.state.update_billing_task(rid, status="Running")
+    cursor = await harness.store.get_cursor("acme", "billing_tasks")
+    sim.faults.add("/backend/api/v1/billingTasks", kind="malformed", count=100, after=1)
+    with pytest.raises(BillnotifyError):
+        await harness.poll()
+    assert len(await harness.types()) == 50  # the first page of 50
+    assert await harness.store.get_cursor("acme", "billing_tasks") == cursor
+    sim.faults.clear()
+    await harness.poll()
+    await harness.poll()
+    logged = [(e.event.object_id, e.event.type) for e in await harness.store.read_events(0)]
+    assert sorted(logged) == sorted((rid, "billing_task.status_changed") for rid in ids)
