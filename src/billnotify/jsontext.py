@@ -45,15 +45,26 @@ def loads(text: bytes | str) -> Any:
     return json.loads(text)
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})
+"""Types ``orjson`` writes exactly as :func:`json.dumps` does (``bool`` is not ``int``
+here: the types are compared, not ``isinstance``)."""
+
+
+_KEYS = frozenset({str})
+
+
 def _finite(value: Any) -> bool:
     """No ``NaN`` or infinity anywhere in ``value`` (``orjson`` writes them as null)."""
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:
         return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values() if not isinstance(v, str))
-    if isinstance(value, list):
-        return all(_finite(v) for v in value if not isinstance(v, str))
-    return True
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return True
+    if _SCALARS.issuperset(map(type, value)):  # a flat record: one pass in C
+        return True
+    return all(_finite(v) for v in value)
 
 
 def dumps(value: Any) -> str:
@@ -80,13 +91,15 @@ def _plain(value: Any) -> bool:
     values whose canonical text ``orjson`` writes exactly as :func:`json.dumps` does
     (floats it writes otherwise: ``1e16`` for ``1e+16``)."""
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
     if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
-    if kind is list:
-        return all(_plain(v) for v in value)
-    return False
+        if not _KEYS.issuperset(map(type, value)):
+            return False
+        value = value.values()
+    elif kind is not list:
+        return kind in _SCALARS
+    if _SCALARS.issuperset(map(type, value)):  # a flat record: one pass in C
+        return True
+    return all(_plain(v) for v in value)
 
 
 def canonical(value: Any) -> str:
