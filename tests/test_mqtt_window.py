@@ -91,3 +91,41 @@ async def test_stall_is_detected() -> None:
         await window.drain()
     await window.close()
     assert gate.started == [1]
+
+
+async def test_a_full_window_takes_more_once_a_quarter_is_free() -> None:
+    """Woken once per quarter of the window, not per acknowledgement; never over size."""
+    gate = Gate()
+    window = InflightWindow(8)
+    for n in range(8):
+        await window.submit(n, gate.publish(n))
+    more = asyncio.create_task(window.submit(8, gate.publish(8)))
+    gate.release(0)
+    await settle()
+    assert not more.done()  # one free slot of eight: not yet
+    gate.release(1)
+    await settle()
+    assert more.done() and gate.started[-1] == 8  # a quarter free: it goes
+    await window.submit(9, gate.publish(9))
+    gate.release(*range(2, 10))
+    assert await window.drain() == 9
+
+
+async def test_acknowledgements_that_keep_coming_are_no_stall() -> None:
+    """A slow broker (one acknowledgement at a time, each within the stall timeout) does
+    not stall a full window that waits for a quarter of it to be free."""
+    gate = Gate()
+    window = InflightWindow(8, stall_timeout=0.1)
+    for n in range(8):
+        await window.submit(n, gate.publish(n))
+
+    async def slowly() -> None:
+        for n in range(8):
+            await asyncio.sleep(0.08)
+            gate.release(n)
+
+    releasing = asyncio.create_task(slowly())
+    await window.submit(8, gate.publish(8))  # waits 0.16 s for two; never 0.1 s without one
+    await releasing
+    gate.release(8)
+    assert await window.drain() == 8

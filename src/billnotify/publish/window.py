@@ -10,6 +10,7 @@ at most the window, never skips an event.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -31,7 +32,12 @@ class InflightWindow:
 
     Individual publishes carry no timeout of their own (a timer per message costs as
     much as the publish); instead waiting for a slot, or for the window to drain,
-    gives up with :class:`WindowStalled` after ``stall_timeout`` seconds.
+    gives up with :class:`WindowStalled` after ``stall_timeout`` seconds without an
+    acknowledgement.
+
+    A full window takes new publishes again once a quarter of it is free, not at each
+    acknowledgement: a publisher woken per acknowledgement sent one message per turn of
+    the event loop, each with its wake-up and its write to the connection.
 
     Args:
         size: the most publishes in flight.
@@ -49,7 +55,11 @@ class InflightWindow:
     ) -> None:
         self._on_ack = on_ack
         self._stall_timeout = stall_timeout
-        self._slots = asyncio.Semaphore(size)
+        self._free = size
+        self._refill = max(1, size // 4)
+        self._room = asyncio.Event()
+        """Set when a full window has :attr:`_refill` free slots again."""
+        self._last_ack = time.monotonic()
         self._pending: deque[tuple[int | None, asyncio.Future[None]]] = deque()
         self._failure: BaseException | None = None
         self.acked = acked
@@ -70,28 +80,35 @@ class InflightWindow:
         Returns:
             The publish's future.
         """
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self._stall_timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise WindowStalled(
-                    f"no acknowledgement for {self._stall_timeout:g}s with {len(self)} in flight"
-                ) from None
-        else:
-            await self._slots.acquire()
-        try:
-            self._raise_failure()
-        except BaseException:
-            self._slots.release()
-            raise
+        while self._free == 0:
+            await self._room_again()
+        self._raise_failure()
+        self._free -= 1
         future = asyncio.ensure_future(publish())
         future.add_done_callback(self._finished)
         self._pending.append((seq, future))
         return future
 
+    async def _room_again(self) -> None:
+        """Until a quarter of the window is free; raises :class:`WindowStalled` after
+        ``stall_timeout`` seconds without an acknowledgement."""
+        while self._free < self._refill:
+            self._room.clear()
+            try:
+                async with asyncio.timeout(self._stall_timeout):
+                    await self._room.wait()
+            except TimeoutError:
+                if time.monotonic() - self._last_ack >= self._stall_timeout:
+                    raise WindowStalled(
+                        f"no acknowledgement for {self._stall_timeout:g}s"
+                        f" with {len(self)} in flight"
+                    ) from None
+
     def _finished(self, future: asyncio.Future[None]) -> None:
-        self._slots.release()
+        self._free += 1
+        self._last_ack = time.monotonic()
+        if self._free >= self._refill:
+            self._room.set()
         if future.cancelled():
             return
         exc = future.exception()  # retrieved for every one, so none is reported unhandled
