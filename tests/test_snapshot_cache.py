@@ -162,3 +162,16 @@ def test_the_longest_unwritten_go_first() -> None:
     cache.read("acme", "billing_task", ["4"], {})
     assert cache.get("acme", "billing_task", ["1", "2", "3", "4"])[1] == ["2"]
     assert len(cache) == 3
+
+
+def test_the_text_kept_is_bounded_too() -> None:
+    cache = SnapshotCache(text=110)
+    cache.hold(1)
+    long = {
+        str(n): Snapshot("acme", "billing_task", str(n), task(str(n), "x" * 30)) for n in range(5)
+    }
+    cache.read("acme", "billing_task", list(long), long)
+    found, missing = cache.get("acme", "billing_task", list(long))
+    assert sorted(found) == ["3", "4"] and missing == ["0", "1", "2"]  # 2 x 53 characters
+    cache.written("acme", [write("4", "y" * 200)])  # longer than the whole budget
+    assert len(cache) == 0

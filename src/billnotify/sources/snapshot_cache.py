@@ -20,7 +20,7 @@ What keeps it exact:
 
 Records are kept as JSON text that reads back as the very record
 (:func:`~billnotify.jsontext.dumps`; a fifth of the memory of the parsed records), at
-most ``limit`` of them, the longest unwritten dropped first.
+most ``limit`` of them and ``text`` characters, the longest unwritten dropped first.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ from billnotify.jsontext import dumps, loads
 from billnotify.store.records import Snapshot, SnapshotWrite
 
 DEFAULT_LIMIT = 50_000
-"""Records kept per poller: some 35 MiB at most for records of 500 bytes."""
+"""Records kept per poller at most."""
+DEFAULT_TEXT = 16 << 20
+"""Characters of records kept per poller at most (16 Mi: some 20 to 40 MiB in memory
+with the keys; 20,000 billing tasks take about 6 Mi)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +57,14 @@ class SnapshotCache:
 
     Args:
         limit: records kept at most.
+        text: characters of records kept at most.
     """
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, text: int = DEFAULT_TEXT) -> None:
         self.limit = limit
+        self.text = text
         self._kept: dict[tuple[str, str, str], _Kept | None] = {}
+        self._chars = 0
         self._epoch: int | None = None
 
     def __len__(self) -> int:
@@ -68,12 +74,13 @@ class SnapshotCache:
         """Keep what is kept only if it was kept under this lease epoch (None: the
         lease is not held, and nothing is kept)."""
         if epoch is None or epoch != self._epoch:
-            self._kept.clear()
+            self.forget()
         self._epoch = epoch
 
     def forget(self) -> None:
         """Keep nothing (a commit failed: the store's state is not known here)."""
         self._kept.clear()
+        self._chars = 0
 
     def get(
         self, source: str, entity: str, ids: Sequence[str]
@@ -120,14 +127,23 @@ class SnapshotCache:
             key = (source, entity, rid)
             if key not in self._kept:
                 continue
-            before = self._kept.pop(key)
+            before = self._pop(key)
             n = times[entity, rid]
             version = n if before is None else before.version + n
             self._put(key, _Kept(dumps(write.record), write.marks, write.due_at, version))
 
+    def _pop(self, key: tuple[str, str, str]) -> _Kept | None:
+        entry = self._kept.pop(key)
+        if entry is not None:
+            self._chars -= len(entry.text)
+        return entry
+
     def _put(self, key: tuple[str, str, str], entry: _Kept | None) -> None:
         kept = self._kept
-        kept.pop(key, None)
+        if key in kept:
+            self._pop(key)
         kept[key] = entry
-        while len(kept) > self.limit:
-            del kept[next(iter(kept))]
+        if entry is not None:
+            self._chars += len(entry.text)
+        while len(kept) > self.limit or self._chars > self.text:
+            self._pop(next(iter(kept)))
