@@ -20,7 +20,7 @@ What keeps it exact:
 
 Records are kept as JSON text that reads back as the very record
 (:func:`~billnotify.jsontext.dumps`; a fifth of the memory of the parsed records), at
-most ``limit`` of them and ``text`` characters, the longest unwritten dropped first.
+most ``limit`` of them and ``text`` bytes, the longest unwritten dropped first.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from billnotify.store.records import Snapshot, SnapshotWrite
 DEFAULT_LIMIT = 50_000
 """Records kept per poller at most."""
 DEFAULT_TEXT = 16 << 20
-"""Characters of records kept per poller at most (16 Mi: some 20 to 40 MiB in memory
+"""Bytes of records kept per poller at most (16 Mi: some 20 to 40 MiB in memory
 with the keys; 20,000 billing tasks take about 6 Mi)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
-    text: str
+    text: bytes
     marks: frozenset[str]
     due_at: datetime | None
     version: int
@@ -57,13 +57,15 @@ class SnapshotCache:
 
     Args:
         limit: records kept at most.
-        text: characters of records kept at most.
+        text: bytes of records (their JSON) kept at most.
     """
 
     def __init__(self, limit: int = DEFAULT_LIMIT, text: int = DEFAULT_TEXT) -> None:
         self.limit = limit
         self.text = text
-        self._kept: dict[tuple[str, str, str], _Kept | None] = {}
+        self._kept: dict[str, _Kept | None] = {}
+        """By id, of the one (source, entity) kept: a poller's."""
+        self._table: tuple[str, str] | None = None
         self._chars = 0
         self._epoch: int | None = None
 
@@ -82,18 +84,26 @@ class SnapshotCache:
         self._kept.clear()
         self._chars = 0
 
+    def _keeping(self, source: str, entity: str) -> bool:
+        """Whether records of (source, entity) are kept: those of a poller's resource,
+        the first asked for (another empties the cache and is kept from then on)."""
+        if self._table != (source, entity):
+            self.forget()
+            self._table = (source, entity)
+        return self._epoch is not None
+
     def get(
         self, source: str, entity: str, ids: Sequence[str]
     ) -> tuple[dict[str, Snapshot], list[str]]:
         """The kept snapshots of ``ids``, and the ids the store must be asked for."""
         found: dict[str, Snapshot] = {}
         missing: list[str] = []
+        self._keeping(source, entity)
         kept = self._kept
         for rid in ids:
-            key = (source, entity, rid)
-            if key not in kept:
+            if rid not in kept:
                 missing.append(rid)
-            elif (entry := kept[key]) is not None:
+            elif (entry := kept[rid]) is not None:
                 record = loads(entry.text)
                 found[rid] = Snapshot(
                     source, entity, rid, record, entry.marks, entry.due_at, entry.version
@@ -104,41 +114,43 @@ class SnapshotCache:
         self, source: str, entity: str, ids: Iterable[str], snapshots: Mapping[str, Snapshot]
     ) -> None:
         """What the store answered for ``ids``: their snapshots, or that it has none."""
-        if self._epoch is None:
+        if not self._keeping(source, entity):
             return
         for rid in ids:
             snap = snapshots.get(rid)
             if snap is None:
-                self._put((source, entity, rid), _ABSENT)
+                self._put(rid, _ABSENT)
             else:
-                text = dumps(snap.record)
-                self._put((source, entity, rid), _Kept(text, snap.marks, snap.due_at, snap.version))
+                text = dumps(snap.record).encode()
+                self._put(rid, _Kept(text, snap.marks, snap.due_at, snap.version))
 
     def written(self, source: str, writes: Sequence[SnapshotWrite]) -> None:
         """A commit of ``writes`` succeeded."""
-        if self._epoch is None:
+        if self._epoch is None or not writes:
             return
-        last: dict[tuple[str, str], SnapshotWrite] = {}
-        times: Counter[tuple[str, str]] = Counter()
+        if any((source, w.entity) != self._table for w in writes):
+            self.forget()  # not the poller's resource: not kept, and nothing else either
+            return
+        last: dict[str, SnapshotWrite] = {}
+        times: Counter[str] = Counter()
         for write in writes:  # a record written twice in a commit: the last write stays
-            last[write.entity, write.id] = write
-            times[write.entity, write.id] += 1
-        for (entity, rid), write in last.items():
-            key = (source, entity, rid)
-            if key not in self._kept:
+            last[write.id] = write
+            times[write.id] += 1
+        for rid, write in last.items():
+            if rid not in self._kept:
                 continue
-            before = self._pop(key)
-            n = times[entity, rid]
-            version = n if before is None else before.version + n
-            self._put(key, _Kept(dumps(write.record), write.marks, write.due_at, version))
+            before = self._pop(rid)
+            version = times[rid] if before is None else before.version + times[rid]
+            text = dumps(write.record).encode()
+            self._put(rid, _Kept(text, write.marks, write.due_at, version))
 
-    def _pop(self, key: tuple[str, str, str]) -> _Kept | None:
+    def _pop(self, key: str) -> _Kept | None:
         entry = self._kept.pop(key)
         if entry is not None:
             self._chars -= len(entry.text)
         return entry
 
-    def _put(self, key: tuple[str, str, str], entry: _Kept | None) -> None:
+    def _put(self, key: str, entry: _Kept | None) -> None:
         kept = self._kept
         if key in kept:
             self._pop(key)

@@ -22,11 +22,12 @@ from collections.abc import Iterable
 
 from billnotify.store.records import LogEntry
 
-ENTRIES = 4096
-"""Entries kept at most: eight of the followers' pages of 500, far more than a follower
-that keeps up lags behind."""
-TEXT = 8 << 20
-"""Characters of JSON kept at most (8 Mi): the bound where events are large."""
+ENTRIES = 1024
+"""Entries kept at most: two of the followers' pages of 500, what a follower that keeps
+up lags behind (one further behind reads from the store; more would cost memory, some
+1.2 KiB an entry, for reads a lagging follower makes anyway)."""
+TEXT = 2 << 20
+"""Characters of JSON kept at most (2 Mi): the bound where events are large."""
 
 
 class LogTail:
