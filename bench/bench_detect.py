@@ -46,7 +46,8 @@ from bench import BenchResult
 from billnotify.clients.billing_platform import BillingPlatformClient
 from billnotify.config.models import BillingPlatformSource
 from billnotify.sources import build_billing_syncs
-from billnotify.sources.billing_platform import CURSOR_FORMAT, BillingPlatformSync
+from billnotify.sources.billing_cursor import CURSOR_FORMAT, Cursor
+from billnotify.sources.billing_platform import BillingPlatformSync
 from billnotify.store import ProcessStore, SqliteStore
 
 TASKS = 5_000
@@ -188,7 +189,7 @@ async def _since(sync: BillingPlatformSync) -> str:
     """The ``updatedSince`` the next poll of ``sync`` will send."""
     cursor = await sync.store.get_cursor(sync.source, sync.resource)
     assert cursor is not None
-    since = datetime.strptime(cursor, CURSOR_FORMAT).replace(tzinfo=UTC) - sync.config.overlap
+    _after, since = Cursor.parse(cursor).queries(sync.config.overlap)[0]
     return since.strftime(CURSOR_FORMAT)
 
 

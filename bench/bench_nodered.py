@@ -23,6 +23,8 @@ Both reach back ``OVERLAP_S`` behind their cursor. In turn, after one warm-up ch
 then peak RSS of the tree, lost and duplicated messages, and what the side asked of the
 platform (requests per full scan, rows read again after the burst). Each figure is the
 median of ``ROUNDS`` rounds, the sides taking turns. Node/npm missing: skipped, saying so.
+Beside them, *paho floor*: the CPU per message of a bare paho publish loop on the same
+broker, against Node-RED's CPU per event (what the MQTT library alone costs here).
 
 ``BENCH_QUICK=1``: ``N`` 2,000, one round. ``BENCH_NODERED_N`` sets ``N``.
 ``BENCH_PROFILE=FOLDER``: one more billnotify round under py-spy; the burst's profile
@@ -43,6 +45,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiomqtt
 
 from bench import BenchResult
 from bench._billing_fake import PAGE_MAX, FakePlatform, Request
@@ -263,7 +268,44 @@ async def _profile(port: int, folder: Path) -> str:
     return text
 
 
-def _results(rounds: dict[str, list[Round]]) -> list[BenchResult]:
+async def _paho_floor(port: int) -> float:
+    """CPU µs per message of a bare paho publish loop on this machine and broker: ``N``
+    messages of an event's size, QoS 1, MQTT 5, a window of 100, each a future settled
+    by paho's ``on_publish`` (aiomqtt only connects and runs paho's socket). What any
+    publisher built on paho costs at least, whatever else it does."""
+    payload = b"x" * 900
+    async with aiomqtt.Client(
+        "127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=0
+    ) as client:
+        paho = client._client
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, asyncio.Future[None]] = {}
+        theirs = paho.on_publish
+
+        def acknowledged(c: Any, userdata: Any, mid: int, *rest: Any) -> None:
+            future = waiting.pop(mid, None)
+            if future is None:
+                if theirs is not None:
+                    theirs(c, userdata, mid, *rest)
+            else:
+                future.set_result(None)
+
+        paho.on_publish = acknowledged
+        slots = asyncio.Semaphore(100)
+        sent: list[asyncio.Future[None]] = []
+        cpu = time.process_time()
+        for n in range(N):
+            await slots.acquire()
+            info = paho.publish(f"floor/{n}", payload, 1)
+            future = loop.create_future()
+            future.add_done_callback(lambda _: slots.release())
+            waiting[info.mid] = future
+            sent.append(future)
+        await asyncio.gather(*sent)
+        return (time.process_time() - cpu) / N * 1e6
+
+
+def _results(rounds: dict[str, list[Round]], floor: float) -> list[BenchResult]:
     where = f"N={N}, poll 1 s, limit {PAGE_MAX}, QoS 1, median of {ROUNDS}; baseline = Node-RED"
     sides = ("billnotify", "node-red")
     rows = []
@@ -285,6 +327,9 @@ def _results(rounds: dict[str, list[Round]]) -> list[BenchResult]:
         )
         ours, theirs = (pick([figure(r) for r in rounds[side]]) for side in sides)
         rows.append(BenchResult.versus(f"nodered.{name}", ours, unit, theirs, f"{how}; {where}"))
+    theirs = statistics.median([r.cpu_us for r in rounds["node-red"]])
+    how = "a bare paho publish loop per message (QoS 1, window 100) against Node-RED per event"
+    rows.append(BenchResult.versus("nodered.paho_floor", floor, "µs/event", theirs, how))
     return rows
 
 
@@ -305,11 +350,12 @@ async def run() -> list[BenchResult]:
                 rounds[side].append(await _round(side, sides[side], port))
                 print(rounds[side][-1].describe(), file=sys.stderr, flush=True)
             order.reverse()
+        floor = statistics.median([await _paho_floor(port) for _ in range(ROUNDS)])
         if profile_dir:
             folder = Path(profile_dir).absolute()
             folder.mkdir(parents=True, exist_ok=True)
             print(await _profile(port, folder), file=sys.stderr)
-    return _results(rounds)
+    return _results(rounds, floor)
 
 
 if __name__ == "__main__":

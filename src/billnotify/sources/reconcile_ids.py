@@ -36,6 +36,7 @@ from billnotify.config.models import SourceConfig
 from billnotify.errors import BillnotifyError, FencedError
 from billnotify.logs import log_context
 from billnotify.sources.base import Clock, ResourceSync, diff_page, utcnow
+from billnotify.sources.billing_cursor import CURSOR_FORMAT
 from billnotify.sources.billing_platform import BillingPlatformSync
 from billnotify.sources.deletions import DELETED, Known, deletions, diff_ids, known_from
 from billnotify.sources.detect import Policy
@@ -46,7 +47,6 @@ from billnotify.values import flags, record_id
 
 logger = logging.getLogger(__name__)
 
-CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 RETRY_AFTER = timedelta(minutes=5)
 """A failed reconcile is tried again this soon (or after the interval, if shorter)."""
 _WAIT_FOR_BASELINE = 5.0
