@@ -54,9 +54,10 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from backends import BACKENDS
 from billnotify.clients import BillingPlatformClient
 from billnotify.simulator import ManualClock, Simulator
-from billnotify.store import SqliteStore
+from billnotify.store import SqliteStore, Store
 from servers import Sleeps, SmtpSink, WebhookReceiver, free_port
 
 MOSQUITTO = os.environ.get("MOSQUITTO", shutil.which("mosquitto") or "/usr/sbin/mosquitto")
@@ -424,3 +425,14 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """An open :class:`~billnotify.store.SqliteStore` (``state.db`` in the temp folder)."""
     async with SqliteStore(tmp_path / "state.db") as opened:
         yield opened
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, empty store of each backend (``tests/backends.py``)."""
+    store = BACKENDS[request.param](tmp_path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

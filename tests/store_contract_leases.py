@@ -9,13 +9,13 @@ from datetime import timedelta
 
 import pytest
 
+from backends import INSTANCE
 from billnotify.deliveries.base import DeliveryStatus
 from billnotify.errors import FencedError
 from billnotify.store import SnapshotWrite, Store
 from billnotify.store.records import Instance, Lease
 from store_contract import NOW, deliveries, end, event
 
-INSTANCE = "contract"
 """The name the contract's stores record on the deliveries they start."""
 TTL = timedelta(seconds=15)
 POLL = "poll:acme/billing_tasks"

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
-
-import pytest
 
 from billnotify.events import CloudEvent, build_event
 from billnotify.publish.topics import (
@@ -19,7 +15,6 @@ from billnotify.publish.topics import (
     topic_level,
 )
 from billnotify.store.base import Store
-from test_store_contract import BACKENDS
 
 
 def test_levels_escape_what_mqtt_forbids_and_stay_reversible() -> None:
@@ -54,17 +49,7 @@ def test_state_status_and_filters() -> None:
     assert state_filter("p") == "p/state/#"
 
 
-@pytest.fixture(params=list(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    store = BACKENDS[request.param](tmp_path)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def test_an_event_logged_has_the_topic_of_the_event_parsed(store: Store) -> None:
+async def test_an_event_logged_has_the_topic_of_the_event_parsed(backend: Store) -> None:
     """The publisher makes a logged event's topic of the columns logged beside it
     (``LogEntry``), never parsing it: the very topic of the event itself."""
     now = datetime(2026, 12, 3, tzinfo=UTC)
@@ -95,9 +80,9 @@ async def test_an_event_logged_has_the_topic_of_the_event_parsed(store: Store) -
             data={},
         )
     )
-    await store.commit("acme", [], events)
-    entries = await store.read_log(0, 100)
-    parsed = {s.event.id: s.event for s in await store.read_events(0, 100)}
+    await backend.commit("acme", [], events)
+    entries = await backend.read_log(0, 100)
+    parsed = {s.event.id: s.event for s in await backend.read_events(0, 100)}
     assert len(entries) == len(events)
     for entry in entries:
         logged = logged_event_topic("p", entry.type, entry.source, entry.subject)

@@ -7,33 +7,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from backends import BACKENDS
 from billnotify.errors import FencedError
 from billnotify.leases import Role
 from billnotify.sources.base import FencedSnapshots
 from billnotify.sources.snapshot_cache import SnapshotCache
 from billnotify.store.base import Store
 from billnotify.store.records import Snapshot, SnapshotWrite
-from test_store_contract import BACKENDS
 
 LEASE = "poll:acme/billing_tasks"
 TTL = timedelta(minutes=5)
 NOW = datetime(2026, 12, 3, 6, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=list(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    store = BACKENDS[request.param](tmp_path)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def holding(store: Store, instance: str = "a") -> Role:
@@ -57,10 +46,10 @@ async def read(fenced: FencedSnapshots, ids: list[str]) -> dict[str, Snapshot]:
     return await fenced.get_snapshots("acme", "billing_task", ids)
 
 
-async def test_kept_snapshots_are_the_stores_own(store: Store) -> None:
+async def test_kept_snapshots_are_the_stores_own(backend: Store) -> None:
     """Random commits (a record written twice in one, marks, new records): each read
-    served by the cache equals the store's own, version included."""
-    fenced = FencedSnapshots(store, await holding(store))
+    served by the cache equals the backend's own, version included."""
+    fenced = FencedSnapshots(backend, await holding(backend))
     rng = random.Random(13)
     ids = [str(n) for n in range(1, 31)]
     for _ in range(25):
@@ -72,33 +61,33 @@ async def test_kept_snapshots_are_the_stores_own(store: Store) -> None:
         ]
         await fenced.commit("acme", writes, [])
         served = await read(fenced, ids)
-        stored = await store.get_snapshots("acme", "billing_task", ids)
+        stored = await backend.get_snapshots("acme", "billing_task", ids)
         assert served == stored
     assert len(fenced.cache) > 0
 
 
-async def test_a_new_holder_empties_it(store: Store) -> None:
+async def test_a_new_holder_empties_it(backend: Store) -> None:
     """A record another holder wrote (lease taken over, then back) is read again."""
-    role = await holding(store, "a")
-    fenced = FencedSnapshots(store, role)
+    role = await holding(backend, "a")
+    fenced = FencedSnapshots(backend, role)
     await read(fenced, ["1"])
     await fenced.commit("acme", [write("1", "Pending")], [])
     assert (await read(fenced, ["1"]))["1"].record["status"] == "Pending"
     later = NOW + TTL * 2  # a's lease lapsed: b takes it and writes
-    other = await store.acquire(LEASE, "b", later, TTL)
+    other = await backend.acquire(LEASE, "b", later, TTL)
     assert other is not None
-    await store.commit("acme", [write("1", "Error")], [], fence=other)
-    back = await store.acquire(LEASE, "a", later + TTL * 2, TTL)
+    await backend.commit("acme", [write("1", "Error")], [], fence=other)
+    back = await backend.acquire(LEASE, "a", later + TTL * 2, TTL)
     assert back is not None and back.epoch > other.epoch
     role.grant(back, time.monotonic() + 300)
     snap = (await read(fenced, ["1"]))["1"]
     assert snap.record["status"] == "Error"
-    assert snap == (await store.get_snapshots("acme", "billing_task", ["1"]))["1"]
+    assert snap == (await backend.get_snapshots("acme", "billing_task", ["1"]))["1"]
 
 
-async def test_a_lease_not_held_keeps_nothing(store: Store) -> None:
-    role = await holding(store)
-    fenced = FencedSnapshots(store, role)
+async def test_a_lease_not_held_keeps_nothing(backend: Store) -> None:
+    role = await holding(backend)
+    fenced = FencedSnapshots(backend, role)
     await read(fenced, ["1", "2"])
     assert len(fenced.cache) == 2
     role.lose()
@@ -108,13 +97,13 @@ async def test_a_lease_not_held_keeps_nothing(store: Store) -> None:
         await fenced.commit("acme", [write("1", "Pending")], [])
 
 
-async def test_a_failed_commit_empties_it(store: Store) -> None:
-    """A commit the store refused (here: fenced off by a newer holder) may or may not
+async def test_a_failed_commit_empties_it(backend: Store) -> None:
+    """A commit the backend refused (here: fenced off by a newer holder) may or may not
     have landed as far as the cache knows: it forgets everything."""
-    role = await holding(store, "a")
-    fenced = FencedSnapshots(store, role)
+    role = await holding(backend, "a")
+    fenced = FencedSnapshots(backend, role)
     await read(fenced, ["1", "2"])
-    await store.acquire(LEASE, "b", NOW + TTL * 2, TTL)  # a does not know yet
+    await backend.acquire(LEASE, "b", NOW + TTL * 2, TTL)  # a does not know yet
     with pytest.raises(FencedError):
         await fenced.commit("acme", [write("1", "Pending")], [])
     assert len(fenced.cache) == 0
