@@ -134,3 +134,57 @@ async def test_broker_outage_loses_nothing(
     assert set(received) == set(expected)
     assert publisher.reconnects >= 1
     assert at_stop < TOTAL, "the outage did not interrupt the burst"
+
+
+async def test_an_event_the_broker_refuses_holds_the_log_until_it_is_taken(
+    tmp_path: Any, mqtt_prefix: str, store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MQTT 5: an event on a topic the broker's ACL denies is refused (``Not
+    authorized``), not passed as sent: the position stays before it, the publisher says
+    so and tries again, and once the ACL lets it through every event arrives once."""
+    from conftest import Mosquitto
+
+    acl = tmp_path / "acl.txt"
+    acl.write_text(f"topic readwrite {mqtt_prefix}/events/acme/billing_task/#\n")
+    broker = Mosquitto(tmp_path / "broker")
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
+    broker.start()
+    config = MqttConfig(
+        url=broker.url(),
+        prefix=mqtt_prefix,
+        client_id=f"{mqtt_prefix}-pub",
+        reconnect_max=timedelta(seconds=1),
+        retain_state=[],
+    )
+    kinds = ["billing_task", "billing_task", "invoice", "billing_task"]
+    events = [
+        build_event(
+            source="acme",
+            entity=entity,
+            object_id=str(n),
+            type_=f"{entity}.updated",
+            key="k",
+            time=datetime(2026, 12, 3, tzinfo=UTC),
+            data={},
+        )
+        for n, entity in enumerate(kinds)
+    ]
+    stored = await store.commit("acme", [], events)
+    publisher = MqttPublisher(config, store)
+    task = asyncio.create_task(publisher.run())
+    try:
+        async with asyncio.timeout(10):  # refused, tried again, refused again
+            while caplog.text.count("refused a message") < 2:
+                await asyncio.sleep(0.05)
+        assert await store.get_position(POSITION) == stored[1].seq  # held before the invoice
+        acl.write_text(f"topic readwrite {mqtt_prefix}/#\n")
+        broker.stop()
+        broker.start()  # the ACL read again
+        async with asyncio.timeout(20):
+            while await store.get_position(POSITION) != stored[-1].seq:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        broker.stop()

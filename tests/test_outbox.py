@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -58,3 +59,25 @@ async def test_an_acknowledgement_never_comes_without_the_broker(
         refused = box.publish(f"{mqtt_prefix}/b", b"b", 1)
         with pytest.raises(aiomqtt.MqttCodeError):
             await refused
+
+
+async def test_a_message_the_broker_refuses_is_not_counted_as_sent(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """MQTT 5: a topic the broker's ACL denies is acknowledged with ``Not authorized``;
+    that publish fails (the publisher keeps its position) instead of passing as sent."""
+    broker = Mosquitto(tmp_path / "acl")
+    acl = tmp_path / "acl.txt"
+    acl.write_text(f"topic write {mqtt_prefix}/allowed/#\n")
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
+    broker.start()
+    try:
+        version = aiomqtt.ProtocolVersion.V5
+        async with aiomqtt.Client(broker.host, broker.port, protocol=version) as client:
+            box = outbox(client)
+            await box.publish(f"{mqtt_prefix}/allowed/1", b"ok", 1)
+            with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+                await box.publish(f"{mqtt_prefix}/denied/1", b"no", 1)
+            await box.publish(f"{mqtt_prefix}/allowed/2", b"ok", 1)  # the connection lives on
+    finally:
+        broker.stop()

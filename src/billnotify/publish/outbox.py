@@ -12,9 +12,12 @@ dependency is pinned below 3 and ``tests/test_outbox.py`` holds it), and hands e
 acknowledgement that is not its own to aiomqtt, so aiomqtt's own publishes on the
 same connection (availability, status) work as before.
 
-Outcomes are aiomqtt's: a publish paho refuses fails with ``aiomqtt.MqttCodeError``;
-a connection lost leaves the futures pending (the publisher watches the connection and
-abandons its window, as it did with the tasks).
+Outcomes: a publish paho refuses fails with ``aiomqtt.MqttCodeError``, as aiomqtt's
+would; so does one the broker refuses (an MQTT 5 acknowledgement with a failure reason
+code, such as ``Not authorized`` for a topic its ACL denies), which aiomqtt counted as
+sent: the publisher then keeps its position and tries again, rather than moving past an
+event no subscriber got. A connection lost leaves the futures pending (the publisher
+watches the connection and abandons its window, as it did with the tasks).
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 _OUTBOXES: weakref.WeakKeyDictionary[aiomqtt.Client, Outbox] = weakref.WeakKeyDictionary()
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker's refusal of a message (not a lost connection)."""
+    return isinstance(exc, aiomqtt.MqttCodeError) and isinstance(exc.rc, ReasonCode)
 
 
 def outbox(client: aiomqtt.Client) -> Outbox:
@@ -75,5 +84,9 @@ class Outbox:
         if future is None:
             if self._theirs is not None:
                 self._theirs(client, userdata, mid, *rest)
-        elif not future.done():  # not abandoned meanwhile
+        elif future.done():  # abandoned meanwhile
+            pass
+        elif rest and isinstance(reason := rest[0], ReasonCode) and reason.is_failure:
+            future.set_exception(aiomqtt.MqttCodeError(reason))  # "[code:135] Not authorized"
+        else:
             future.set_result(None)
