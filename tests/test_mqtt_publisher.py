@@ -155,6 +155,31 @@ async def _no_dirty(store: SqliteStore) -> bool:
     return not await store.dirty_snapshots()
 
 
+async def test_without_retained_entities_written_records_wait_until_one_is_retained(
+    mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
+) -> None:
+    """``retain_state = []``: no record is read back (the flags stay set) and nothing is
+    retained; retaining the entity later publishes every record written meanwhile."""
+    write = SnapshotWrite("billing_task", "1", {"id": "1", "status": "Running"})
+    stored = await store.commit("acme", [write], [make_event("billing_task", "1", "updated")])
+    quiet = mqtt_config(mosquitto.url(), mqtt_prefix, retain_state=[])
+    async with running(MqttPublisher(quiet, store, idle_interval=0.05), connected=10):
+        await wait_until(lambda: _position_is(store, stored[-1].seq))  # it ran a while
+    assert [s.id for s in await store.dirty_snapshots()] == ["1"]
+    task_topic = f"{mqtt_prefix}/state/acme/billing_task/1"
+    retaining = mqtt_config(mosquitto.url(), mqtt_prefix, retain_state=["billing_task"])
+    async with (
+        mqtt_subscriber(mosquitto, task_topic) as sub,
+        running(MqttPublisher(retaining, store, idle_interval=0.05), connected=10),
+    ):
+        await sub.wait_for(lambda msgs: len(msgs) == 1)
+    assert json.loads(sub.payloads(task_topic)[0]) == {"id": "1", "status": "Running"}
+
+
+async def _position_is(store: SqliteStore, seq: int) -> bool:
+    return await store.get_position(POSITION) == seq
+
+
 async def test_online_then_offline_on_clean_shutdown(
     mosquitto: Any, mqtt_prefix: str, mqtt_subscriber: Any, store: SqliteStore
 ) -> None:

@@ -5,6 +5,11 @@ is published (retained) for the entities in ``retain_state`` and then cleared, s
 retained state catches up after an outage instead of being lost with it. Snapshots
 of other entities are cleared without publishing. A record the platform deleted
 (SPEC §7.5) clears its topic with an empty retained message; a restored one sets it again.
+
+With ``retain_state = []`` nothing is read or cleared: reading each written record back
+only to clear its flag was some 10 µs of CPU per change (issue 13), and the flags left
+set mean that retaining an entity later publishes the state of every record written
+since.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class StatePublisher:
             Exception: a publish in ``window`` failed (the caller reconnects); the
                 page stays dirty and is published again.
         """
+        if not self._retain:
+            return False
         snapshots = await self._store.dirty_snapshots(limit=self._config.batch_size)
         if not snapshots:
             return False
