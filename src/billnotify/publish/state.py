@@ -6,10 +6,11 @@ retained state catches up after an outage instead of being lost with it. Snapsho
 of other entities are cleared without publishing. A record the platform deleted
 (SPEC §7.5) clears its topic with an empty retained message; a restored one sets it again.
 
-With ``retain_state = []`` nothing is read or cleared: reading each written record back
-only to clear its flag was some 10 µs of CPU per change (issue 13), and the flags left
-set mean that retaining an entity later publishes the state of every record written
-since.
+With ``retain_state = []`` nothing is read or cleared: each written record read back
+(and parsed) only to clear its flag served nothing (7 µs per change in a profile of
+issue 13's burst, too little for the benchmark to tell apart from its noise), and the
+flags left set mean that retaining an entity later publishes the state of every record
+written since.
 """
 
 from __future__ import annotations
