@@ -34,7 +34,7 @@ from billnotify.config.models import MqttConfig
 from billnotify.errors import BusError, StoreError
 from billnotify.leases import Role, run_while_held
 from billnotify.publish.connection import OFFLINE, ONLINE, make_client, watch_disconnect
-from billnotify.publish.outbox import refused
+from billnotify.publish.outbox import Refused
 from billnotify.publish.pump import CONTENT_TYPE, POSITION, LogPump
 from billnotify.publish.topics import client_id, status_topic
 from billnotify.publish.window import WindowStalled
@@ -164,7 +164,7 @@ class MqttPublisher:
                 if task is not None and task.cancelling():
                     # the error came while shutting down: never swallow the cancellation
                     raise asyncio.CancelledError from exc
-                if refused(exc):
+                if isinstance(exc, Refused):
                     # held at the event until the broker takes it (its ACL, a quota): tried
                     # again on a backoff that grows, never skipped
                     lost_at = self._clock()

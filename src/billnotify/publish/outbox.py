@@ -34,9 +34,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 _OUTBOXES: weakref.WeakKeyDictionary[aiomqtt.Client, Outbox] = weakref.WeakKeyDictionary()
 
 
-def refused(exc: BaseException) -> bool:
-    """Whether ``exc`` is the broker's refusal of a message (not a lost connection)."""
-    return isinstance(exc, aiomqtt.MqttCodeError) and isinstance(exc.rc, ReasonCode)
+class Refused(aiomqtt.MqttCodeError):
+    """The broker acknowledged a message with a failure reason code: it did not take it
+    (the connection itself is fine)."""
 
 
 def outbox(client: aiomqtt.Client) -> Outbox:
@@ -87,6 +87,6 @@ class Outbox:
         elif future.done():  # abandoned meanwhile
             pass
         elif rest and isinstance(reason := rest[0], ReasonCode) and reason.is_failure:
-            future.set_exception(aiomqtt.MqttCodeError(reason))  # "[code:135] Not authorized"
+            future.set_exception(Refused(reason))  # "[code:135] Not authorized"
         else:
             future.set_result(None)
