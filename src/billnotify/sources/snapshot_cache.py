@@ -66,7 +66,7 @@ class SnapshotCache:
         self._kept: dict[str, _Kept | None] = {}
         """By id, of the one (source, entity) kept: a poller's."""
         self._table: tuple[str, str] | None = None
-        self._chars = 0
+        self._size = 0
         self._epoch: int | None = None
 
     def __len__(self) -> int:
@@ -82,7 +82,7 @@ class SnapshotCache:
     def forget(self) -> None:
         """Keep nothing (a commit failed: the store's state is not known here)."""
         self._kept.clear()
-        self._chars = 0
+        self._size = 0
 
     def _keeping(self, source: str, entity: str) -> bool:
         """Whether records of (source, entity) are kept: those of a poller's resource,
@@ -147,7 +147,7 @@ class SnapshotCache:
     def _pop(self, key: str) -> _Kept | None:
         entry = self._kept.pop(key)
         if entry is not None:
-            self._chars -= len(entry.text)
+            self._size -= len(entry.text)
         return entry
 
     def _put(self, key: str, entry: _Kept | None) -> None:
@@ -156,6 +156,6 @@ class SnapshotCache:
             self._pop(key)
         kept[key] = entry
         if entry is not None:
-            self._chars += len(entry.text)
-        while len(kept) > self.limit or self._chars > self.text:
+            self._size += len(entry.text)
+        while len(kept) > self.limit or self._size > self.text:
             self._pop(next(iter(kept)))
