@@ -2,7 +2,8 @@
 envelopes) by ``orjson`` wherever it gives the very value :func:`json.loads` gives: a
 stored record of 300 bytes in 1.4 µs against 2.2, a page of 500 records about a tenth
 faster (``docs/performance.md``). Records are written (:func:`dumps`) by ``orjson`` too
-wherever its text reads back as the same value: 0.5 µs a record against 6.
+wherever its text reads back as the same value: 1.2 µs a record against 6, the
+check included.
 
 Where the two differ, :func:`json.loads` decides: ``orjson`` reads an integer beyond 64
 bits as a float, and refuses ``NaN``, ``Infinity``, numbers beyond a double and lone
@@ -48,9 +49,8 @@ def loads(text: bytes | str) -> Any:
 _SCALARS = frozenset({str, int, bool, type(None)})
 """Types ``orjson`` writes exactly as :func:`json.dumps` does (``bool`` is not ``int``
 here: the types are compared, not ``isinstance``)."""
-
-
 _KEYS = frozenset({str})
+"""The one type of key whose order ``orjson`` sorts as :func:`json.dumps` does."""
 
 
 def _finite(value: Any) -> bool:
@@ -105,7 +105,8 @@ def _plain(value: Any) -> bool:
 def canonical(value: Any) -> str:
     """JSON with sorted keys, no spaces and non-ASCII as it is: the very text of
     ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    default=str)``, by ``orjson`` where that text is the same (4 µs a record against 0.3).
+    default=str)``, by ``orjson`` where that text is the same (2.2 µs a record against 4.2, the
+    check included).
     It feeds event ids, so it must never change: ``tests/test_jsontext.py``."""
     if _plain(value):
         try:

@@ -106,11 +106,11 @@ class InflightWindow:
 
     def _finished(self, future: asyncio.Future[None]) -> None:
         self._free += 1
-        self._last_ack = time.monotonic()
         if self._free >= self._refill:
             self._room.set()
         if future.cancelled():
             return
+        self._last_ack = time.monotonic()  # an answer, good or bad: the broker is there
         exc = future.exception()  # retrieved for every one, so none is reported unhandled
         if exc is None:
             if self._on_ack is not None:
