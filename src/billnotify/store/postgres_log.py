@@ -12,7 +12,15 @@ from typing import Any
 from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.postgres_base import PgBase, now
-from billnotify.store.records import Lease, LogEntry, Snapshot, SnapshotWrite, StoredEvent
+from billnotify.store.records import (
+    Lease,
+    LogEntry,
+    Snapshot,
+    SnapshotWrite,
+    StoredEvent,
+    marks_of,
+    marks_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +34,7 @@ def _snapshot(row: Sequence[Any]) -> Snapshot:
         entity=entity,
         id=id_,
         record=json.loads(record),
-        marks=frozenset(json.loads(marks)),
+        marks=marks_of(marks),
         due_at=due_at,
         version=version,
     )
@@ -176,7 +184,7 @@ class LogTables(PgBase):
             [w.entity for w, _ in last.values()],
             [w.id for w, _ in last.values()],
             [json.dumps(w.record, separators=(",", ":")) for w, _ in last.values()],
-            [json.dumps(sorted(w.marks)) for w, _ in last.values()],
+            [marks_text(w.marks) for w, _ in last.values()],
             [w.due_at for w, _ in last.values()],
             at,
             [times for _, times in last.values()],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -15,7 +14,15 @@ from billnotify import jsontext
 from billnotify.errors import StoreError
 from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
-from billnotify.store.records import Lease, LogEntry, Snapshot, SnapshotWrite, StoredEvent
+from billnotify.store.records import (
+    Lease,
+    LogEntry,
+    Snapshot,
+    SnapshotWrite,
+    StoredEvent,
+    marks_of,
+    marks_text,
+)
 from billnotify.store.sqlite_base import (
     _ROWS,
     SqliteBase,
@@ -43,7 +50,7 @@ def commit_rows_of(
             w.entity,
             w.id,
             jsontext.dumps(w.record),
-            json.dumps(sorted(w.marks)),
+            marks_text(w.marks),
             _ts(w.due_at),
         )
         for w in writes
@@ -103,7 +110,7 @@ class LogTables(SqliteBase):
             entity=entity,
             id=id_,
             record=jsontext.loads(record),
-            marks=frozenset(jsontext.loads(marks)),
+            marks=marks_of(marks),
             due_at=_dt(due_at),
             version=version,
         )
