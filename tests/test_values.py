@@ -24,7 +24,7 @@ def _read_slowly(value: str) -> Decimal | None:
 
 NUMBERS_AND_WORDS = [
     "12.50", " 12.50 ", "1,234.00", "$5", "£5", "€ 5", "-0", "+3", ".5", "5.", "1e3", "1E-3",
-    "1_000", "Infinity", "-inf", "NaN", "nan12", "sNaN", "٣", "１２", "\t7\n", "\x1c9\x1f",
+    "1_000", "Infinity", "-inf", "NaN", "nan12", "sNaN", "٣", "\uff11\uff12", "\t7\n", "\x1c9\x1f",
     "Completed", "Error", "2026-01-01T00:00:00Z", "0000-00-00", "12:30", "1/2", "12%", "",
     "e", "i", "fast", "N/A", "yes", "0x1F", "1 2", "--1", "1e", "Inf inity",
 ]  # fmt: skip
@@ -36,7 +36,7 @@ def test_a_text_reads_as_before(text: str) -> None:
 
 
 def test_random_texts_read_as_before() -> None:
-    alphabet = "0123456789+-._eEinfINFtyaAsSNc,$ \t\x1c:/TZ%x£€٣１"
+    alphabet = "0123456789+-._eEinfINFtyaAsSNc,$ \t\x1c:/TZ%x£€٣\uff11"
     draw = random.Random(13)
     for _ in range(20_000):
         text = "".join(draw.choice(alphabet) for _ in range(draw.randint(0, 8)))
@@ -46,13 +46,14 @@ def test_random_texts_read_as_before() -> None:
 def _same_decimal(a: Decimal | None, b: Decimal | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a.is_nan() and b.is_nan() or a == b
+    return (a.is_nan() and b.is_nan()) or a == b
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(3, 3), ("3", 3), (3.0, 3), ("3.5", None), (True, None), (None, None), ("x", None)],
-)
+INTEGERS = [(3, 3), ("3", 3), ("007", 7), (" 3 ", 3), ("3.0", 3), (3.0, 3), ("٣", 3)]
+NOT_INTEGERS = [("3.5", None), ("²", None), ("", None), (True, None), (None, None), ("x", None)]
+
+
+@pytest.mark.parametrize(("value", "expected"), [*INTEGERS, *NOT_INTEGERS])
 def test_as_int(value: Any, expected: int | None) -> None:
     assert as_int(value) == expected
 

@@ -44,8 +44,10 @@ def as_decimal(value: Any) -> Decimal | None:
 
 def as_int(value: Any) -> int | None:
     """``"3"``, ``3``, ``3.0`` -> 3; anything else -> None."""
-    if type(value) is int:  # the common case, and not a bool
+    if type(value) is int:  # the common cases: an int (not a bool), ASCII digits
         return value
+    if type(value) is str and value.isascii() and value.isdigit():
+        return int(value)
     number = as_decimal(value)
     if number is None or number != number.to_integral_value():
         return None
