@@ -23,8 +23,11 @@ Both reach back ``OVERLAP_S`` behind their cursor. In turn, after one warm-up ch
 then peak RSS of the tree, lost and duplicated messages, and what the side asked of the
 platform (requests per full scan, rows read again after the burst). Each figure is the
 median of ``ROUNDS`` rounds, the sides taking turns. Node/npm missing: skipped, saying so.
-Beside them, *paho floor*: the CPU per message of a bare paho publish loop on the same
-broker, against Node-RED's CPU per event (what the MQTT library alone costs here).
+Beside them, two floors against Node-RED's CPU per event: *paho floor*, the CPU per
+message of a bare paho publish loop on the same broker (what the MQTT library alone
+costs here), and *SQLite floor*, the CPU per change of bare ``sqlite3`` writing what a
+durable change is at least (its snapshot and its logged event, in billnotify's schema,
+a transaction a page).
 
 ``BENCH_QUICK=1``: ``N`` 2,000, one round. ``BENCH_NODERED_N`` sets ``N``.
 ``BENCH_PROFILE=FOLDER``: one more billnotify round under py-spy; the burst's profile
@@ -35,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -63,6 +68,7 @@ from bench._peer_sides import (
 )
 from bench._spy import burst_profile
 from bench.bench_mqtt import _mosquitto
+from billnotify.store.schema import SCHEMA
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 N = int(os.environ.get("BENCH_NODERED_N", 2_000 if QUICK else 20_000))
@@ -305,7 +311,52 @@ async def _paho_floor(port: int) -> float:
         return (time.process_time() - cpu) / N * 1e6
 
 
-def _results(rounds: dict[str, list[Round]], floor: float) -> list[BenchResult]:
+def _sqlite_floor(folder: Path) -> float:
+    """CPU µs per change of bare ``sqlite3`` doing the least a durable change needs: ``N``
+    tracked tasks, all changed, written in transactions of ``PAGE_MAX``: each task's
+    snapshot updated and an event of its size appended, in billnotify's schema (its
+    indexes included), WAL, ``synchronous=NORMAL``; ``executemany``, no framing, no
+    detection, no JSON encoding (the texts are made before the clock starts)."""
+    path = folder / f"floor-{uuid.uuid4().hex}.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        task = {"id": "", "status": "Completed", "text": "x" * 220}
+        snapshots = [json.dumps({**task, "id": str(n)}) for n in range(N)]
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO snapshots (source, entity, id, record, updated_at) "
+            "VALUES ('bench', 'billing_task', ?, ?, 0)",
+            [(str(n), text) for n, text in enumerate(snapshots)],
+        )
+        db.execute("COMMIT")
+        changed = [text.replace("Completed", "Error") for text in snapshots]
+        body = "x" * 900
+        cpu = time.process_time()
+        for start in range(0, N, PAGE_MAX):
+            page = range(start, min(N, start + PAGE_MAX))
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE snapshots SET record = ?, version = version + 1, dirty = 1, "
+                "updated_at = 1 WHERE source = 'bench' AND entity = 'billing_task' AND id = ?",
+                [(changed[n], str(n)) for n in page],
+            )
+            db.executemany(
+                "INSERT INTO events (id, type, source, subject, time, recorded_at, body) "
+                "VALUES (?, 'billing_task.status_changed', 'bench', ?, '', 1, ?)",
+                [(uuid.uuid4().hex, f"billing_tasks/{n}", body) for n in page],
+            )
+            db.execute("COMMIT")
+        return (time.process_time() - cpu) / N * 1e6
+    finally:
+        db.close()
+
+
+def _results(
+    rounds: dict[str, list[Round]], paho_floor: float, sqlite_floor: float
+) -> list[BenchResult]:
     where = f"N={N}, poll 1 s, limit {PAGE_MAX}, QoS 1, median of {ROUNDS}; baseline = Node-RED"
     sides = ("billnotify", "node-red")
     rows = []
@@ -329,7 +380,9 @@ def _results(rounds: dict[str, list[Round]], floor: float) -> list[BenchResult]:
         rows.append(BenchResult.versus(f"nodered.{name}", ours, unit, theirs, f"{how}; {where}"))
     theirs = statistics.median([r.cpu_us for r in rounds["node-red"]])
     how = "a bare paho publish loop per message (QoS 1, window 100) against Node-RED per event"
-    rows.append(BenchResult.versus("nodered.paho_floor", floor, "µs/event", theirs, how))
+    rows.append(BenchResult.versus("nodered.paho_floor", paho_floor, "µs/event", theirs, how))
+    how = "bare sqlite3 per change (snapshot + logged event, a transaction a page) against Node-RED per event"
+    rows.append(BenchResult.versus("nodered.sqlite_floor", sqlite_floor, "µs/event", theirs, how))
     return rows
 
 
@@ -350,12 +403,13 @@ async def run() -> list[BenchResult]:
                 rounds[side].append(await _round(side, sides[side], port))
                 print(rounds[side][-1].describe(), file=sys.stderr, flush=True)
             order.reverse()
-        floor = statistics.median([await _paho_floor(port) for _ in range(ROUNDS)])
+        paho_floor = statistics.median([await _paho_floor(port) for _ in range(ROUNDS)])
+        sqlite_floor = statistics.median([_sqlite_floor(Path(tmp)) for _ in range(ROUNDS)])
         if profile_dir:
             folder = Path(profile_dir).absolute()
             folder.mkdir(parents=True, exist_ok=True)
             print(await _profile(port, folder), file=sys.stderr)
-    return _results(rounds, floor)
+    return _results(rounds, paho_floor, sqlite_floor)
 
 
 if __name__ == "__main__":
