@@ -124,6 +124,29 @@ async def test_deliveries_follow_the_log_and_the_position_moves_with_them(
     assert handler.events_processed == 4 and handler.deliveries_recorded == 4
 
 
+async def test_without_rules_the_position_moves_to_the_end_of_the_log_unread(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    reads: list[int] = []
+    read_log = store.read_log
+
+    async def counted(after_seq: int, limit: int = 500) -> Any:
+        reads.append(after_seq)
+        return await read_log(after_seq, limit)
+
+    store.read_log = counted  # type: ignore[method-assign]
+    await store.commit("acme", [], [_event(n) for n in range(1, 6)])
+    handler = _handler(store, _config([]), tmp_path, batch_size=2)
+    assert await handler.catch_up() == 5
+    assert await store.get_position("rules") == 5
+    assert await handler.catch_up() == 0
+    await store.commit("acme", [], [_event(6)])
+    assert await handler.process_batch() == 1
+    assert await store.get_position("rules") == 6
+    assert reads == [] and await store.list_deliveries() == []
+    assert handler.events_processed == 6
+
+
 async def test_reading_the_log_again_records_nothing_twice(
     store: SqliteStore, tmp_path: Path
 ) -> None:

@@ -222,7 +222,11 @@ class RuleHandler:
 
     async def _plan_batch(self, position: int) -> tuple[list[Planned], int, int, int]:
         """Read the batch after ``position`` and plan it: (planned, first seq, last seq,
-        events)."""
+        events). With no rules at all (events to MQTT only) nothing is read: the batch is
+        the rest of the log, planned empty, and ``events`` the seqs it spans."""
+        if not self.settings.rules:
+            last = await self.store.last_seq()
+            return [], position + 1, max(last, position), max(0, last - position)
         batch = await self.store.read_log(position, limit=self.batch_size)
         if not batch:
             return [], position, position, 0
