@@ -142,3 +142,14 @@ def test_the_child_ends_when_the_service_is_killed(tmp_path: Path) -> None:
         service.wait(10)
         if service.stdout is not None:
             service.stdout.close()
+
+
+def test_the_child_loads_no_event_model_config_or_web_stack() -> None:
+    # its memory is in the service's peak RSS: pydantic alone is some 10 MiB of it
+    code = (
+        "import sys, billnotify.store.child\n"
+        "heavy = ('pydantic', 'jinja2', 'aiohttp', 'billnotify.events', 'billnotify.config.models')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -16,7 +16,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from billnotify.events import CloudEvent, canonical_json, digest
+from billnotify.events import CloudEvent, canonical_json
+from billnotify.hashing import digest
 
 DIGEST_TYPE = "billnotify.digest"
 """The type of a digest (it is never logged, published or matched by rules)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from billnotify import jsontext
 from billnotify.config.types import RESOURCES
+from billnotify.hashing import digest
 
 ENTITY_RESOURCE = {entity: resource for resource, entity in RESOURCES.items()}
 """Entity -> the resource name used in subjects (``billing_task`` -> ``billing_tasks``)."""
@@ -19,15 +19,6 @@ ENTITY_RESOURCE = {entity: resource for resource, entity in RESOURCES.items()}
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: equal values give equal text."""
     return jsontext.canonical(value)
-
-
-def digest(*parts: str) -> str:
-    """A hex SHA-256 over ``parts`` joined unambiguously."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(len(part).to_bytes(4, "big"))
-        h.update(part.encode())
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)  # a poll's events share their time: one strftime a page

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from billnotify.events import CloudEvent, build_event, canonical_json, digest
+from billnotify.events import CloudEvent, build_event, canonical_json
+from billnotify.hashing import digest
 from billnotify.sources.detect import Detection, Draft
 from billnotify.store.records import Snapshot, SnapshotWrite
 

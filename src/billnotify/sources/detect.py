@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
-from billnotify.events import canonical_json, digest
+from billnotify.events import canonical_json
+from billnotify.hashing import digest
 from billnotify.values import as_date, as_datetime, as_decimal, as_int, flags, is_set, same
 
 TERMINAL_TASK_STATUSES = frozenset({"Completed", "Error", "Failed", "Skipped"})

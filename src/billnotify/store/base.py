@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
-from billnotify.events import CloudEvent
 from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.records import (
     AttemptEnd,
@@ -35,6 +34,9 @@ from billnotify.store.records import (
     SnapshotWrite,
     StoredEvent,
 )
+
+if TYPE_CHECKING:
+    from billnotify.events import CloudEvent
 
 
 class Lifecycle(Protocol):

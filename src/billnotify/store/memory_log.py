@@ -8,9 +8,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from billnotify.errors import StoreError
-from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.records import (
     Lease,
@@ -20,7 +20,11 @@ from billnotify.store.records import (
     StoredEvent,
     default_instance,
     fenced,
+    parsed_event,
 )
+
+if TYPE_CHECKING:
+    from billnotify.events import CloudEvent
 
 
 @dataclass(slots=True)
@@ -221,8 +225,7 @@ class LogTables(MemoryBase):
     async def read_events(self, after_seq: int, limit: int = 500) -> list[StoredEvent]:
         """Events after ``after_seq``, in order."""
         return [
-            StoredEvent(e.seq, CloudEvent.from_json(e.json))
-            for e in await self.read_log(after_seq, limit)
+            StoredEvent(e.seq, parsed_event(e.json)) for e in await self.read_log(after_seq, limit)
         ]
 
     async def read_log(self, after_seq: int, limit: int = 500) -> list[LogEntry]:
@@ -246,14 +249,14 @@ class LogTables(MemoryBase):
             and (not type_glob or fnmatch.fnmatchcase(e.entry.type, type_glob))
         ]
         found = found[-limit:] if limit else found
-        return [StoredEvent(e.seq, CloudEvent.from_json(e.json)) for e in found]
+        return [StoredEvent(e.seq, parsed_event(e.json)) for e in found]
 
     async def get_events(self, ids: Sequence[str]) -> list[StoredEvent]:
         """Events by id, in log order."""
         self._live()
         wanted = set(ids)
         return [
-            StoredEvent(e.entry.seq, CloudEvent.from_json(e.entry.json))
+            StoredEvent(e.entry.seq, parsed_event(e.entry.json))
             for e in self._log.events
             if e.entry.id in wanted
         ]

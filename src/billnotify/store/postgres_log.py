@@ -7,9 +7,8 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.postgres_base import PgBase, now
 from billnotify.store.records import (
@@ -20,7 +19,11 @@ from billnotify.store.records import (
     StoredEvent,
     marks_of,
     marks_text,
+    parsed_event,
 )
+
+if TYPE_CHECKING:
+    from billnotify.events import CloudEvent
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ def _snapshot(row: Sequence[Any]) -> Snapshot:
 
 
 def _stored(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
-    return [StoredEvent(seq=int(row[0]), event=CloudEvent.from_json(row[1])) for row in rows]
+    return [StoredEvent(seq=int(row[0]), event=parsed_event(row[1])) for row in rows]
 
 
 class LogTables(PgBase):

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import StoreError
-from billnotify.events import CloudEvent
 from billnotify.store.channel import Channel
 from billnotify.store.group_records import DueGroup, GroupFlush, GroupMember
 from billnotify.store.log_tail import LogTail
@@ -75,6 +74,7 @@ from billnotify.store.sqlite_log import (
 )
 
 if TYPE_CHECKING:
+    from billnotify.events import CloudEvent
     from billnotify.store.base import Store
 
 P = ParamSpec("P")

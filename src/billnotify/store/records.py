@@ -12,11 +12,14 @@ import socket
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from billnotify.deliveries.base import DeliveryStatus, Outcome
 from billnotify.errors import FencedError
-from billnotify.events import CloudEvent, digest
+from billnotify.hashing import digest
+
+if TYPE_CHECKING:  # the store's child process reads no event: no pydantic there
+    from billnotify.events import CloudEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,15 @@ class Snapshot:
     marks: frozenset[str] = frozenset()
     due_at: datetime | None = None
     version: int = 1
+
+
+def parsed_event(text: str | bytes) -> CloudEvent:
+    """The event a log entry's JSON holds. The event model is imported on first use, not
+    with the store: the store's child process, which never parses an event, stays
+    without pydantic (some 20 MiB)."""
+    from billnotify.events import CloudEvent
+
+    return CloudEvent.from_json(text)
 
 
 def marks_text(marks: frozenset[str]) -> str:

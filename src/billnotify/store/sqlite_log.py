@@ -8,11 +8,10 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billnotify import jsontext
 from billnotify.errors import StoreError
-from billnotify.events import CloudEvent
 from billnotify.store.occurrences import candidate_ids, place, record_key
 from billnotify.store.records import (
     Lease,
@@ -22,6 +21,7 @@ from billnotify.store.records import (
     StoredEvent,
     marks_of,
     marks_text,
+    parsed_event,
 )
 from billnotify.store.sqlite_base import (
     _ROWS,
@@ -32,6 +32,9 @@ from billnotify.store.sqlite_base import (
     _ts,
     _values,
 )
+
+if TYPE_CHECKING:
+    from billnotify.events import CloudEvent
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ def commit_rows_of(
 def salted_body(body: str, id_: str) -> str:
     """The logged JSON of the event ``body`` placed under the salted id ``id_`` (a new
     occurrence, :mod:`~billnotify.store.occurrences`)."""
-    return CloudEvent.from_json(body).model_copy(update={"id": id_}).to_json()
+    return parsed_event(body).model_copy(update={"id": id_}).to_json()
 
 
 async def announce(
@@ -95,7 +98,7 @@ def parse_log(rows: Iterable[tuple[int, str]]) -> list[StoredEvent]:
     worker reads its JSON (a parsed event kept around would only give the collector
     more to scan).
     """
-    return [StoredEvent(seq=int(seq), event=CloudEvent.from_json(body)) for seq, body in rows]
+    return [StoredEvent(seq=int(seq), event=parsed_event(body)) for seq, body in rows]
 
 
 class LogTables(SqliteBase):
