@@ -22,12 +22,14 @@ from collections.abc import Iterable
 
 from billnotify.store.records import LogEntry
 
-ENTRIES = 1024
-"""Entries kept at most: two of the followers' pages of 500, what a follower that keeps
-up lags behind (one further behind reads from the store; more would cost memory, some
-1.2 KiB an entry, for reads a lagging follower makes anyway)."""
-TEXT = 2 << 20
-"""Characters of JSON kept at most (2 Mi): the bound where events are large."""
+ENTRIES = 4096
+"""Entries kept at most: eight of the followers' pages of 500. In a burst the poller
+commits pages faster than the publisher's window lets their events out, and with 1,024
+the publisher read most of a 20,000-change burst back from the store's child (CPU per
+change 178 → 168 µs with 4,096, some 2 MiB more at the peak, ``docs/performance.md``);
+one still further behind reads from the store."""
+TEXT = 8 << 20
+"""Characters of JSON kept at most (8 Mi): the bound where events are large."""
 
 
 class LogTail:
