@@ -12,7 +12,7 @@ import pytest
 
 from billnotify.errors import FencedError
 from billnotify.store import ProcessStore, SnapshotWrite, SqliteStore
-from billnotify.store.log_tail import LogTail
+from billnotify.store.log_tail import ENTRIES, LogTail
 from billnotify.store.records import LogEntry
 from store_contract import NOW, event
 from store_contract_leases import POLL, TTL, at
@@ -165,10 +165,11 @@ async def test_the_tail_is_bounded_and_older_reads_go_to_the_store(
     ours, other = stores
     for page in range(10):
         await ours.commit("acme", [], [event(f"{page}-{n}") for n in range(500)])
-    assert len(ours._tail) == ours._tail.max_entries == 1024
+    assert len(ours._tail) == ours._tail.max_entries == ENTRIES < 5000
     asked = child_reads(ours, monkeypatch)
-    await assert_exact(ours, other, [0, 3975, 3976, 3977, 4500, 4999, 5000])
-    assert 0 in asked and 3975 in asked and 3976 not in asked and 4999 not in asked
+    oldest = 5000 - ENTRIES + 1
+    await assert_exact(ours, other, [0, oldest - 2, oldest - 1, oldest, 4500, 4999, 5000])
+    assert 0 in asked and oldest - 2 in asked and oldest - 1 not in asked and 4999 not in asked
 
 
 async def test_a_failed_commit_empties_the_tail(
