@@ -73,7 +73,7 @@ class Outbox:
         info = self._paho.publish(topic, payload, qos, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             future.set_exception(aiomqtt.MqttCodeError(info.rc, "Could not publish message"))
-        elif info.is_published():
+        elif qos == 0 and info.is_published():  # a QoS 1 or 2 answer is read later
             future.set_result(None)
         else:
             self._waiting[info.mid] = future

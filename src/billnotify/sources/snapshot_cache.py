@@ -25,10 +25,9 @@ most ``limit`` of them and ``text`` bytes, the longest unwritten dropped first.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from billnotify.jsontext import dumps, loads
 from billnotify.store.records import Snapshot, SnapshotWrite
@@ -40,8 +39,7 @@ DEFAULT_TEXT = 16 << 20
 with the keys; 20,000 billing tasks take about 6 Mi)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Kept:
+class _Kept(NamedTuple):  # a tuple: made for every record written, in a third of the time
     text: bytes
     marks: frozenset[str]
     due_at: datetime | None
@@ -132,10 +130,10 @@ class SnapshotCache:
             self.forget()  # not the poller's resource: not kept, and nothing else either
             return
         last: dict[str, SnapshotWrite] = {}
-        times: Counter[str] = Counter()
+        times: dict[str, int] = {}
         for write in writes:  # a record written twice in a commit: the last write stays
             last[write.id] = write
-            times[write.id] += 1
+            times[write.id] = times.get(write.id, 0) + 1
         for rid, write in last.items():
             if rid not in self._kept:
                 continue
