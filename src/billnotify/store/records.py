@@ -38,7 +38,7 @@ class Snapshot:
 def parsed_event(text: str | bytes) -> CloudEvent:
     """The event a log entry's JSON holds. The event model is imported on first use, not
     with the store: the store's child process, which never parses an event, stays
-    without pydantic (some 20 MiB)."""
+    without pydantic (some 10 MiB)."""
     from billnotify.events import CloudEvent
 
     return CloudEvent.from_json(text)
