@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import random
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from billnotify.values import as_decimal, as_int, same
+from billnotify.values import as_decimal, as_int, decimal_of_text, same
 
-
-def _read_slowly(value: str) -> Decimal | None:
-    """``as_decimal`` of a text as it was before the quick refusal: always ask Decimal."""
-    text = value.strip().replace(",", "")
-    for symbol in ("£", "$", "€"):
-        text = text.replace(symbol, "")
-    try:
-        return Decimal(text) if text else None
-    except InvalidOperation:
-        return None
+_read_slowly = decimal_of_text
+"""``as_decimal`` of a text without the quick refusal: always ask Decimal."""
 
 
 NUMBERS_AND_WORDS = [

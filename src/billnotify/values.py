@@ -32,14 +32,21 @@ def as_decimal(value: Any) -> Decimal | None:
     if isinstance(value, str):
         if value.isascii() and not _DECIMAL_ASCII.issuperset(value):
             return None
-        text = value.strip().replace(",", "")
-        for symbol in ("£", "$", "€"):
-            text = text.replace(symbol, "")
-        try:
-            return Decimal(text) if text else None
-        except InvalidOperation:
-            return None
+        return decimal_of_text(value)
     return None
+
+
+def decimal_of_text(value: str) -> Decimal | None:
+    """``value`` read by :class:`~decimal.Decimal` once separators, currency symbols and
+    surrounding white space are removed; None where it refuses. :func:`as_decimal`
+    without its quick refusal of text that is no number."""
+    text = value.strip().replace(",", "")
+    for symbol in ("£", "$", "€"):
+        text = text.replace(symbol, "")
+    try:
+        return Decimal(text) if text else None
+    except InvalidOperation:
+        return None
 
 
 def as_int(value: Any) -> int | None:
